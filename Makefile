@@ -1,0 +1,30 @@
+# Set-up and the two commands the README names: `make sweep` (main job) and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_PIN := torch==2.13.0
+GRID ?= grids/tiny.yaml
+
+.PHONY: install sweep test clean-sweep bench
+
+$(BIN)/loopscale: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU wheel first: a bare `torch` requirement would pull a multi-GB CUDA build.
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH_PIN)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(BIN)/loopscale
+
+install: $(BIN)/loopscale
+
+# Main job: the embedded default sweep on this machine, then its fit.
+sweep: install
+	$(BIN)/loopscale data prepare
+	$(BIN)/loopscale sweep $(GRID) --wait
+	$(BIN)/loopscale fit sweeps/$(basename $(notdir $(GRID)))
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

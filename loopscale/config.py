@@ -1,0 +1,235 @@
+"""Typed run configuration, merged strictly from plain dicts (YAML): unknown keys are errors.
+
+A ``RunConfig`` is everything one training run needs. It is torch-free so grids can expand and
+hash runs without importing torch. ``semantic_dict`` holds only the fields that change a run's
+result; its hash is the run id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, get_type_hints
+
+from loopscale.counting import Arch, ArchError, flops_per_token, iterations_for_budget
+from loopscale.errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration value or key that is wrong; the message names it."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the tokenized corpus lives (``loopscale data prepare`` writes it)."""
+
+    dir: str = "data/default"  # folder with train.bin, val.bin, meta.json
+    eval_tokens: int = 65536  # held-out tokens scored at the end; the same for every run
+
+
+OPTIMIZERS = ("adamw", "muonh")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings. Budgets: exactly one of ``tokens`` (D) or ``budget_flops`` (C)."""
+
+    tokens: int | None = None  # training tokens D
+    budget_flops: float | None = None  # training FLOPs C; iterations = round(C / (F·B))
+    seq_len: int = 256
+    batch_tokens: int = 8192  # tokens per optimizer step (B)
+    micro_batch_rows: int = 0  # rows per forward pass; 0 = whole batch (no accumulation)
+    optimizer: str = "adamw"
+    lr_matrix: float = 3e-3  # block matrices and injection
+    lr_embed: float = 3e-3
+    lr_head: float = 3e-3
+    lr_norm: float = 3e-3
+    betas: tuple[float, float] = (0.8, 0.95)
+    eps: float = 1e-10
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    final_lr_frac: float = 0.1  # linear decay to this fraction of peak
+    grad_clip: float = 0.0  # 0 = off
+    seed: int = 0
+    # Execution only: do not change the result's meaning, so not part of the run id.
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    compile: bool = False
+    threads: int = 0  # torch CPU threads; 0 = torch default
+    log_every: int = 10
+
+    def rows_per_step(self) -> int:
+        return self.batch_tokens // self.seq_len
+
+
+EXECUTION_FIELDS = {"micro_batch_rows", "device", "dtype", "compile", "threads", "log_every"}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: Arch
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    vocab_size: int = 0  # filled from the data's meta.json when 0
+
+    # -- derived quantities (method.md §3) ---------------------------------------------------
+    def flops_per_token(self) -> int:
+        return flops_per_token(self.model, self.train.seq_len, self.vocab_size)
+
+    def iterations(self) -> int:
+        t = self.train
+        if t.tokens is not None:
+            return int(round(t.tokens / t.batch_tokens))
+        assert t.budget_flops is not None
+        return iterations_for_budget(t.budget_flops, self.flops_per_token(), t.batch_tokens)
+
+    def tokens(self) -> int:
+        """D, tokens actually trained: iterations · B."""
+        return self.iterations() * self.train.batch_tokens
+
+    # -- serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["train"]["betas"] = list(self.train.betas)
+        return d
+
+    def semantic_dict(self) -> dict[str, Any]:
+        """The fields that change the result (execution-only settings dropped)."""
+        d = self.to_dict()
+        for k in EXECUTION_FIELDS:
+            d["train"].pop(k, None)
+        # A FLOP budget is resolved to its iterations: what is trained is what matters.
+        d["train"]["iterations"] = self.iterations() if self.vocab_size else None
+        return d
+
+    def run_id(self) -> str:
+        blob = json.dumps(self.semantic_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _coerce(cls_name: str, key: str, typ: Any, value: Any) -> Any:
+    """Check one value against its annotated type; ints are accepted where floats are."""
+    where = f"{cls_name}.{key}"
+    t = str(typ)
+    if value is None:
+        if "None" in t:
+            return None
+        raise ConfigError(f"{where}: must not be empty")
+    if t.startswith("tuple"):
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise ConfigError(f"{where}: expected a pair of numbers, got {value!r}")
+        return tuple(float(_coerce(cls_name, key, float, v)) for v in value)
+    if typ is bool or t == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if typ is int or t.startswith("int"):
+        if isinstance(value, float) and value.is_integer() and "float" not in t:
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if "float" not in t and not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if typ is float or t.startswith("float"):
+        if isinstance(value, str):
+            try:
+                value = float(value)  # YAML reads 1e18 as a string
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if typ is str or t == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def build(cls: type, raw: dict[str, Any] | None, section: str) -> Any:
+    """Instantiate a dataclass from a dict, rejecting unknown keys and wrong types."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{section}: expected a mapping, got {raw!r}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(
+            f"{section}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(names))})"
+        )
+    kwargs = {k: _coerce(section, k, hints[k], v) for k, v in raw.items()}
+    try:
+        return cls(**kwargs)
+    except ArchError as e:
+        raise ConfigError(f"{section}: {e}") from None
+    except TypeError as e:
+        raise ConfigError(f"{section}: {e}") from None
+
+
+def check_train(t: TrainConfig) -> None:
+    if (t.tokens is None) == (t.budget_flops is None):
+        raise ConfigError("train: give exactly one of tokens or budget_flops")
+    if t.tokens is not None and t.tokens <= 0:
+        raise ConfigError(f"train.tokens: must be positive, got {t.tokens}")
+    if t.budget_flops is not None and not t.budget_flops > 0:
+        raise ConfigError(f"train.budget_flops: must be positive, got {t.budget_flops}")
+    if t.seq_len < 2:
+        raise ConfigError(f"train.seq_len: must be at least 2, got {t.seq_len}")
+    if t.batch_tokens <= 0 or t.batch_tokens % t.seq_len:
+        raise ConfigError(
+            f"train.batch_tokens: {t.batch_tokens} must be a positive multiple of seq_len {t.seq_len}"
+        )
+    if t.micro_batch_rows < 0 or (t.micro_batch_rows and t.rows_per_step() % t.micro_batch_rows):
+        raise ConfigError(
+            f"train.micro_batch_rows: {t.micro_batch_rows} must divide the {t.rows_per_step()} "
+            "rows of a step"
+        )
+    if t.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer: unknown {t.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if not 0.0 <= t.final_lr_frac <= 1.0:
+        raise ConfigError(f"train.final_lr_frac: must be in [0, 1], got {t.final_lr_frac}")
+    for k in ("lr_matrix", "lr_embed", "lr_head", "lr_norm"):
+        if getattr(t, k) < 0:
+            raise ConfigError(f"train.{k}: must be non-negative, got {getattr(t, k)}")
+    if t.warmup_steps < 0 or t.grad_clip < 0 or t.weight_decay < 0:
+        raise ConfigError("train: warmup_steps, grad_clip and weight_decay must be non-negative")
+    if t.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"train.device: unknown {t.device!r}; choose auto, cpu or cuda")
+    if t.dtype not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"train.dtype: unknown {t.dtype!r}; choose auto, fp32 or bf16")
+
+
+def run_config_from_dict(raw: dict[str, Any]) -> RunConfig:
+    """Build and validate a RunConfig from {'model': …, 'train': …, 'data': …, 'vocab_size': …}."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: expected a mapping, got {raw!r}")
+    unknown = sorted(set(raw) - {"model", "train", "data", "vocab_size"})
+    if unknown:
+        raise ConfigError(f"config: unknown key {unknown[0]!r} (allowed: data, model, train, vocab_size)")
+    if "model" not in raw or not raw["model"] or "d_model" not in raw["model"]:
+        raise ConfigError("model.d_model: missing (the width of the model)")
+    model = build(Arch, raw.get("model"), "model")
+    train = build(TrainConfig, raw.get("train"), "train")
+    check_train(train)
+    data = build(DataConfig, raw.get("data"), "data")
+    if data.eval_tokens <= 0:
+        raise ConfigError(f"data.eval_tokens: must be positive, got {data.eval_tokens}")
+    vocab = raw.get("vocab_size", 0) or 0
+    if not isinstance(vocab, int) or vocab < 0:
+        raise ConfigError(f"vocab_size: expected a non-negative integer, got {vocab!r}")
+    return RunConfig(model=model, train=train, data=data, vocab_size=vocab)
+
+
+def check_budget(cfg: RunConfig) -> None:
+    """A budget must buy at least one optimizer step."""
+    if cfg.iterations() < 1:
+        t = cfg.train
+        what = f"tokens {t.tokens}" if t.tokens is not None else f"budget_flops {t.budget_flops:g}"
+        raise ConfigError(
+            f"train: {what} buys no optimizer step at batch_tokens {t.batch_tokens} "
+            f"({cfg.flops_per_token():,} FLOPs/token)"
+        )
