@@ -1,0 +1,164 @@
+"""The looped model: real parameter counts, injection identity at init, r = 1 is a plain stack."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from loopscale.counting import Arch, n_once, n_rec
+from loopscale.model import SOFTCAP, LinearInjection, LoopedLM
+
+
+@pytest.mark.parametrize(
+    "d, r, l_eff, pre, coda, hd, inj",
+    [
+        (64, 1, 10, 1, 1, 32, "linear"),
+        (64, 2, 10, 1, 1, 32, "linear"),
+        (96, 4, 12, 2, 2, 32, "linear"),
+        (128, 8, 20, 2, 2, 64, "linear"),
+        (64, 4, 6, 1, 1, 16, "additive"),
+        (32, 2, 8, 2, 2, 16, "additive"),
+        (48, 3, 9, 0, 0, 16, "linear"),
+        (64, 16, 20, 2, 2, 64, "linear"),
+    ],
+)
+def test_param_counts_equal_model(d, r, l_eff, pre, coda, hd, inj):
+    a = Arch(d_model=d, r=r, n_layers_eff=l_eff, n_prelude=pre, n_coda=coda, head_dim=hd, injection=inj)
+    m = LoopedLM(a, vocab_size=97, max_seq_len=16)
+    assert m.n_non_embedding_params() == n_once(a) + n_rec(a)
+    loop = sum(p.numel() for n, p in m.named_parameters() if n.startswith(("recur.", "injection.")))
+    assert loop == n_rec(a) and len(m.recur) == a.l_recur
+
+
+def test_linear_injection_is_identity_on_e_at_init():
+    inj = LinearInjection(24)
+    e, h = torch.randn(2, 5, 24), torch.randn(2, 5, 24)
+    assert torch.equal(inj.mix(0, e, h), e)
+    assert torch.equal(inj.proj.weight[:, :24], torch.eye(24))
+    assert not inj.proj.weight[:, 24:].any()
+
+
+def test_recur_block_runs_r_times_with_shared_weights():
+    a = Arch(d_model=32, r=4, n_layers_eff=6, n_prelude=1, n_coda=1, head_dim=16)
+    m = LoopedLM(a, 50, 8)
+    calls = []
+    m.recur[0].register_forward_hook(lambda *_: calls.append(1))
+    m(torch.randint(0, 50, (1, 8)))
+    assert len(calls) == 4
+
+
+def plain_transformer_logits(m: LoopedLM, idx):
+    """An independent plain ℓ_eff-layer pre-norm transformer using m's weights."""
+    x = F.rms_norm(m.embed(idx), (m.arch.d_model,), m.norm_embed.weight, 1e-6)
+    T = idx.size(1)
+    pos = torch.arange(T, dtype=torch.float32)
+    hd = m.arch.head_dim
+    inv = 1.0 / (10000 ** (torch.arange(0, hd, 2).float() / hd))
+    ang = torch.outer(pos, inv)
+    cos, sin = ang.cos(), ang.sin()
+
+    def rope(z):
+        a, b = z[..., : hd // 2], z[..., hd // 2 :]
+        return torch.cat([a * cos - b * sin, a * sin + b * cos], -1)
+
+    for blk in m.recur:
+        y = F.rms_norm(x, (x.size(-1),), blk.norm_attn.weight, 1e-6)
+        B, T, d = y.shape
+        q, k, v = (w(y).view(B, T, -1, hd).transpose(1, 2) for w in (blk.attn.q, blk.attn.k, blk.attn.v))
+        q = F.rms_norm(rope(q), (hd,), eps=1e-6)
+        k = F.rms_norm(rope(k), (hd,), eps=1e-6)
+        att = (q @ k.transpose(-1, -2)) / hd**0.5
+        att = att.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf")).softmax(-1)
+        x = x + blk.attn.o((att @ v).transpose(1, 2).reshape(B, T, d))
+        y = F.rms_norm(x, (d,), blk.norm_mlp.weight, 1e-6)
+        x = x + blk.mlp.down(torch.relu(blk.mlp.up(y)) ** 2)
+    x = F.rms_norm(x, (x.size(-1),), m.norm_recur.weight, 1e-6)
+    x = F.rms_norm(x, (x.size(-1),), m.norm_final.weight, 1e-6)
+    z = m.lm_head(x).float()
+    return SOFTCAP * torch.tanh(z / SOFTCAP)
+
+
+def test_r1_is_plain_transformer_of_l_eff_layers():
+    torch.manual_seed(0)
+    a = Arch(d_model=32, r=1, n_layers_eff=5, n_prelude=2, n_coda=2, head_dim=16)
+    m = LoopedLM(a, 61, 12)
+    assert len(m.prelude) == 0 and len(m.coda) == 0 and len(m.recur) == 5
+    with torch.no_grad():  # make the head non-trivial so logits differ meaningfully
+        m.lm_head.weight.normal_()
+    idx = torch.randint(0, 61, (2, 12))
+    torch.testing.assert_close(m(idx), plain_transformer_logits(m, idx), atol=2e-5, rtol=1e-5)
+
+
+def test_init_distributions():
+    torch.manual_seed(0)
+    d = 256
+    m = LoopedLM(Arch(d_model=d, r=2, n_layers_eff=4, n_prelude=1, n_coda=1, head_dim=64), 1000, 8)
+    assert abs(m.embed.weight.std().item() - 1.0) < 0.02
+    assert abs(m.lm_head.weight.std().item() - 1e-3) < 5e-5
+    q = m.recur[0].attn.q.weight
+    assert q.abs().max() <= (3**0.5) / d**0.5 + 1e-7
+    down = m.recur[0].mlp.down.weight
+    assert down.abs().max() <= (3**0.5) / (4 * d) ** 0.5 + 1e-7
+    assert all(p.eq(1).all() for n, p in m.named_parameters() if n.endswith("norm_attn.weight"))
+
+
+def test_logits_softcapped_fp32():
+    m = LoopedLM(Arch(d_model=32, r=2, n_layers_eff=4, n_prelude=1, n_coda=1, head_dim=16), 40, 8)
+    with torch.no_grad():
+        m.lm_head.weight.mul_(1e5)
+    out = m(torch.randint(0, 40, (1, 8)))
+    assert out.dtype == torch.float32 and out.abs().max() <= SOFTCAP
+
+
+def test_causal():
+    torch.manual_seed(1)
+    m = LoopedLM(Arch(d_model=32, r=2, n_layers_eff=4, n_prelude=1, n_coda=1, head_dim=16), 40, 10)
+    with torch.no_grad():
+        m.lm_head.weight.normal_()
+    a = torch.randint(0, 40, (1, 10))
+    b = a.clone()
+    b[0, 7:] = (b[0, 7:] + 1) % 40
+    torch.testing.assert_close(m(a)[:, :7], m(b)[:, :7])
+
+
+def test_tbptt_gradients_only_from_last_k_iterations():
+    """Hand-unrolled reference: detach the state after the first r − k iterations."""
+    torch.manual_seed(0)
+    arch = Arch(d_model=32, r=4, n_layers_eff=6, n_prelude=1, n_coda=1, head_dim=16, probe="tbptt")
+    m = LoopedLM(arch, 40, 8)
+    with torch.no_grad():  # at init W = [I ∥ 0] ignores h; make the state matter
+        m.injection.proj.weight.add_(0.1 * torch.randn_like(m.injection.proj.weight))
+    idx, tgt = torch.randint(0, 40, (2, 8)), torch.randint(0, 40, (2, 8))
+    m.loss(idx, tgt).backward()
+    got = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    rope = (m.rope_cos, m.rope_sin)
+    x = m.norm_embed(m.embed(idx))
+    e = m.prelude[0](x, rope)
+    h = e
+    for t in range(4):
+        u = m.injection.mix(t, e, h)
+        u = m.recur[0](u, rope)
+        h = m.norm_recur(u)
+        if t < 2:
+            h = h.detach()
+    x = m.coda[0](h, rope)
+    logits = SOFTCAP * torch.tanh(m.lm_head(m.norm_final(x)).float() / SOFTCAP)
+    F.cross_entropy(logits.view(-1, 40), tgt.view(-1)).backward()
+    for n, p in m.named_parameters():
+        torch.testing.assert_close(got[n], p.grad, msg=n)
+    # And it differs from full backprop (the loop really gets less gradient).
+    full = LoopedLM(Arch(d_model=32, r=4, n_layers_eff=6, n_prelude=1, n_coda=1, head_dim=16), 40, 8)
+    full.load_state_dict(m.state_dict())
+    full.loss(idx, tgt).backward()
+    assert not torch.allclose(full.recur[0].mlp.up.weight.grad, got["recur.0.mlp.up.weight"])
+
+
+def test_param_groups_cover_everything_once():
+    m = LoopedLM(Arch(d_model=32, r=2, n_layers_eff=4, n_prelude=1, n_coda=1, head_dim=16), 40, 8)
+    groups = m.param_groups()
+    ids = [id(p) for p in itertools.chain(*groups.values())]
+    assert len(ids) == len(set(ids)) == len(list(m.parameters()))
+    assert any(p is m.injection.proj.weight for p in groups["matrix"])
+    assert all(p.ndim == 1 for p in groups["norm"])
