@@ -18,6 +18,11 @@ NORM_EPS = 1e-6
 ROPE_BASE = 10000.0
 
 
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy in nats/token (logits already fp32)."""
+    return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+
+
 class RMSNorm(nn.Module):
     """RMSNorm with a learnable scale (eps 1e-6)."""
 
@@ -209,8 +214,7 @@ class LoopedLM(nn.Module):
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy in nats/token."""
-        logits = self.forward(idx)
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        return cross_entropy(self.forward(idx), targets)
 
     # -- bookkeeping --------------------------------------------------------------------------
     def n_non_embedding_params(self) -> int:

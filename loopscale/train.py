@@ -29,7 +29,7 @@ from loopscale.atomic import write_json_atomic
 from loopscale.config import RunConfig, check_budget, run_config_from_dict
 from loopscale.counting import n_once, n_rec
 from loopscale.data import load_data
-from loopscale.model import LoopedLM
+from loopscale.model import LoopedLM, cross_entropy
 from loopscale.optim import build_optimizer, lr_factor
 from loopscale.progress import TrainProgress
 
@@ -103,11 +103,6 @@ def evaluate(model: LoopedLM, val: np.ndarray, eval_tokens: int, seq_len: int, r
             count += n
     model.train()
     return total / count
-
-
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy in nats/token (logits already fp32)."""
-    return torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
 
 def git_commit() -> str | None:
