@@ -111,6 +111,8 @@ def check_arch(a: Arch) -> None:
         raise ArchError(f"unknown probe {a.probe!r}; choose one of {', '.join(PROBES)}")
     if a.tbptt_k is not None and a.probe == "tbptt" and not (1 <= a.tbptt_k <= a.r):
         raise ArchError(f"tbptt_k must be in [1, r={a.r}], got {a.tbptt_k}")
+    if a.tbptt_k is not None and a.probe != "tbptt":
+        raise ArchError(f"tbptt_k is set but probe is {a.probe!r}; it only applies to probe tbptt")
     if a.probe == "hyperconn" and a.hc_lanes < 1:
         raise ArchError(f"hc_lanes must be at least 1, got {a.hc_lanes}")
 

@@ -162,3 +162,41 @@ def test_param_groups_cover_everything_once():
     assert len(ids) == len(set(ids)) == len(list(m.parameters()))
     assert any(p is m.injection.proj.weight for p in groups["matrix"])
     assert all(p.ndim == 1 for p in groups["norm"])
+
+
+def test_hyperconn_k1_reduces_to_loop_without_injection():
+    torch.manual_seed(0)
+    arch = Arch(d_model=32, r=3, n_layers_eff=5, n_prelude=1, n_coda=1, head_dim=16, probe="hyperconn", hc_lanes=1)
+    m = LoopedLM(arch, 40, 8)
+    with torch.no_grad():
+        m.lm_head.weight.normal_()
+        m.injection.alpha.fill_(1.0)
+        m.injection.mix_lanes.zero_()
+        m.injection.beta.fill_(1.0)
+    idx = torch.randint(0, 40, (2, 8))
+    rope = (m.rope_cos, m.rope_sin)
+    with torch.no_grad():
+        h = m.prelude[0](m.norm_embed(m.embed(idx)), rope)
+        for _ in range(3):  # h ← norm_recur(block(h)), no injection of e
+            h = m.norm_recur(m.recur[0](h, rope))
+        ref = SOFTCAP * torch.tanh(m.lm_head(m.norm_final(m.coda[0](h, rope))).float() / SOFTCAP)
+        torch.testing.assert_close(m(idx), ref)
+
+
+def test_hyperconn_cyclic_init_and_counts():
+    arch = Arch(d_model=32, r=4, n_layers_eff=6, n_prelude=1, n_coda=1, head_dim=16, probe="hyperconn", hc_lanes=2)
+    m = LoopedLM(arch, 40, 8)
+    hc = m.injection
+    assert torch.equal(hc.alpha, torch.tensor([[1.0, 0], [0, 1], [1, 0], [0, 1]]))
+    assert torch.equal(hc.mix_lanes, torch.eye(2).repeat(4, 1, 1)) and torch.equal(hc.beta, torch.ones(4, 2))
+    assert m.n_non_embedding_params() == n_once(arch) + n_rec(arch)
+    lanes = {id(p) for p in m.param_groups()["lane"]}
+    assert lanes == {id(hc.alpha), id(hc.mix_lanes), id(hc.beta)}
+    # Step 0 reads lane 0 (= e); after it, lane 0 = e + s0 and lane 1 = e + s0; readout sums lanes.
+    e = torch.randn(2, 3, 32)
+    st = hc.init_state(e)
+    assert torch.equal(hc.mix(0, e, st), e)
+    s0 = torch.randn(2, 3, 32)
+    st = hc.update(0, st, s0)
+    torch.testing.assert_close(st[0], e + s0)
+    torch.testing.assert_close(hc.readout(st), 2 * (e + s0))
