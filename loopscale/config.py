@@ -42,10 +42,11 @@ class TrainConfig:
     batch_tokens: int = 8192  # tokens per optimizer step (B)
     micro_batch_rows: int = 0  # rows per forward pass; 0 = whole batch (no accumulation)
     optimizer: str = "adamw"
-    lr_matrix: float = 3e-3  # block matrices and injection
-    lr_embed: float = 3e-3
-    lr_head: float = 3e-3
-    lr_norm: float = 3e-3
+    # AdamW defaults tuned on the tiny CPU family (d≈96, 300k tokens: 5.74 nats vs 5.96 at 3e-3 flat).
+    lr_matrix: float = 1e-2  # block matrices and injection
+    lr_embed: float = 1e-1
+    lr_head: float = 1e-2
+    lr_norm: float = 1e-2
     betas: tuple[float, float] = (0.8, 0.95)
     eps: float = 1e-10
     weight_decay: float = 0.0

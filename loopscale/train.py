@@ -52,6 +52,21 @@ def write_run_config(run_dir: Path, cfg: RunConfig) -> Path:
     return run_dir / CONFIG_FILE
 
 
+def check_data_fits(cfg: RunConfig, data) -> None:
+    """The data must match the config's vocab and hold enough tokens for training and evaluation."""
+    from loopscale.config import ConfigError
+
+    where = cfg.data.dir
+    if data.vocab_size != cfg.vocab_size:
+        raise ConfigError(f"{where}: data vocab {data.vocab_size} differs from the config's vocab_size {cfg.vocab_size}")
+    if len(data.val) < cfg.data.eval_tokens + 1:
+        raise ConfigError(
+            f"data.eval_tokens: {cfg.data.eval_tokens} exceeds the {len(data.val)}-token validation split of {where}"
+        )
+    if len(data.train) < cfg.train.seq_len + 2:
+        raise ConfigError(f"{where}: training split has {len(data.train)} tokens, fewer than one sequence")
+
+
 def resolve_device(cfg: RunConfig) -> torch.device:
     want = cfg.train.device
     if want == "auto":
@@ -133,8 +148,7 @@ def train(cfg: RunConfig, run_dir: Path | None = None, progress: bool | None = N
     if t.threads:
         torch.set_num_threads(t.threads)
     data = load_data(cfg.data.dir)
-    if data.vocab_size != cfg.vocab_size:
-        raise ValueError(f"config vocab_size {cfg.vocab_size} differs from the data's {data.vocab_size}")
+    check_data_fits(cfg, data)
     device = resolve_device(cfg)
     amp = autocast_dtype(cfg, device)
     torch.manual_seed(t.seed)

@@ -32,8 +32,13 @@ def build_config(base: dict[str, Any], overrides: dict[tuple[str, str], Any], da
     if data_dir is not None:
         data_section["dir"] = data_dir
     data_section["dir"] = str(Path(data_section.get("dir") or default_data_dir()).resolve())
-    raw["vocab_size"] = load_data(data_section["dir"]).vocab_size
-    return run_config_from_dict(raw)
+    from loopscale.train import check_data_fits
+
+    data = load_data(data_section["dir"])
+    raw["vocab_size"] = data.vocab_size
+    cfg = run_config_from_dict(raw)
+    check_data_fits(cfg, data)
+    return cfg
 
 
 def register(app: typer.Typer) -> None:
