@@ -60,12 +60,17 @@ class TrainConfig:
     compile: bool = False
     threads: int = 0  # torch CPU threads; 0 = torch default
     log_every: int = 10
+    checkpoint_every_steps: int = 0  # 0 = by time only
+    checkpoint_every_min: float = 10.0  # 0 = by steps only
 
     def rows_per_step(self) -> int:
         return self.batch_tokens // self.seq_len
 
 
-EXECUTION_FIELDS = {"micro_batch_rows", "device", "dtype", "compile", "threads", "log_every"}
+EXECUTION_FIELDS = {
+    "micro_batch_rows", "device", "dtype", "compile", "threads", "log_every",
+    "checkpoint_every_steps", "checkpoint_every_min",
+}
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class TrainProgress:
-    def __init__(self, total_steps: int, enabled: bool | None = None, every_s: float = 10.0):
+    def __init__(self, total_steps: int, enabled: bool | None = None, every_s: float = 10.0, start: int = 0):
         self.total, self.every_s, self._last = total_steps, every_s, 0.0
         interactive = sys.stderr.isatty() if enabled is None else enabled
         self._bar = None
@@ -19,7 +19,7 @@ class TrainProgress:
                 TextColumn("loss {task.fields[loss]:.4f}  {task.fields[tps]:,.0f} tok/s"),
                 TimeRemainingColumn(), transient=False,
             )
-            self._task = self._bar.add_task("train", total=total_steps, loss=float("nan"), tps=0.0)
+            self._task = self._bar.add_task("train", total=total_steps, completed=start, loss=float("nan"), tps=0.0)
             self._bar.start()
 
     def update(self, step: int, loss: float, tokens_per_s: float) -> None:

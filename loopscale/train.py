@@ -15,6 +15,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import torch
 import yaml
 
 from loopscale.atomic import write_json_atomic
+from loopscale.checkpoint import load_latest_checkpoint, remove_checkpoints, save_checkpoint
 from loopscale.config import RunConfig, check_budget, run_config_from_dict
 from loopscale.counting import n_once, n_rec
 from loopscale.data import load_data
@@ -133,15 +135,34 @@ def git_commit() -> str | None:
 @dataclass
 class TrainOutcome:
     val_loss: float
-    status: str  # done | diverged
+    status: str  # done | diverged | stopped (checkpointed on request, to be resumed)
     diverged_step: int | None
     iterations: int
-    wall_time_s: float
+    wall_time_s: float  # this process plus earlier attempts of a resumed run
     train_time_s: float
+    resumed_from: int | None = None
 
 
-def train(cfg: RunConfig, run_dir: Path | None = None, progress: bool | None = None) -> TrainOutcome:
-    """Train ``cfg`` on its data dir; return the final validation loss (nats/token)."""
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drop metric lines past a checkpoint's step, so a resumed run does not log steps twice."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def train(
+    cfg: RunConfig,
+    run_dir: Path | None = None,
+    progress: bool | None = None,
+    stop: threading.Event | None = None,
+) -> TrainOutcome:
+    """Train ``cfg`` on its data dir; return the final validation loss (nats/token).
+
+    With a run folder, resumes from its latest checkpoint and checkpoints every
+    ``checkpoint_every_steps`` steps / ``checkpoint_every_min`` minutes. When ``stop`` is set,
+    saves a checkpoint at the next step boundary and returns with status "stopped".
+    """
     t_start = time.time()
     check_budget(cfg)
     t = cfg.train
@@ -159,12 +180,34 @@ def train(cfg: RunConfig, run_dir: Path | None = None, progress: bool | None = N
 
     iters, rows = cfg.iterations(), t.rows_per_step()
     micro = t.micro_batch_rows or rows
+    first, tokens_seen, prior_train_s, prior_wall_s, resumed_from = 0, 0, 0.0, 0.0, None
+    ckpt = load_latest_checkpoint(run_dir) if run_dir else None
+    if ckpt is not None:
+        if ckpt.get("run_id") != cfg.run_id():
+            raise RuntimeError(f"checkpoint in {run_dir} belongs to run {ckpt.get('run_id')}, not {cfg.run_id()}")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        first = resumed_from = ckpt["step"]
+        tokens_seen, prior_train_s, prior_wall_s = ckpt["tokens_seen"], ckpt["train_time_s"], ckpt["wall_time_s"]
+        _trim_metrics(Path(run_dir) / METRICS_FILE, first)
+
+    def save(step: int) -> None:
+        save_checkpoint(run_dir, step, {
+            "run_id": cfg.run_id(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "tokens_seen": tokens_seen, "train_time_s": prior_train_s + time.time() - t_train,
+            "wall_time_s": prior_wall_s + time.time() - t_start,
+        })
+
     metrics = open(Path(run_dir) / METRICS_FILE, "a") if run_dir else None
-    bar = TrainProgress(iters, enabled=progress)
-    status, diverged_step, tokens_seen = "done", None, 0
-    t_train = time.time()
+    bar = TrainProgress(iters, enabled=progress, start=first)
+    status, diverged_step = "done", None
+    t_train = last_ckpt = time.time()
     try:
-        for step in range(iters):
+        for step in range(first, iters):
+            if stop is not None and stop.is_set() and run_dir:
+                save(step)
+                status = "stopped"
+                break
             f = lr_factor(step, iters, t.warmup_steps, t.final_lr_frac)
             for g, peak in zip(optimizer.param_groups, peaks):
                 g["lr"] = peak * f
@@ -184,24 +227,29 @@ def train(cfg: RunConfig, run_dir: Path | None = None, progress: bool | None = N
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             tokens_seen += t.batch_tokens
-            tps = tokens_seen / max(time.time() - t_train, 1e-9)
+            tps = (tokens_seen - first * t.batch_tokens) / max(time.time() - t_train, 1e-9)
             bar.update(step + 1, loss_sum, tps)
             if metrics and ((step + 1) % t.log_every == 0 or step + 1 == iters):
                 rec = {"step": step + 1, "tokens": tokens_seen, "loss": loss_sum, "lr_factor": f, "tokens_per_s": tps}
                 metrics.write(json.dumps(rec) + "\n")
                 metrics.flush()
+            due_steps = t.checkpoint_every_steps and (step + 1) % t.checkpoint_every_steps == 0
+            due_time = t.checkpoint_every_min and time.time() - last_ckpt >= 60 * t.checkpoint_every_min
+            if run_dir and step + 1 < iters and (due_steps or due_time):
+                save(step + 1)
+                last_ckpt = time.time()
     finally:
         bar.close()
         if metrics:
             metrics.close()
-    train_time = time.time() - t_train
+    train_time = prior_train_s + time.time() - t_train
+    val_loss = float("nan")
     if status == "done":
         val_loss = evaluate(model, data.val, cfg.data.eval_tokens, t.seq_len, micro, device, amp)
         if not math.isfinite(val_loss):
             status, diverged_step = "diverged", iters
-    else:
-        val_loss = float("nan")
-    return TrainOutcome(val_loss, status, diverged_step, iters, time.time() - t_start, train_time)
+    wall = prior_wall_s + time.time() - t_start
+    return TrainOutcome(val_loss, status, diverged_step, iters, wall, train_time, resumed_from)
 
 
 def result_record(cfg: RunConfig, out: TrainOutcome, device: str) -> dict[str, Any]:
@@ -225,6 +273,7 @@ def result_record(cfg: RunConfig, out: TrainOutcome, device: str) -> dict[str, A
         "budget_flops": cfg.train.budget_flops,
         "val_loss": out.val_loss if math.isfinite(out.val_loss) else None,
         "wall_time_s": out.wall_time_s,
+        "resumed_from_step": out.resumed_from,
         "tokens_per_s": tokens / out.train_time_s if out.train_time_s > 0 else None,
         "device": device,
         "torch_version": torch.__version__,
@@ -234,19 +283,27 @@ def result_record(cfg: RunConfig, out: TrainOutcome, device: str) -> dict[str, A
     }
 
 
-def train_run(run_dir: str | Path) -> dict[str, Any]:
+def train_run(run_dir: str | Path, stop: threading.Event | None = None) -> dict[str, Any]:
     """Train the run described by ``run_dir/config.yaml``; write result.json (or error.json) there.
 
-    Returns the result record. A crash leaves error.json and no result.json.
+    Returns the result record. Resumes from the run's latest checkpoint if there is one; a run
+    that already has result.json is not trained again. A crash leaves error.json and no result.json;
+    a run stopped through ``stop`` leaves a checkpoint and returns {"status": "stopped", ...}.
     """
     run_dir = Path(run_dir)
+    if (run_dir / RESULT_FILE).exists():
+        with open(run_dir / RESULT_FILE) as f:
+            return json.load(f)
     try:
         cfg = load_run_config(run_dir)
         device = resolve_device(cfg)
-        out = train(cfg, run_dir)
+        out = train(cfg, run_dir, stop=stop)
+        if out.status == "stopped":
+            return {"run_id": cfg.run_id(), "status": "stopped", "step": load_latest_checkpoint(run_dir)["step"]}
         record = result_record(cfg, out, str(device) if device.type == "cpu" else torch.cuda.get_device_name(device))
         write_json_atomic(run_dir / RESULT_FILE, record)
         (run_dir / ERROR_FILE).unlink(missing_ok=True)
+        remove_checkpoints(run_dir)
         return record
     except BaseException as e:  # noqa: BLE001 - record every way a run can end, then re-raise
         write_json_atomic(

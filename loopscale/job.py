@@ -1,0 +1,59 @@
+"""The submitit callable for one run: checkpointable, so SLURM preemption or timeout requeues it.
+
+On SLURM's warning signal submitit calls ``TrainJob.checkpoint`` in the main thread. Training runs
+in a worker thread, so the handler can ask it to stop at the next step boundary, wait until the
+checkpoint is on disk, and hand submitit a fresh ``TrainJob`` to requeue. The requeued job resumes
+from that checkpoint (``train_run`` always does).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from loopscale.train import train_run
+
+CHECKPOINT_WAIT_S = 600.0  # longest a step may take before the handler gives up waiting
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = str(run_dir)
+        self._stop: threading.Event | None = None
+        self._done: threading.Event | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"run_dir": self.run_dir}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["run_dir"])
+
+    def __call__(self) -> dict[str, Any]:
+        self._stop, self._done = threading.Event(), threading.Event()
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["result"] = train_run(self.run_dir, stop=self._stop)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+                box["error"] = e
+            finally:
+                self._done.set()
+
+        worker = threading.Thread(target=work, name="loopscale-train", daemon=True)
+        worker.start()
+        while not self._done.wait(timeout=0.5):  # short waits keep the main thread responsive to signals
+            pass
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit on preemption/timeout: checkpoint at a step boundary, then requeue."""
+        if self._stop is not None and self._done is not None:
+            self._stop.set()
+            self._done.wait(timeout=CHECKPOINT_WAIT_S)
+        return submitit.helpers.DelayedSubmission(TrainJob(self.run_dir))

@@ -1,0 +1,107 @@
+"""Checkpoint and resume: an interrupted run ends with the same loss and tokens as an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from loopscale.checkpoint import checkpoint_paths, load_latest_checkpoint, save_checkpoint
+from loopscale.config import run_config_from_dict
+from loopscale.train import train_run, write_run_config
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    from loopscale.data import prepare_text
+
+    rng = np.random.default_rng(0)
+    words = ["the", "loop", "block", "cat", "sat", "on", "a", "mat", "and", "ran", "far", "away"]
+    src = tmp_path_factory.mktemp("text")
+    for i in range(12):
+        (src / f"doc{i}.txt").write_text(" ".join(rng.choice(words, 3000)) + ".\n")
+    out = tmp_path_factory.mktemp("data")
+    prepare_text([src], out, tokenizer="bytes", val_fraction=0.25, force=True)
+    return out
+
+
+def make_run(corpus: Path, run_dir: Path, steps: int = 12, every: int = 1) -> Path:
+    raw = {"model": {"d_model": 32, "r": 2, "n_layers_eff": 4, "n_prelude": 1, "n_coda": 1, "head_dim": 16},
+           "train": {"tokens": steps * 256, "seq_len": 32, "batch_tokens": 256, "threads": 1,
+                     "checkpoint_every_steps": every, "log_every": 1},
+           "data": {"dir": str(corpus), "eval_tokens": 1024}, "vocab_size": 256}
+    write_run_config(run_dir, run_config_from_dict(raw))
+    return run_dir
+
+
+class StopAfter(threading.Event):
+    """A stop request that arrives after ``n`` step boundaries."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def is_set(self) -> bool:
+        self.n -= 1
+        return self.n < 0
+
+
+def test_stop_and_resume_is_bitwise_identical(corpus, tmp_path):
+    ref = train_run(make_run(corpus, tmp_path / "ref"))
+    run = make_run(corpus, tmp_path / "int")
+    stopped = train_run(run, stop=StopAfter(5))
+    assert stopped["status"] == "stopped" and stopped["step"] == 5
+    assert not (run / "result.json").exists()
+    done = train_run(run)
+    assert done["val_loss"] == ref["val_loss"] and done["tokens"] == ref["tokens"]
+    assert done["resumed_from_step"] == 5
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))  # no step logged twice
+    assert checkpoint_paths(run) == []  # pruned once the result is written
+
+
+def test_killed_process_resumes_to_same_loss(corpus, tmp_path):
+    ref = train_run(make_run(corpus, tmp_path / "ref", steps=40))
+    run = make_run(corpus, tmp_path / "killed", steps=40)
+    code = f"from loopscale.train import train_run; train_run({str(run)!r})"
+    p = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(
+        load_latest_checkpoint(run) and load_latest_checkpoint(run)["step"] >= 3 for _ in [0]
+    ):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (run / "result.json").exists(), "the run finished before it could be killed"
+    done = train_run(run)
+    assert done["resumed_from_step"] >= 3
+    assert done["val_loss"] == ref["val_loss"] and done["tokens"] == ref["tokens"]
+
+
+def test_checkpoints_atomic_keep_previous_and_fall_back(tmp_path):
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, {"x": step})
+    names = [p.name for p in checkpoint_paths(tmp_path)]
+    assert names == ["step_000000003.pt", "step_000000002.pt"]
+    checkpoint_paths(tmp_path)[0].write_bytes(b"torn write")  # newest damaged
+    assert load_latest_checkpoint(tmp_path)["x"] == 2
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.suffix == ".tmp"]
+
+
+def test_checkpoint_of_another_run_is_refused(corpus, tmp_path):
+    a = make_run(corpus, tmp_path / "a")
+    train_run(a, stop=StopAfter(2))
+    b = make_run(corpus, tmp_path / "b", steps=13)
+    shutil.copytree(a / "checkpoints", b / "checkpoints")
+    with pytest.raises(RuntimeError, match="belongs to run"):
+        train_run(b)
+    assert "belongs to run" in json.loads((b / "error.json").read_text())["error"]
