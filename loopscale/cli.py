@@ -23,6 +23,10 @@ app = typer.Typer(
 COMMAND_MODULES = [
     "loopscale.commands.data",
     "loopscale.commands.train",
+    "loopscale.commands.sweep",
+    "loopscale.commands.fit",
+    "loopscale.commands.plan",
+    "loopscale.commands.compare",
 ]
 
 for _name in COMMAND_MODULES:

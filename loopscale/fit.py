@@ -244,7 +244,7 @@ def polish(theta0: np.ndarray, data: FitData, free: np.ndarray, delta: float = H
     # projected gradient (on the rescaled objective) is negligible.
     _, g = fun(theta[free])
     pg = np.max(np.abs(np.clip(theta[free] - g, LOWER[free], UPPER[free]) - theta[free]), initial=0.0)
-    converged = bool(res.success) or pg <= 1e-6
+    converged = bool(res.success or pg <= 1e-6)
     message = res.message if isinstance(res.message, str) else str(res.message)
     return Polished(theta, float(f), converged, message)
 

@@ -1,0 +1,164 @@
+"""`loopscale plan`: simulate a grid under a prior law and say whether it will measure φ (and a
+probe's Δφ), what it costs, and which cells to add or drop. Logic in loopscale/plan.py."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+
+def _progress():
+    """A transient progress bar on stderr (stdout stays clean for --json); None without a tty."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        return None
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
+def _f(v, digits: int = 3, spec: str = "f") -> str:
+    return "—" if v is None else f"{v:.{digits}{spec}}"
+
+
+def _pct(v) -> str:
+    return "—" if v is None else f"{100 * v:.0f}%"
+
+
+def _budget(row: dict) -> str:
+    return f"C {row['budget_flops']:.3g}" if row.get("budget_flops") is not None else f"D {row['tokens']:.3g}"
+
+
+def _print_plan(doc: dict, out: Console) -> None:
+    law = doc["law"]
+    out.print(f"[bold]{doc['grid']}[/] ({doc['n_runs']} runs) under the {doc['law_source']} law (φ = {law['phi']:.4g}), "
+              f"noise {doc['noise_nats']:g} nats: {doc['replicates']} replicates, {doc['bootstrap']} bootstrap "
+              "resamples each", highlight=False)
+    t = Table(title=f"φ measured on {doc['n_baseline_runs']} baseline runs")
+    t.add_column("")
+    t.add_column("value", justify="right")
+    t.add_row("true φ", _f(doc["phi_true"], 4))
+    t.add_row("φ̂ mean / median", f"{_f(doc['phi_mean'], 4)} / {_f(doc['phi_median'], 4)}")
+    t.add_row("φ̂ sd across replicates", _f(doc["phi_sd"], 4))
+    t.add_row("[bold]95% CI width[/] (mean bootstrap CI)" if doc["phi_ci_width_bootstrap"] is not None
+              else "[bold]95% CI width[/] (replicate spread)", f"[bold]{_f(doc['phi_ci_width'])}[/]")
+    t.add_row("  typical CI", f"[{_f(doc['phi_ci_mean'][0])}, {_f(doc['phi_ci_mean'][1])}]")
+    t.add_row("  spread of φ̂ (central 95%)", _f(doc["phi_ci_width_spread"]))
+    t.add_row("  asymptotic (sandwich) ±1.96 sd", _f(doc["phi_ci_width_fisher"]))
+    t.add_row("P(CI excludes 0) / P(CI excludes 1)", f"{_pct(doc['p_ci_excludes_0'])} / {_pct(doc['p_ci_excludes_1'])}")
+    t.add_row("P(CI covers true φ)", _pct(doc["p_ci_covers_truth"]))
+    out.print(t)
+
+    cost = doc["cost"]
+    c = Table(title=f"cost at {cost['peak_tflops']:g} TFLOP/s peak × {cost['mfu']:g} MFU")
+    for col in ("r", "runs", "FLOPs", "GPU-hours"):
+        c.add_column(col, justify="right")
+    for row in cost["per_r"]:
+        c.add_row(str(row["r"]), str(row["runs"]), f"{row['flops']:.3e}", f"{row['gpu_hours']:,.1f}")
+    c.add_row("[bold]total[/]", str(cost["runs"]), f"[bold]{cost['total_flops']:.3e}[/]", f"[bold]{cost['gpu_hours']:,.1f}[/]")
+    out.print(c)
+
+    if doc["probes"]:
+        p = Table(title="probes: chance to resolve Δφ (probe at φ + Δ, paired with the baseline)")
+        for col in ("probe", "runs", "Δφ", "Δφ̂ mean", "sd", "CI width", "P(resolve)", "Δφ @80%"):
+            p.add_column(col, justify="right" if col != "probe" else "left")
+        for name, v in doc["probes"].items():
+            p.add_row(name, str(v["n_runs"]), _f(v["delta_true"]), _f(v["delta_mean"]), _f(v["delta_sd"]),
+                      _f(v["delta_ci_width"]), _pct(v["p_resolved"]), _f(v["min_detectable_delta"]))
+        out.print(p)
+        out.print("Δφ @80%: smallest Δφ resolved with 80% power (2.80 × sd of Δφ̂)", highlight=False)
+
+    picks = doc["suggestions"]
+    if picks:
+        cells: dict[tuple, dict] = {}
+        for row in picks:
+            key = (row["budget_flops"], row["tokens"], row["width"], row["r"])
+            cell = cells.setdefault(key, {**row, "runs": 0})
+            cell["runs"] += 1
+        what = "" if doc["suggestions_for"] == "none" else f" ({doc['suggestions_for']} runs at r > 1)"
+        s = Table(title=f"cells to add{what}, greedy by fall of φ's CI width per FLOP")
+        for col in ("budget", "width d", "r", "runs", "GPU-h each", ""):
+            s.add_column(col, justify="right" if col else "left")
+        for row in cells.values():
+            note = "another seed" if row["exists"] else ("new r" if row["new_r"] else "new cell")
+            s.add_row(_budget(row), str(row["width"]), str(row["r"]), str(row["runs"]), f"{row['gpu_hours']:,.2f}", note)
+        out.print(s)
+        spent = sum(row["gpu_hours"] for row in picks)
+        out.print(f"all {len(picks)} runs ({spent:,.1f} GPU-h): φ CI width {picks[0]['fisher_width_before']:.3f} → "
+                  f"{picks[-1]['fisher_width_after']:.3f} (sandwich)", highlight=False)
+        sim = picks[0].get("simulated")
+        if sim:
+            out.print(f"first run checked by simulation ({sim['replicates']} replicates, the same noise): sd of φ̂ × "
+                      f"{sim['sd_ratio']:.3f} ± {sim['sd_ratio_se']:.3f}; the sandwich predicted × {sim['fisher_ratio']:.3f}",
+                      highlight=False)
+    if doc["low_information"]:
+        lo = Table(title="runs carrying least information on φ per FLOP")
+        for col in ("run", "budget", "width d", "r", "FLOPs", "CI wider if dropped"):
+            lo.add_column(col, justify="right" if col != "run" else "left")
+        for row in doc["low_information"]:
+            lo.add_row(row["run_id"], _budget(row), str(row["width"]), str(row["r"]), f"{row['flops']:.3g}",
+                       f"{100 * max(row['ci_widening'], 0.0):.3f}%")
+        out.print(lo)
+    out.print(f"phi_ci_width: {doc['phi_ci_width_method']}", highlight=False, soft_wrap=True)
+    for note in doc["notes"]:
+        out.print(f"note: {note}", highlight=False, soft_wrap=True)
+    out.print(f"{doc['seconds']:.1f} s", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def plan(
+        grid_file: Path = typer.Argument(..., metavar="GRID", help="Grid YAML to plan (e.g. grids/paper.yaml)."),
+        law: str = typer.Option("paper", help="Prior law: 'paper' (the paper's coefficients) or a fit.json / its folder."),
+        noise: float = typer.Option(0.01, help="Gaussian noise on each run's final loss, nats."),
+        replicates: int = typer.Option(100, help="Simulated replicates of the grid."),
+        bootstrap: int = typer.Option(200, help="Cell-bootstrap resamples per replicate (0: CI from the replicate spread)."),
+        probe_delta: float = typer.Option(0.07, "--probe-delta", help="Δφ a probe is simulated with."),
+        seed: int = typer.Option(0, help="Seed of noise, starts and resamples: same seed, same output."),
+        starts: int = typer.Option(8, help="Random starts per fit, besides fit's 24 fixed and the true θ."),
+        peak_tflops: float = typer.Option(989.0, "--peak-tflops", help="GPU peak TFLOP/s (989: H100 bf16 dense)."),
+        mfu: float = typer.Option(0.4, help="Model FLOP utilisation, a fraction of peak."),
+        suggest: int = typer.Option(5, help="Cells to suggest adding (and low-information runs to list)."),
+        workers: Optional[int] = typer.Option(None, help="Processes (default: all cores)."),
+        json_out: bool = typer.Option(False, "--json", help="Print the prediction as JSON and nothing else."),
+    ) -> None:
+        """Will this grid measure φ? Simulate it under a prior law, fit every replicate as `fit` does,
+        and report φ's expected CI, a probe's chance to resolve Δφ, the cost, and cells worth adding."""
+        from loopscale.grid import load_grid
+        from loopscale.law import load_law
+        from loopscale.plan import plan_grid
+
+        prior = load_law(law, need_phi=True)
+        grid = load_grid(grid_file)
+        bar = _progress()
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if bar is None:
+                return
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        if bar is not None:
+            bar.start()
+        try:
+            report = plan_grid(grid, prior, law_source=law, noise=noise, replicates=replicates, bootstrap=bootstrap,
+                               probe_delta=probe_delta, seed=seed, starts=starts, peak_tflops=peak_tflops, mfu=mfu,
+                               suggest=suggest, workers=workers, progress=progress)
+        finally:
+            if bar is not None:
+                bar.stop()
+        doc = report.to_json()
+        if json_out:
+            sys.stdout.write(json.dumps(doc, allow_nan=False) + "\n")
+            return
+        _print_plan(doc, Console())
+

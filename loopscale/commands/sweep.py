@@ -1,0 +1,365 @@
+"""`loopscale sweep`, `loopscale status`, `loopscale collect`: parse, call grid/submit/store, print."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from loopscale.errors import UserError
+
+SWEEPS_DIR = Path("sweeps")
+GRIDS_DIR = Path(__file__).resolve().parents[2] / "grids"  # the grids shipped beside the package
+STATE_STYLE = {"done": "green", "diverged": "yellow", "failed": "red", "corrupt": "red", "cancelled": "red",
+               "timeout": "red", "lost": "red", "running": "cyan", "pending": "blue", "submitted": "blue",
+               "unknown": "magenta", "new": "dim"}
+
+
+# --- formatting ----------------------------------------------------------------------------------
+
+def si(x: float | None, unit: str = "") -> str:
+    """1234567 → '1.23M'."""
+    if x is None:
+        return "-"
+    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{suffix}{unit}"
+    return f"{x:.3g}{unit}"
+
+
+def sci(x: float | None) -> str:
+    """4.64e+17 → '4.64e17'."""
+    return "-" if x is None else f"{x:.3g}".replace("e+", "e")
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A console; wide when writing to a file or pipe, so tables are not squeezed to 80 columns."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 160)
+
+
+def styled(state: str) -> str:
+    return f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
+
+
+def plan_table(rows, title: str) -> Table:
+    """The plan: run id, r, width, n_once, n_rec, D, FLOPs (flops_per_token · D), budget, action (state)."""
+    t = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    show_probe = any(r.probe != "none" for r in rows)
+    show_seed = len({r.seed for r in rows}) > 1
+    show_budget = any(r.budget_flops for r in rows)
+    names = ["run id", "r"] + ["probe"] * show_probe + ["seed"] * show_seed + [
+        "d_model", "N_once", "N_rec", "D tokens", "FLOPs"] + ["budget"] * show_budget + ["action"]
+    for name in names:
+        t.add_column(name, justify="left" if name in ("run id", "probe", "action") else "right", no_wrap=True)
+    for r in rows:
+        action = r.action if r.state == "new" else f"{r.action} ({styled(r.state)})"
+        t.add_row(r.run_id, str(r.r), *[r.probe] * show_probe, *[str(r.seed)] * show_seed, str(r.d_model),
+                  si(r.n_once), si(r.n_rec), si(r.tokens), sci(r.flops), *[sci(r.budget_flops)] * show_budget,
+                  action)
+    return t
+
+
+def counts_line(counts: dict[str, int]) -> str:
+    return " · ".join(f"{styled(s)} {n}" for s, n in counts.items()) or "no runs"
+
+
+def states_table(entries: list[dict[str, Any]], title: str | None = None) -> Table:
+    """entries: run_id, r, d_model, probe, tokens, state, detail, loss."""
+    t = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    for name in ("run id", "r", "d_model", "probe", "D tokens", "state", "loss", "detail"):
+        t.add_column(name, justify="right" if name in ("r", "d_model", "D tokens", "loss") else "left",
+                     overflow="fold" if name == "detail" else "ellipsis")
+    for e in entries:
+        loss = e.get("loss")
+        t.add_row(e["run_id"], str(e.get("r") or "-"), str(e.get("d_model") or "-"), str(e.get("probe") or "-"),
+                  si(e.get("tokens")), styled(e["state"]), "-" if loss is None else f"{loss:.4f}",
+                  e.get("detail") or "")
+    return t
+
+
+def state_order(state: str) -> int:
+    from loopscale.store import STATES
+
+    order = ("running", "pending", "submitted", "unknown", "failed", "corrupt", "cancelled", "timeout", "lost",
+             "new", "diverged", "done")
+    return order.index(state) if state in order else len(STATES)
+
+
+# --- arguments -----------------------------------------------------------------------------------
+
+def resolve_grid(arg: str) -> Path:
+    """A grid file path, or the name of a shipped grid (``tiny`` → grids/tiny.yaml)."""
+    p = Path(arg)
+    if p.is_file():
+        return p
+    if "/" not in arg and not p.suffix:
+        for folder in (Path("grids"), GRIDS_DIR):
+            if (folder / f"{arg}.yaml").is_file():
+                return folder / f"{arg}.yaml"
+    raise UserError(f"{arg}: no such grid file (shipped grids: "
+                    f"{', '.join(sorted(q.stem for q in GRIDS_DIR.glob('*.yaml'))) or 'none'})")
+
+
+def resolve_sweep(arg: Optional[Path]) -> Path:
+    """The sweep folder given, or the only one under ./sweeps."""
+    from loopscale.store import GRID_FILE, RUNS_DIR
+
+    def is_sweep(p: Path) -> bool:
+        return (p / RUNS_DIR).is_dir() or (p / GRID_FILE).is_file()
+
+    if arg is not None:
+        if not arg.is_dir():
+            raise UserError(f"{arg}: no such sweep folder")
+        if not is_sweep(arg):
+            raise UserError(f"{arg}: not a sweep folder (no runs/ or grid.yaml); run `loopscale sweep` first")
+        return arg
+    found = sorted(p for p in SWEEPS_DIR.glob("*") if p.is_dir() and is_sweep(p)) if SWEEPS_DIR.is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise UserError(f"no sweep folders under ./{SWEEPS_DIR}; give one, or run `loopscale sweep` first")
+    raise UserError(f"several sweeps under ./{SWEEPS_DIR} ({', '.join(p.name for p in found)}); name one")
+
+
+def executor_overrides(ex, **flags):
+    from loopscale.grid import check_executor
+
+    given = {k: v for k, v in flags.items() if v is not None}
+    ex = dataclasses.replace(ex, **given)
+    check_executor(ex, "command line")
+    return ex
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def sweep(
+        grid_arg: str = typer.Argument("tiny", metavar="GRID", help="Grid YAML file, or a shipped grid's name "
+                                       "(tiny, smoke, paper)."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Sweep folder (default sweeps/<grid name>)."),
+        data: Optional[Path] = typer.Option(None, "--data", help="Data dir instead of the grid's data.dir."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and total compute; submit nothing."),
+        as_json: bool = typer.Option(False, "--json", help="Print the plan as a JSON list (one object per run)."),
+        wait: bool = typer.Option(False, "--wait", help="Follow the sweep until every run has ended."),
+        retry_failed: bool = typer.Option(False, "--retry-failed", help="Resubmit failed, cancelled, timed-out, "
+                                          "corrupt and lost runs."),
+        executor: Optional[str] = typer.Option(None, "--executor", help="auto | slurm | local | debug."),
+        partition: Optional[str] = typer.Option(None, help="SLURM partition."),
+        account: Optional[str] = typer.Option(None, help="SLURM account."),
+        qos: Optional[str] = typer.Option(None, help="SLURM QOS."),
+        time_min: Optional[int] = typer.Option(None, help="Time limit per run, minutes."),
+        gpus_per_node: Optional[int] = typer.Option(None, help="GPUs per SLURM job."),
+        cpus_per_task: Optional[int] = typer.Option(None, help="CPUs per SLURM job."),
+        mem_gb: Optional[float] = typer.Option(None, help="Memory per SLURM job, GB."),
+        constraint: Optional[str] = typer.Option(None, help="SLURM node constraint."),
+        array_parallelism: Optional[int] = typer.Option(None, help="SLURM array tasks running at once."),
+        jobs: Optional[int] = typer.Option(None, "--jobs", help="Local runs at once (default: one per GPU, "
+                                           "else CPU cores / threads per job)."),
+        threads_per_job: Optional[int] = typer.Option(None, help="Torch CPU threads per local run."),
+        poll: float = typer.Option(5.0, help="Seconds between status polls with --wait."),
+    ) -> None:
+        """Expand a grid and submit its runs (skips finished runs and leaves runs in flight alone)."""
+        from loopscale import submit as sub
+        from loopscale.grid import load_grid
+        from loopscale.store import RETRYABLE, run_ids, run_states
+
+        console = make_console(stderr=as_json)
+        grid = load_grid(resolve_grid(grid_arg), data_dir=data)
+        ex = executor_overrides(grid.executor, kind=executor, partition=partition, account=account, qos=qos,
+                                time_min=time_min, gpus_per_node=gpus_per_node, cpus_per_task=cpus_per_task,
+                                mem_gb=mem_gb, constraint=constraint, array_parallelism=array_parallelism,
+                                local_jobs=jobs, threads_per_job=threads_per_job)
+        sweep_dir = out or SWEEPS_DIR / grid.name
+        ids = [s.run_id for s in grid.runs]
+        changes = sub.sweep_changes(sweep_dir, grid)
+        if changes:
+            console.print(f"[yellow]the grid changed since {sweep_dir / 'grid.yaml'} was kept:[/]", highlight=False)
+            for line in changes:
+                console.print(f"  {line}", highlight=False, soft_wrap=True)
+        existing = set(run_ids(sweep_dir))
+        states = run_states(sweep_dir, ids)
+        rows = sub.plan(grid.runs, states, retry_failed)
+        outside = existing - set(ids)
+        if outside:
+            console.print(f"{len(outside)} run folder(s) in {sweep_dir / 'runs'} are not in this grid (left alone)")
+        totals = sub.plan_totals(rows)
+        kind = sub.resolve_kind(ex.kind)
+        if dry_run:
+            if as_json:
+                print(json.dumps([r.to_dict() for r in rows], indent=1))
+                return
+            console.print(plan_table(rows, f"plan: {grid.name} ({sweep_dir}), executor {kind}"))
+            print_totals(console, grid, totals)
+            return
+
+        todo = [s for s, r in zip(grid.runs, rows) if r.action in ("submit", "resubmit")]
+        if todo:
+            sub.check_data(grid)
+        created = not sweep_dir.exists()
+        sub.make_sweep_dir(sweep_dir)
+        on_finish = None
+        if kind == "debug":
+            on_finish = lambda rid, st: console.print(  # noqa: E731
+                f"  {rid}  {styled(st.state)}  {loss_text(st)}", highlight=False)
+            if todo:
+                console.print(f"running {len(todo)} run(s) in this process (debug executor)")
+        t0 = time.perf_counter()
+        try:
+            records = sub.submit(sweep_dir, todo, dataclasses.replace(ex, kind=kind),
+                                 job_name=f"loopscale-{grid.name}", on_finish=on_finish)
+        except UserError:
+            if created:  # a failed first submission leaves no sweep folder behind
+                shutil.rmtree(sweep_dir, ignore_errors=True)
+            raise
+        sub.record_grid(sweep_dir, grid)
+        held = sum(1 for r in rows if r.action == "hold")
+        console.print(submit_summary(kind, records, totals, time.perf_counter() - t0), highlight=False)
+        if held:
+            console.print(f"{held} failed run(s) held back; `--retry-failed` resubmits them", highlight=False)
+        if as_json:
+            print(json.dumps([{**r.to_dict(), "job_id": records.get(r.run_id, {}).get("job_id")} for r in rows],
+                             indent=1))
+        if kind == "debug" or wait:
+            info = {r.run_id: r for r in rows}
+            try:
+                final = follow(sweep_dir, ids, info, console, poll) if kind != "debug" else run_states(sweep_dir, ids)
+            except KeyboardInterrupt:
+                if kind == "debug":
+                    raise
+                console.print(f"stopped following; the submitted runs go on (`loopscale status {sweep_dir}`)")
+                raise typer.Exit(130) from None
+            bad = [rid for rid, st in final.items() if st.state in RETRYABLE]
+            from loopscale.store import counts
+
+            console.print(f"sweep {sweep_dir}: {counts_line(counts(final.values()))}", highlight=False)
+            if bad:
+                console.print(f"[red]{len(bad)} run(s) did not finish[/]; see `loopscale status {sweep_dir}`, "
+                              f"then `loopscale sweep {grid_arg} --retry-failed`", highlight=False)
+                raise typer.Exit(1)
+
+    @app.command()
+    def status(
+        sweep_dir: Optional[Path] = typer.Argument(None, metavar="SWEEP", help="Sweep folder (default: the only "
+                                                   "one under ./sweeps)."),
+        as_json: bool = typer.Option(False, "--json", help="Print counts and each run's state as JSON."),
+    ) -> None:
+        """Show the state of every run of a sweep (from its files; the scheduler for runs in flight)."""
+        from loopscale.store import counts, run_row, run_states, runs_root
+
+        sweep_dir = resolve_sweep(sweep_dir)
+        states = run_states(sweep_dir)
+        root = runs_root(sweep_dir)
+        entries = [entry(run_row(root / rid, st)) for rid, st in states.items()]
+        c = counts(states.values())
+        if as_json:
+            print(json.dumps({"sweep": str(sweep_dir), "counts": c, "runs": entries}, indent=1))
+            return
+        console = make_console()
+        entries.sort(key=lambda e: (state_order(e["state"]), e.get("r") or 0, e.get("d_model") or 0, e["run_id"]))
+        console.print(states_table(entries, f"{sweep_dir}: {len(entries)} runs"))
+        console.print(counts_line(c), highlight=False)
+
+    @app.command()
+    def collect(
+        sweep_dir: Optional[Path] = typer.Argument(None, metavar="SWEEP", help="Sweep folder (default: the only "
+                                                   "one under ./sweeps)."),
+        export: Optional[Path] = typer.Option(None, "--export", help="Also write the table to a .csv or .parquet."),
+    ) -> None:
+        """Gather every run of a sweep into its results store (results.db; idempotent)."""
+        from loopscale import store
+
+        sweep_dir = resolve_sweep(sweep_dir)
+        if export is not None and export.suffix.lower() not in (".csv", ".parquet", ".pq"):
+            raise UserError(f"{export}: unknown export format {export.suffix or '(no extension)'!r}; "
+                            f"use .csv or .parquet")
+        got = store.collect(sweep_dir)
+        console = make_console()
+        console.print(f"collected {len(got.rows)} runs into {sweep_dir / store.DB_FILE} in {got.seconds:.2f} s: "
+                      f"{counts_line(got.counts)}", highlight=False)
+        if export is not None:
+            path = store.export(sweep_dir, export)
+            console.print(f"wrote {path}", highlight=False)
+
+
+def entry(row: dict[str, Any]) -> dict[str, Any]:
+    keys = ("run_id", "r", "d_model", "probe", "seed", "tokens", "budget_flops", "loss", "detail", "job_id")
+    e = {k: row.get(k) for k in keys}
+    e["state"] = row["status"]
+    return e
+
+
+def loss_text(st) -> str:
+    if st.result and st.result.get("val_loss") is not None:
+        return f"val_loss {st.result['val_loss']:.4f} nats/token"
+    return st.detail or ""
+
+
+def print_totals(console: Console, grid, totals: dict[str, Any]) -> None:
+    acts = ", ".join(f"{a} {n}" for a, n in totals["actions"].items())
+    console.print(f"{totals['runs']} runs ({acts}); total compute {totals['total_flops']:.4g} FLOPs, "
+                  f"{si(totals['total_tokens'])} tokens; to submit {totals['submit_flops']:.4g} FLOPs",
+                  highlight=False)
+    budgets = sum(s.budget_flops for s in grid.runs if s.budget_flops)
+    if budgets:
+        console.print(f"sum of the runs' FLOP budgets: {budgets:.4g} FLOPs "
+                      f"(trained/budget = {totals['total_flops'] / budgets:.4f})", highlight=False)
+
+
+def submit_summary(kind: str, records: dict[str, dict], totals: dict[str, Any], seconds: float) -> str:
+    if not records:
+        acts = ", ".join(f"{a} {n}" for a, n in totals["actions"].items())
+        return f"nothing to submit ({acts})"
+    jobs = sorted({str(r["job_id"]) for r in records.values()})
+    if kind == "slurm":
+        arrays = sorted({r.get("array_job_id") for r in records.values()})
+        where = f"as SLURM job {jobs[0]}" if len(jobs) == 1 else f"as SLURM job array {', '.join(arrays)}"
+    elif kind == "local":
+        workers = records[next(iter(records))]["workers"]
+        where = f"to {len(workers)} local worker job(s) (pids {', '.join(str(w['pid']) for w in workers)})"
+    else:
+        return f"ran {len(records)} run(s) in this process in {seconds:.1f} s ({totals['submit_flops']:.3g} FLOPs)"
+    return f"submitted {len(records)} run(s) {where} in {seconds:.1f} s ({totals['submit_flops']:.3g} FLOPs)"
+
+
+def follow(sweep_dir: Path, ids: list[str], info: dict, console: Console, poll: float):
+    """Poll until no run is in flight: a live table on a terminal, a line per change otherwise."""
+    from rich.live import Live
+
+    from loopscale import submit as sub
+    from loopscale.store import counts
+
+    def render(states) -> Table:
+        entries = []
+        for rid, st in states.items():
+            p = info.get(rid)
+            loss = st.result.get("val_loss") if st.result else None
+            entries.append({"run_id": rid, "r": p and p.r, "d_model": p and p.d_model, "probe": p and p.probe,
+                            "tokens": p and p.tokens, "state": st.state, "detail": st.detail, "loss": loss})
+        entries.sort(key=lambda e: (state_order(e["state"]), e["r"] or 0, e["d_model"] or 0))
+        return states_table(entries, f"{sweep_dir}  {counts_line(counts(states.values()))}  "
+                                     f"[dim]{time.strftime('%H:%M:%S')}[/]")
+
+    if console.is_terminal:
+        with Live(console=console, refresh_per_second=2, transient=False) as live:
+            return sub.wait(sweep_dir, ids, lambda s: live.update(render(s)), poll)
+    last: list[str] = []
+
+    def line(states) -> None:
+        text = counts_line(counts(states.values()))
+        if text != (last[0] if last else None):
+            last[:] = [text]
+            console.print(f"{time.strftime('%H:%M:%S')}  {text}", highlight=False)
+            sys.stderr.flush()
+
+    return sub.wait(sweep_dir, ids, line, poll)

@@ -1,0 +1,512 @@
+"""Grid files: a YAML sweep description expanded into a list of run specs (a pure function).
+
+A grid names the model family, the training settings, and the axes of the sweep::
+
+    name: tiny                      # optional; default: the file name without .yaml
+    model: {n_layers_eff: 10, n_prelude: 1, n_coda: 1, head_dim: 32}   # Arch fields but d_model/r/probe
+    train: {seq_len: 256, batch_tokens: 8192}    # TrainConfig fields but tokens/budget_flops/seed
+    data: {dir: data/default, eval_tokens: 65536}  # relative dirs are resolved against the working dir
+    vocab_size: 4096                # optional; default: read from the data dir's meta.json
+    r: [1, 2, 4, 8]                 # recurrences
+    probes: [none]                  # none | tbptt | hyperconn (method.md §6)
+    seeds: [0]
+    # budgets, exactly one of:
+    widths: [128, 256]              # d_model (or `s: [2, 4]`, d = 64·s) ...
+    tokens: [1e6, 2e6]              # ... crossed with token budgets D
+    flops:                          # or FLOP budgets C, each with its own widths (iso-FLOP design)
+      1e13: [64, 96]                #   d_model list, or {s: [...]} / {widths: [...]}
+    runs:                           # or an explicit list; r/probe/seed default to the lists above
+      - {d_model: 64, tokens: 1e6, r: 2}
+    executor: {kind: auto, ...}     # see ExecutorConfig; never part of a run's identity
+
+Identical runs expand once: the r = 1 model is the same for every probe, so a grid with
+``probes: [none, tbptt]`` trains each r = 1 run a single time (its ``probes`` lists both).
+Bad input raises ``GridError`` (a ``UserError``) naming the file, the key and the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from loopscale.config import (
+    ConfigError,
+    DataConfig,
+    RunConfig,
+    TrainConfig,
+    build,
+    check_budget,
+    check_train,
+)
+from loopscale.counting import PROBES, Arch, ArchError, n_once, n_rec
+from loopscale.errors import UserError
+
+WIDTH_UNIT = 64  # d = 64·s (method.md §2)
+TOP_KEYS = ("name", "description", "model", "train", "data", "vocab_size", "r", "widths", "s", "tokens",
+            "flops", "runs", "probes", "seeds", "executor")
+AXIS_MODEL_KEYS = {"d_model": "widths/s", "r": "r", "probe": "probes"}
+AXIS_TRAIN_KEYS = {"tokens": "tokens/flops/runs", "budget_flops": "flops/runs", "seed": "seeds"}
+RUN_KEYS = ("r", "d_model", "s", "tokens", "budget_flops", "probe", "seed")
+EXECUTOR_KINDS = ("auto", "slurm", "local", "debug")
+
+
+class GridError(UserError, ValueError):
+    """A grid file that cannot be expanded; the message names the file, the key and the reason."""
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """Where and how runs execute. Not part of any run's identity.
+
+    slurm: partition, account, qos, time_min (minutes per run), gpus_per_node, cpus_per_task, mem_gb,
+    constraint, array_parallelism (array tasks running at once), setup (shell lines before the run).
+    local: local_jobs (runs at once; default one per GPU, else CPU cores / threads_per_job) and
+    threads_per_job (torch CPU threads per run; default CPU cores / local_jobs).
+    """
+
+    kind: str = "auto"  # auto (slurm if sbatch is on PATH, else local) | slurm | local | debug
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_min: int = 60
+    gpus_per_node: int = 0
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    constraint: str | None = None
+    array_parallelism: int | None = None
+    job_name: str | None = None
+    setup: tuple[str, ...] = ()
+    local_jobs: int | None = None
+    threads_per_job: int | None = None
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of a sweep. FLOPs are training FLOPs; tokens is D actually trained."""
+
+    run_id: str
+    config: RunConfig
+    budget_flops: float | None  # the run's FLOP budget C, None for token budgets
+    probes: tuple[str, ...]  # the grid probes this run serves (r = 1 runs serve all of them)
+
+    @property
+    def r(self) -> int:
+        return self.config.model.r
+
+    @property
+    def d_model(self) -> int:
+        return self.config.model.d_model
+
+    width = d_model
+
+    @property
+    def probe(self) -> str:
+        return self.config.model.probe
+
+    @property
+    def seed(self) -> int:
+        return self.config.train.seed
+
+    @property
+    def n_once(self) -> int:
+        return n_once(self.config.model)
+
+    @property
+    def n_rec(self) -> int:
+        return n_rec(self.config.model)
+
+    @property
+    def tokens(self) -> int:
+        return self.config.tokens()
+
+    @property
+    def iterations(self) -> int:
+        return self.config.iterations()
+
+    @property
+    def flops_per_token(self) -> int:
+        return self.config.flops_per_token()
+
+    @property
+    def flops(self) -> int:
+        """Training FLOPs of the run as trained: flops_per_token · tokens."""
+        return self.flops_per_token * self.tokens
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    path: Path | None
+    text: str  # the grid file as written (kept in the sweep folder)
+    raw: dict[str, Any]
+    runs: list[RunSpec]
+    executor: ExecutorConfig
+    data_dir: Path
+    vocab_size: int
+    vocab_from_data: bool  # vocab_size was read from the data dir rather than given
+
+    @property
+    def total_flops(self) -> float:
+        return float(sum(s.flops for s in self.runs))
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+def load_grid(path: str | Path, data_dir: str | Path | None = None, cwd: str | Path | None = None) -> Grid:
+    """Read and expand a grid file. ``data_dir`` overrides the grid's ``data.dir``; relative dirs are
+    resolved against ``cwd`` (default: the working directory)."""
+    path = Path(path)
+    where = str(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise GridError(f"{where}: no such grid file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise GridError(f"{where}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    raw = parse_yaml(text, where)
+    return grid_from_dict(raw, where, text=text, path=path, data_dir=data_dir, cwd=cwd)
+
+
+def parse_yaml(text: str, where: str) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise GridError(f"{where}: not valid YAML{at} ({problem})") from None
+    if not isinstance(raw, dict):
+        raise GridError(f"{where}: expected a mapping of grid keys ({', '.join(TOP_KEYS)}), got {_show(raw)}")
+    return raw
+
+
+def grid_from_dict(raw: dict[str, Any], where: str = "grid", *, text: str | None = None, path: Path | None = None,
+                   data_dir: str | Path | None = None, cwd: str | Path | None = None) -> Grid:
+    """Validate a parsed grid, resolve its data dir and vocabulary, and expand it."""
+    unknown = [k for k in raw if k not in TOP_KEYS]
+    if unknown:
+        raise GridError(f"{where}: {unknown[0]}: unknown key (allowed: {', '.join(TOP_KEYS)})")
+    name = raw.get("name", path.stem if path else "grid")
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        raise GridError(f"{where}: name: expected a plain folder name, got {_show(name)}")
+    executor = parse_executor(raw.get("executor"), where)
+    data = _section(raw, "data", where)
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    if data_dir is not None:  # an override changes the runs: the kept grid must say so
+        data["dir"] = str((base / Path(data_dir).expanduser()).resolve())
+        raw, text = {**raw, "data": dict(data)}, None
+    resolved = Path(os.path.expanduser(str(data.get("dir") or _default_data_dir())))
+    resolved = (resolved if resolved.is_absolute() else base / resolved).resolve()
+    data["dir"] = str(resolved)
+    vocab = raw.get("vocab_size")
+    if vocab is None:
+        vocab = read_vocab_size(resolved, where)
+    elif isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1:
+        raise GridError(f"{where}: vocab_size: expected a positive integer, got {_show(vocab)}")
+    runs = expand({**raw, "data": data, "vocab_size": vocab}, where)
+    dumped = text if text is not None else yaml.safe_dump(raw, sort_keys=False)
+    return Grid(name, path, dumped, raw, runs, executor, resolved, vocab, raw.get("vocab_size") is None)
+
+
+def _default_data_dir() -> str:
+    return os.environ.get("LOOPSCALE_DATA") or "data/default"  # as loopscale.data.default_data_dir
+
+
+def read_vocab_size(data_dir: Path, where: str) -> int:
+    """The vocabulary of a prepared data dir, from its meta.json (no tokens are read)."""
+    meta = data_dir / "meta.json"
+    fix = f"run `loopscale data prepare --out {data_dir}` or give vocab_size in the grid"
+    try:
+        vocab = json.loads(meta.read_text()).get("vocab_size")
+    except FileNotFoundError:
+        raise GridError(f"{where}: data.dir: {data_dir} holds no prepared data (no meta.json); {fix}") from None
+    except (OSError, ValueError, AttributeError) as e:
+        raise GridError(f"{where}: data.dir: cannot read {meta} ({e}); {fix}") from None
+    if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1:
+        raise GridError(f"{where}: data.dir: {meta} has no valid vocab_size")
+    return vocab
+
+
+def parse_executor(raw: Any, where: str) -> ExecutorConfig:
+    """The grid's ``executor:`` section, strictly: unknown keys and wrong types are errors."""
+    if raw is None:
+        return ExecutorConfig()
+    if not isinstance(raw, dict):
+        raise GridError(f"{where}: executor: expected a mapping, got {_show(raw)}")
+    raw = dict(raw)
+    setup = raw.pop("setup", ())
+    if isinstance(setup, str):
+        setup = [setup]
+    if not isinstance(setup, (list, tuple)) or not all(isinstance(s, str) for s in setup):
+        raise GridError(f"{where}: executor.setup: expected a list of shell lines, got {_show(setup)}")
+    try:
+        ex = build(ExecutorConfig, raw, "executor")
+    except ConfigError as e:
+        raise GridError(f"{where}: {e}") from None
+    ex = dataclasses.replace(ex, setup=tuple(setup))
+    check_executor(ex, where)
+    return ex
+
+
+def check_executor(ex: ExecutorConfig, where: str = "executor") -> None:
+    if ex.kind not in EXECUTOR_KINDS:
+        raise GridError(f"{where}: executor.kind: unknown executor {ex.kind!r}; choose one of "
+                        f"{', '.join(EXECUTOR_KINDS)}")
+    for key in ("time_min", "cpus_per_task", "array_parallelism", "local_jobs", "threads_per_job"):
+        v = getattr(ex, key)
+        if v is not None and v < 1:
+            raise GridError(f"{where}: executor.{key}: must be at least 1, got {v}")
+    if ex.gpus_per_node < 0:
+        raise GridError(f"{where}: executor.gpus_per_node: must not be negative, got {ex.gpus_per_node}")
+    if ex.mem_gb is not None and not ex.mem_gb > 0:
+        raise GridError(f"{where}: executor.mem_gb: must be positive, got {ex.mem_gb}")
+
+
+# --- expansion -------------------------------------------------------------------------------
+
+def expand(raw: dict[str, Any], where: str = "grid") -> list[RunSpec]:
+    """A validated grid dict (data dir absolute, vocab_size set) → the run specs, deduplicated, in
+    grid order (budget, r, width, probe, seed)."""
+    model = _section(raw, "model", where)
+    train_raw = _section(raw, "train", where)
+    for key, axis in AXIS_MODEL_KEYS.items():
+        if key in model:
+            raise GridError(f"{where}: model.{key}: set by the grid's `{axis}:` list, not in model")
+    for key, axis in AXIS_TRAIN_KEYS.items():
+        if key in train_raw:
+            raise GridError(f"{where}: train.{key}: set by the grid's `{axis}:` key, not in train")
+    try:
+        train = build(TrainConfig, train_raw, "train")
+        data = build(DataConfig, _section(raw, "data", where), "data")
+        base_arch = _model_fields(model)
+    except ConfigError as e:
+        raise GridError(f"{where}: {e}") from None
+    if data.eval_tokens <= 0:
+        raise GridError(f"{where}: data.eval_tokens: must be positive, got {data.eval_tokens}")
+    rs = _int_list(raw, "r", where, default=[1])
+    probes = _probe_list(raw, where)
+    seeds = _int_list(raw, "seeds", where, default=[0], minimum=0)
+    vocab = raw["vocab_size"]
+
+    modes = [k for k in ("tokens", "flops", "runs") if k in raw]
+    if len(modes) != 1:
+        got = " and ".join(modes) if modes else "none"
+        raise GridError(f"{where}: budgets: give exactly one of tokens (with widths), flops or runs; got {got}")
+    mode = modes[0]
+    if mode != "tokens" and ("widths" in raw or "s" in raw):
+        raise GridError(f"{where}: widths: with `{mode}:` the widths are given per "
+                        f"{'budget' if mode == 'flops' else 'run'}; remove the top-level widths/s")
+
+    # (key for error messages, d_model, r, probe, seed, tokens, budget_flops)
+    points: list[tuple[str, int, int, str, int, int | None, float | None]] = []
+    if mode == "tokens":
+        widths = _widths(raw, where)
+        for t in _number_list(raw["tokens"], f"{where}: tokens", integer=True):
+            points += [(f"tokens {t}", d, r, p, s, t, None) for r in rs for d in widths for p in probes for s in seeds]
+    elif mode == "flops":
+        for c, widths in _flops_map(raw["flops"], where):
+            points += [(f"flops.{c:g}", d, r, p, s, None, c) for r in rs for d in widths for p in probes for s in seeds]
+    else:
+        points = _explicit_runs(raw["runs"], where, rs, probes, seeds)
+
+    specs: dict[str, RunSpec] = {}
+    for key, d, r, probe, seed, tokens, budget in points:
+        arch_kw = {**base_arch, "d_model": d, "r": r, "probe": probe}
+        if r == 1 or probe != "tbptt":  # canonical shape: fields that do not apply take their defaults,
+            arch_kw.pop("tbptt_k", None)  # so the r = 1 model is one run for every probe
+        if r == 1:
+            arch_kw["probe"] = "none"
+        if arch_kw["probe"] != "hyperconn":
+            arch_kw.pop("hc_lanes", None)
+        what = f"{key}, d_model {d}, r {r}" + (f", probe {probe}" if probe != "none" else "")
+        try:
+            arch = Arch(**arch_kw)
+            t = dataclasses.replace(train, tokens=tokens, budget_flops=budget, seed=seed)
+            check_train(t)
+            cfg = RunConfig(model=arch, train=t, data=data, vocab_size=vocab)
+            check_budget(cfg)
+        except (ArchError, ConfigError) as e:
+            raise GridError(f"{where}: {what}: {e}") from None
+        rid = cfg.run_id()
+        if rid in specs:
+            old = specs[rid]
+            if probe not in old.probes:
+                specs[rid] = dataclasses.replace(old, probes=old.probes + (probe,))
+            continue
+        specs[rid] = RunSpec(rid, cfg, budget, (probe,))
+    return list(specs.values())
+
+
+def _model_fields(model: dict[str, Any]) -> dict[str, Any]:
+    """The grid's model section, keys and types checked once (an Arch at width head_dim, r = 1)."""
+    fixed = {k: v for k, v in model.items() if k != "tbptt_k"}
+    arch = build(Arch, {**fixed, "d_model": fixed.get("head_dim", Arch.head_dim)}, "model")
+    out = {k: getattr(arch, k) for k in fixed}
+    if "tbptt_k" in model:
+        k = model["tbptt_k"]
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ConfigError(f"model.tbptt_k: expected a positive integer, got {_show(k)}")
+        out["tbptt_k"] = k
+    return out
+
+
+def _section(raw: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    v = raw.get(key) or {}
+    if not isinstance(v, dict):
+        raise GridError(f"{where}: {key}: expected a mapping, got {_show(v)}")
+    return dict(v)
+
+
+def _show(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def _number(v: Any, where: str, integer: bool) -> float | int:
+    """A positive number; YAML reads 1e18 (no dot) as a string, so numeric strings are accepted."""
+    x = v
+    if isinstance(v, str):
+        try:
+            x = float(v.replace("_", ""))
+        except ValueError:
+            raise GridError(f"{where}: expected a number, got {_show(v)}") from None
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise GridError(f"{where}: expected a number, got {_show(v)}")
+    if not x > 0 or x != x or x == float("inf"):
+        raise GridError(f"{where}: must be a positive finite number, got {_show(v)}")
+    if integer:
+        if float(x) != int(x):
+            raise GridError(f"{where}: expected a whole number, got {_show(v)}")
+        return int(x)
+    return float(x)
+
+
+def _as_list(v: Any, where: str) -> list[Any]:
+    if isinstance(v, (list, tuple)):
+        if not v:
+            raise GridError(f"{where}: the list is empty")
+        return list(v)
+    return [v]  # a scalar means a one-element list
+
+
+def _number_list(v: Any, where: str, integer: bool) -> list:
+    out = [_number(x, where, integer) for x in _as_list(v, where)]
+    return list(dict.fromkeys(out))
+
+
+def _int_list(raw: dict, key: str, where: str, default: list[int], minimum: int = 1) -> list[int]:
+    if key not in raw:
+        return default
+    out = []
+    for v in _as_list(raw[key], f"{where}: {key}"):
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            kind = "positive" if minimum == 1 else "non-negative"
+            raise GridError(f"{where}: {key}: expected {kind} integers, got {_show(v)}")
+        out.append(v)
+    return list(dict.fromkeys(out))
+
+
+def _probe_list(raw: dict, where: str) -> list[str]:
+    probes = _as_list(raw.get("probes", ["none"]), f"{where}: probes")
+    for p in probes:
+        if p not in PROBES:
+            raise GridError(f"{where}: probes: unknown probe {_show(p)}; choose from {', '.join(PROBES)}")
+    return list(dict.fromkeys(probes))
+
+
+def _widths(spec: Any, where: str, key: str = "") -> list[int]:
+    """d_model values from a mapping with ``widths:`` (d_model) or ``s:`` (d = 64·s)."""
+    if not isinstance(spec, dict):
+        spec = {"widths": spec}
+    has = [k for k in ("widths", "s") if k in spec]
+    if len(has) != 1:
+        raise GridError(f"{where}: {key}widths: give exactly one of widths (d_model) or s (d = 64·s)")
+    k = has[0]
+    out = []
+    for v in _as_list(spec[k], f"{where}: {key}{k}"):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise GridError(f"{where}: {key}{k}: expected positive integers, got {_show(v)}")
+        out.append(v * WIDTH_UNIT if k == "s" else v)
+    return list(dict.fromkeys(out))
+
+
+def _flops_map(v: Any, where: str) -> list[tuple[float, list[int]]]:
+    if not isinstance(v, dict) or not v:
+        raise GridError(f"{where}: flops: expected a mapping of FLOP budget to widths, got {_show(v)}")
+    out = []
+    for c, widths in v.items():
+        budget = _number(c, f"{where}: flops: budget {_show(c)}", integer=False)
+        if isinstance(widths, dict):
+            extra = set(widths) - {"widths", "s"}
+            if extra:
+                raise GridError(f"{where}: flops.{c}: unknown key {sorted(extra)[0]!r} (allowed: widths, s)")
+        out.append((budget, _widths(widths, where, f"flops.{c}.")))
+    budgets = [b for b, _ in out]
+    if len(set(budgets)) != len(budgets):
+        raise GridError(f"{where}: flops: a budget appears twice")
+    return sorted(out)
+
+
+def _explicit_runs(v: Any, where: str, rs: list[int], probes: list[str], seeds: list[int]) -> list:
+    if not isinstance(v, list) or not v:
+        raise GridError(f"{where}: runs: expected a non-empty list of runs, got {_show(v)}")
+    points = []
+    for i, run in enumerate(v):
+        key = f"runs[{i}]"
+        if not isinstance(run, dict):
+            raise GridError(f"{where}: {key}: expected a mapping, got {_show(run)}")
+        extra = [k for k in run if k not in RUN_KEYS]
+        if extra:
+            raise GridError(f"{where}: {key}.{extra[0]}: unknown key (allowed: {', '.join(RUN_KEYS)})")
+        if ("d_model" in run) == ("s" in run):
+            raise GridError(f"{where}: {key}: give exactly one of d_model or s")
+        d = _widths({"widths": run["d_model"]} if "d_model" in run else {"s": run["s"]}, where, f"{key}.")
+        if len(d) != 1:
+            raise GridError(f"{where}: {key}: one width per run")
+        if ("tokens" in run) == ("budget_flops" in run):
+            raise GridError(f"{where}: {key}: give exactly one of tokens or budget_flops")
+        tokens = _number(run["tokens"], f"{where}: {key}.tokens", True) if "tokens" in run else None
+        budget = _number(run["budget_flops"], f"{where}: {key}.budget_flops", False) if "budget_flops" in run else None
+        run_rs = _int_list(run, "r", f"{where}: {key}", default=rs)
+        run_probes = _probe_list({"probes": run["probe"]}, f"{where}: {key}") if "probe" in run else probes
+        run_seeds = _int_list({"seed": run["seed"]}, "seed", f"{where}: {key}", [0], 0) if "seed" in run else seeds
+        points += [(key, d[0], r, p, s, tokens, budget) for r in run_rs for p in run_probes for s in run_seeds]
+    return points
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings → {"a.b": value}; lists stay values."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out.update(flatten(v, key) if isinstance(v, dict) and v else {key: v})
+    return out
+
+
+def grid_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two parsed grids, one per changed key."""
+    a, b = flatten(old), flatten(new)
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if k not in a:
+            out.append(f"{k} added ({_show(b[k])})")
+        elif k not in b:
+            out.append(f"{k} removed (was {_show(a[k])})")
+        elif a[k] != b[k]:
+            out.append(f"{k}: {_show(a[k])} → {_show(b[k])}")
+    return out
+
+
+def describe(specs: Iterable[RunSpec]) -> str:
+    specs = list(specs)
+    rs = sorted({s.r for s in specs})
+    widths = sorted({s.d_model for s in specs})
+    return f"{len(specs)} runs, r ∈ {{{', '.join(map(str, rs))}}}, {len(widths)} widths"

@@ -1,0 +1,493 @@
+"""Run states and the results store of a sweep folder.
+
+A sweep folder::
+
+    <sweep>/grid.yaml                 the grid it came from (older versions in grid-history/)
+    <sweep>/runs/<run_id>/config.yaml the resolved RunConfig
+                          job.json    the executor and job id it was submitted as
+                          started.json written by the job when training starts
+                          result.json the trainer's record (status done | diverged, val_loss in nats/token)
+                          error.json  the trainer's failure record
+                          job.out/err the job's stdout/stderr
+    <sweep>/jobs/                     submitit's pickles, submission scripts and logs
+    <sweep>/results.db                SQLite, one row per run (``collect``)
+
+A run's state comes from its own files first, the scheduler only for detail on runs in flight
+(``run_states`` is the one place states are derived):
+
+- finished: ``done``, ``diverged`` (result.json)
+- retryable: ``failed`` (error.json, or the scheduler says it failed), ``corrupt`` (result.json
+  unreadable or inconsistent), ``cancelled``, ``timeout``, ``lost`` (the job is gone, no record)
+- in flight: ``submitted`` (scheduler not asked), ``pending``, ``running``, ``unknown``
+- ``new``: never submitted
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import sqlite3
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from loopscale.errors import UserError
+
+RUNS_DIR, JOBS_DIR, DB_FILE, GRID_FILE = "runs", "jobs", "results.db", "grid.yaml"
+CONFIG_FILE, RESULT_FILE, ERROR_FILE = "config.yaml", "result.json", "error.json"
+JOB_FILE, STARTED_FILE = "job.json", "started.json"
+
+FINISHED = ("done", "diverged")
+RETRYABLE = ("failed", "corrupt", "cancelled", "timeout", "lost")
+IN_FLIGHT = ("submitted", "pending", "running", "unknown")
+NEW = "new"
+STATES = FINISHED + RETRYABLE + IN_FLIGHT + (NEW,)
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@dataclass
+class RunState:
+    """What is known of one run: ``state`` (see module doc), a one-line ``detail`` (the error, the
+    scheduler's word), the job record and, for finished runs, the result record."""
+
+    run_id: str
+    state: str
+    detail: str = ""
+    job: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+
+
+def runs_root(sweep_dir: str | Path) -> Path:
+    return Path(sweep_dir) / RUNS_DIR
+
+
+def run_ids(sweep_dir: str | Path) -> list[str]:
+    """Run folders of a sweep, sorted."""
+    root = runs_root(sweep_dir)
+    try:
+        return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def _read_json(path: Path) -> tuple[Any, str | None]:
+    """(object, None), or (None, why) when the file is missing ("missing") or unreadable."""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read()), None
+    except FileNotFoundError:
+        return None, "missing"
+    except (OSError, ValueError) as e:
+        return None, f"{path.name} unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+
+
+def check_result(rec: Any, run_id: str) -> str | None:
+    """Why a result record cannot be trusted, or None when it is consistent."""
+    if not isinstance(rec, dict):
+        return "result.json is not a JSON object"
+    if rec.get("run_id") != run_id:
+        return f"result.json belongs to run {rec.get('run_id')!r}, not {run_id}"
+    status = rec.get("status")
+    if status not in FINISHED:
+        return f"result.json has status {status!r}"
+    loss = rec.get("val_loss")
+    if status == "done" and (isinstance(loss, bool) or not isinstance(loss, (int, float)) or not math.isfinite(loss)):
+        return f"result.json of a finished run has val_loss {loss!r}"
+    for key in ("tokens", "n_once", "n_rec", "r"):
+        if isinstance(rec.get(key), bool) or not isinstance(rec.get(key), (int, float)):
+            return f"result.json lacks {key}"
+    return None
+
+
+def file_state(run_dir: Path) -> RunState:
+    """A run's state from its own files alone (in flight = ``submitted``)."""
+    run_id = run_dir.name
+    rec, why = _read_json(run_dir / RESULT_FILE)
+    if why is None:
+        bad = check_result(rec, run_id)
+        if bad:
+            return RunState(run_id, "corrupt", bad, result=None)
+        detail = f"diverged at step {rec.get('diverged_step')}" if rec["status"] == "diverged" else ""
+        return RunState(run_id, rec["status"], detail, result=rec)
+    if why != "missing":
+        return RunState(run_id, "corrupt", why)
+    job, _ = _read_json(run_dir / JOB_FILE)
+    job = job if isinstance(job, dict) else None
+    err, why = _read_json(run_dir / ERROR_FILE)
+    if why != "missing":
+        line = err.get("error", "") if isinstance(err, dict) else why
+        return RunState(run_id, "failed", str(line).splitlines()[0] if line else "error.json", job=job)
+    if job is None:
+        return RunState(run_id, NEW)
+    return RunState(run_id, "submitted", f"{job.get('executor', '?')} job {job.get('job_id', '?')}", job=job)
+
+
+def run_states(sweep_dir: str | Path, ids: Iterable[str] | None = None,
+               ask_scheduler: bool = True) -> dict[str, RunState]:
+    """States of the given runs (default: every run folder). With ``ask_scheduler``, runs in flight
+    get detail from SLURM (one sacct call for all) or from their local process."""
+    root = runs_root(sweep_dir)
+    present = set(run_ids(sweep_dir))
+    ids = sorted(present) if ids is None else list(ids)
+    states = {rid: file_state(root / rid) if rid in present else RunState(rid, NEW) for rid in ids}
+    if ask_scheduler:
+        flying = {rid: st.job for rid, st in states.items() if st.state == "submitted"}
+        for rid, (state, detail) in scheduler_states(flying, root).items():
+            if state in IN_FLIGHT:
+                states[rid] = RunState(rid, state, detail, job=flying[rid])
+                continue
+            again = file_state(root / rid)  # the run may have ended between the two looks
+            states[rid] = again if again.state != "submitted" else RunState(rid, state, detail, job=flying[rid])
+    return states
+
+
+# --- the scheduler, for detail on runs in flight -----------------------------------------------
+
+SLURM_STATES = {
+    "PENDING": "pending", "REQUEUED": "pending", "REQUEUE_HOLD": "pending", "REQUEUE_FED": "pending",
+    "CONFIGURING": "pending", "RESIZING": "pending", "SUSPENDED": "pending",
+    "RUNNING": "running", "COMPLETING": "running", "SIGNALING": "running", "STAGE_OUT": "running",
+    "CANCELLED": "cancelled", "TIMEOUT": "timeout", "COMPLETED": "lost",
+    "FAILED": "failed", "NODE_FAIL": "failed", "OUT_OF_MEMORY": "failed", "BOOT_FAIL": "failed",
+    "DEADLINE": "failed", "PREEMPTED": "failed", "REVOKED": "failed",
+}
+
+
+def scheduler_states(jobs: dict[str, dict[str, Any]], root: Path) -> dict[str, tuple[str, str]]:
+    """{run_id: (state, detail)} for runs in flight, from their job records (job.json) under ``root``."""
+    out: dict[str, tuple[str, str]] = {}
+    slurm = {rid: j for rid, j in jobs.items() if j.get("executor") == "slurm"}
+    if slurm:
+        out.update(_slurm_states(slurm))
+    for rid, j in jobs.items():
+        if rid not in slurm:
+            out[rid] = _process_state(j, root / rid)
+    return out
+
+
+def _slurm_states(jobs: dict[str, dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """One sacct call through submitit's watcher for all jobs; squeue for jobs sacct does not know."""
+    from submitit.slurm.slurm import SlurmJob
+
+    log = logging.getLogger("submitit")
+    level = log.level
+    log.setLevel(logging.ERROR)  # submitit warns on every sacct hiccup; we report "unknown" instead
+    try:
+        handles = {rid: SlurmJob(folder=j.get("folder", "."), job_id=str(j["job_id"])) for rid, j in jobs.items()}
+        SlurmJob.watcher.update()
+        raw = {rid: SlurmJob.watcher.get_state(h.job_id, mode="cache") for rid, h in handles.items()}
+    finally:
+        log.setLevel(level)
+    unknown = [str(jobs[rid]["job_id"]) for rid, s in raw.items() if s.upper() == "UNKNOWN"]
+    queued = _squeue(unknown) if unknown else {}
+    known_arrays = _sacct_arrays({j.split("_")[0] for j in unknown if "_" in j}) if unknown else set()
+    out = {}
+    for rid, s in raw.items():
+        word = s.split()[0].upper() if s.strip() else "UNKNOWN"
+        jid = str(jobs[rid]["job_id"])
+        if word == "UNKNOWN":
+            if queued is None:
+                out[rid] = ("unknown", f"slurm job {jid}: sacct and squeue do not answer")
+                continue
+            if jid not in queued:
+                if jid.split("_")[0] in known_arrays:
+                    # an array task cancelled while pending never gets an accounting record of its own
+                    out[rid] = ("cancelled", f"slurm array task {jid} was removed before it ran (scancel)")
+                else:
+                    out[rid] = ("lost", f"slurm job {jid} is neither in sacct nor in the queue")
+                continue
+            word = queued[jid]
+        state = SLURM_STATES.get(word, "unknown")
+        detail = f"slurm job {jid} {s.strip().lower() or word.lower()}"
+        if state == "lost":
+            detail = f"slurm job {jid} completed without result.json"
+        out[rid] = (state, detail)
+    return out
+
+
+def _sacct_arrays(array_ids: set[str]) -> set[str]:
+    """The array job ids among ``array_ids`` that accounting knows (any of their tasks)."""
+    if not array_ids:
+        return set()
+    try:
+        out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID", "-j", ",".join(sorted(array_ids))],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    return {line.split("_")[0] for line in out.stdout.split() if "_" in line} & array_ids
+
+
+def _squeue(job_ids: list[str]) -> dict[str, str] | None:
+    """{job_id: STATE} of queued/running jobs among ``job_ids`` (array tasks as A_a), None if squeue fails."""
+    mains = sorted({j.split("_")[0] for j in job_ids})
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(mains)],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0 and "Invalid job id" not in out.stderr:
+        return None
+    states = {}
+    for line in out.stdout.splitlines():
+        jid, _, st = line.partition("|")
+        states[jid.strip()] = st.strip().upper()
+    return states
+
+
+def process_start(pid: int) -> int | None:
+    """Start time of a live, non-zombie process (clock ticks since boot), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode(errors="replace")
+    except OSError:
+        if not Path("/proc/self/stat").exists():  # no procfs: fall back to a signal-0 probe
+            try:
+                os.kill(pid, 0)
+                return 0
+            except OSError:
+                return None
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def _alive(pid: Any, pid_start: Any) -> bool:
+    """The process is running and is the one recorded (not a later process with a reused pid)."""
+    if not isinstance(pid, int):
+        return False
+    start = process_start(pid)
+    return start is not None and (not pid_start or start in (0, pid_start))
+
+
+def _process_state(job: dict[str, Any], run_dir: Path) -> tuple[str, str]:
+    """Local and debug jobs: the process that took the run (started.json) or, before that, the
+    submission's workers (job.json) decide: alive → running / pending; gone → lost."""
+    kind, jid = job.get("executor", "?"), job.get("job_id")
+    if job.get("host") != socket.gethostname():
+        return "unknown", f"{kind} job on host {job.get('host')}; run status there"
+    started, why = _read_json(run_dir / STARTED_FILE)
+    if isinstance(started, dict) and "pid" in started:
+        if _alive(started.get("pid"), started.get("pid_start")):
+            return "running", f"{kind} job {jid}, pid {started['pid']}"
+        return "lost", f"{kind} job {jid}: its process ended without result.json or error.json"
+    workers = job.get("workers") or []
+    if not workers:  # between writing the run's record and starting the workers
+        if time.time() - float(job.get("submitted_unix") or 0) < 120:
+            return "pending", f"{kind} job {jid} being submitted"
+        return "lost", f"{kind} job {jid}: its submission never started a worker"
+    if any(_alive(w.get("pid"), w.get("pid_start")) for w in workers):
+        return ("running" if why != "missing" else "pending"), f"{kind} job {jid}"
+    return "lost", f"{kind} job {jid}: its workers ended before it started"
+
+
+# --- the results store -------------------------------------------------------------------------
+
+SUMMARY_KEYS = ("r", "d_model", "probe", "seed", "n_once", "n_rec", "tokens", "iterations", "flops_per_token",
+                "flops_total", "budget_flops", "diverged_step", "wall_time_s", "tokens_per_s", "device",
+                "torch_version", "git_commit", "finished_at")
+LEAD = ("run_id", "status", "detail", "r", "d_model", "width", "probe", "seed", "n_once", "n_rec", "tokens",
+        "budget_flops", "loss")
+
+
+def _flatten(d: dict[str, Any], prefix: str, out: dict[str, Any]) -> None:
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            _flatten(v, key + ".", out)
+        elif isinstance(v, (list, tuple)):
+            out[key] = json.dumps(v)
+        elif isinstance(v, bool):
+            out[key] = int(v)
+        else:
+            out[key] = v
+
+
+def _config_row(run_dir: Path) -> dict[str, Any]:
+    """Counts and config columns of a run that has no result, from its config.yaml."""
+    from loopscale.config import run_config_from_dict
+    from loopscale.counting import n_once, n_rec
+
+    try:
+        with open(run_dir / CONFIG_FILE) as f:
+            raw = yaml.load(f, Loader=_Loader)
+        cfg = run_config_from_dict(raw)
+    except (OSError, yaml.YAMLError, UserError):
+        return {}
+    row = {"r": cfg.model.r, "d_model": cfg.model.d_model, "probe": cfg.model.probe, "seed": cfg.train.seed,
+           "n_once": n_once(cfg.model), "n_rec": n_rec(cfg.model), "budget_flops": cfg.train.budget_flops}
+    if cfg.vocab_size:
+        row.update(tokens=cfg.tokens(), iterations=cfg.iterations(), flops_per_token=cfg.flops_per_token())
+        row["flops_total"] = row["tokens"] * row["flops_per_token"]
+    _flatten(cfg.to_dict(), "", row)
+    return row
+
+
+def run_row(run_dir: Path, st: RunState) -> dict[str, Any]:
+    """One results-store row: run id, status, the paper's quantities, timings, all config columns."""
+    row: dict[str, Any] = {"run_id": st.run_id, "status": st.state, "detail": st.detail or None}
+    rec = st.result
+    if rec is not None:
+        _flatten(rec.get("config") or {}, "", row)
+        row.update({k: rec.get(k) for k in SUMMARY_KEYS})
+        row["loss"] = rec.get("val_loss")
+    else:
+        row.update(_config_row(run_dir))
+        row["loss"] = None
+    row["width"] = row.get("d_model")
+    job = st.job
+    if job is None:
+        job, _ = _read_json(run_dir / JOB_FILE)
+    if isinstance(job, dict):
+        row.update(executor=job.get("executor"), job_id=job.get("job_id"), submitted_at=job.get("submitted_at"))
+    started, _ = _read_json(run_dir / STARTED_FILE)
+    if isinstance(started, dict):
+        row["started_at"] = started.get("time")
+    return row
+
+
+@dataclass
+class Collected:
+    sweep_dir: Path
+    rows: list[dict[str, Any]]
+    counts: dict[str, int]
+    seconds: float
+
+
+def collect(sweep_dir: str | Path, ask_scheduler: bool = True, write: bool = True) -> Collected:
+    """Read every run folder into ``results.db`` (upsert by run_id; rows of runs whose folder is gone
+    are kept). Idempotent: the same files give the same table."""
+    t0 = time.perf_counter()
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise UserError(f"{sweep_dir}: no such sweep folder")
+    root = runs_root(sweep_dir)
+    states = run_states(sweep_dir, ask_scheduler=ask_scheduler)
+    rows = [run_row(root / rid, st) for rid, st in states.items()]
+    if write:
+        upsert(sweep_dir / DB_FILE, rows)
+    return Collected(sweep_dir, rows, counts(states.values()), time.perf_counter() - t0)
+
+
+def _connect(db: Path) -> sqlite3.Connection:
+    con = sqlite3.connect(db, timeout=60)
+    con.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+    return con
+
+
+def upsert(db: Path, rows: list[dict[str, Any]]) -> None:
+    """Insert or replace rows by run_id in one transaction; new columns are added as they appear."""
+    if not rows:
+        if not db.exists():
+            _connect(db).close()
+        return
+    cols = list(dict.fromkeys(c for c in LEAD if any(c in r for r in rows)))
+    cols += sorted({c for r in rows for c in r} - set(cols))
+    try:
+        con = _connect(db)
+    except sqlite3.Error as e:
+        raise UserError(f"{db}: cannot open the results store ({e})") from None
+    try:
+        with con:
+            con.execute('CREATE TABLE IF NOT EXISTS runs ("run_id" TEXT PRIMARY KEY)')
+            have = {r[1] for r in con.execute("PRAGMA table_info(runs)")}
+            for c in cols:
+                if c not in have:
+                    con.execute(f"ALTER TABLE runs ADD COLUMN {_q(c)}")
+            names = ", ".join(_q(c) for c in cols)
+            marks = ", ".join("?" for _ in cols)
+            updates = ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in cols if c != "run_id")
+            con.executemany(f"INSERT INTO runs ({names}) VALUES ({marks}) ON CONFLICT(run_id) DO UPDATE SET {updates}",
+                            [tuple(r.get(c) for c in cols) for r in rows])
+    except sqlite3.Error as e:
+        raise UserError(f"{db}: cannot write the results store ({e})") from None
+    finally:
+        con.close()
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def read_db(db: Path) -> "pandas.DataFrame":  # noqa: F821
+    import pandas as pd
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=60)
+    try:
+        return pd.read_sql_query("SELECT * FROM runs ORDER BY run_id", con)
+    except (sqlite3.Error, pd.errors.DatabaseError) as e:
+        raise UserError(f"{db}: not a loopscale results store ({e})") from None
+    finally:
+        con.close()
+
+
+def load_results(sweep_dir: str | Path, refresh: bool = True) -> "pandas.DataFrame":  # noqa: F821
+    """The sweep's runs as a DataFrame, one row per run: run_id, status, n_once, n_rec, r, tokens (D),
+    loss (final validation loss, nats/token; NaN unless done), budget_flops (FLOPs, NaN for token
+    budgets), width (= d_model), probe, seed, timings and every config column ("train.lr_matrix", ...).
+
+    With ``refresh`` the run folders are collected first (the scheduler is not asked; runs in flight
+    read ``submitted``); a store that cannot be written is read from the folders in memory."""
+    import pandas as pd
+
+    sweep_dir = Path(sweep_dir)
+    db = sweep_dir / DB_FILE
+    if refresh and runs_root(sweep_dir).is_dir():
+        try:
+            collect(sweep_dir, ask_scheduler=False)
+        except UserError:
+            if not db.exists():
+                return _frame(pd.DataFrame(collect(sweep_dir, ask_scheduler=False, write=False).rows))
+    if not db.exists():
+        raise UserError(f"{sweep_dir}: no results store ({DB_FILE}) and no run folders; run `loopscale sweep` first")
+    return _frame(read_db(db))
+
+
+def _frame(df: "pandas.DataFrame") -> "pandas.DataFrame":  # noqa: F821
+    import pandas as pd
+
+    for c in LEAD:
+        if c not in df.columns:
+            df[c] = None
+    for c in ("r", "d_model", "width", "seed", "n_once", "n_rec", "tokens", "budget_flops", "loss"):
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    front = [c for c in LEAD if c in df.columns]
+    return df[front + [c for c in df.columns if c not in front]].reset_index(drop=True)
+
+
+def export(sweep_dir: str | Path, out: str | Path) -> Path:
+    """Write the results table to ``out`` (.csv or .parquet) atomically."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".pq"):
+        raise UserError(f"{out}: unknown export format {suffix or '(no extension)'!r}; use .csv or .parquet")
+    df = load_results(sweep_dir, refresh=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        if suffix == ".csv":
+            df.to_csv(tmp, index=False)
+        else:
+            df.to_parquet(tmp, index=False)
+        os.replace(tmp, out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{out}: cannot write ({e.strerror or e})") from None
+    return out
+
+
+def counts(states: Iterable[RunState]) -> dict[str, int]:
+    """{state: number of runs}, in the order of STATES, without zeros."""
+    c: dict[str, int] = {}
+    for st in states:
+        c[st.state] = c.get(st.state, 0) + 1
+    return {s: c[s] for s in STATES if s in c}

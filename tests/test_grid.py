@@ -1,0 +1,204 @@
+"""Grid expansion: the paper grid exactly, the shipped grids, dedupe, strict errors."""
+
+from __future__ import annotations
+
+import json
+import pytest
+import yaml
+
+from loopscale.grid import GridError, grid_from_dict, load_grid
+from sweep_fixtures import GRIDS, cli, make_tiny_data
+
+# method.md §3: FLOP budget → width multipliers s, identical for every r
+PAPER = {
+    4.64e17: (6, 8, 10, 12),
+    1e18: (6, 8, 10, 12, 14),
+    2.15e18: (8, 10, 12, 14, 16),
+    4.64e18: (10, 12, 14, 16, 18, 20),
+    1e19: (12, 16, 18, 20, 24),
+    2.15e19: (18, 24, 28, 34),
+}
+# method.md §2: N = n_once + n_rec in millions at r = 1/2/4/8
+N_CHECK = {6: (35.4, 21.5, 14.5, 10.9), 10: (98.3, 59.8, 40.2, 30.3), 20: (393.3, 239.2, 160.6, 121.3),
+           34: (1136.5, 691.4, 464.1, 350.4)}
+
+
+@pytest.fixture(scope="module")
+def paper():
+    return load_grid(GRIDS / "paper.yaml")
+
+
+def test_paper_grid_is_the_116_runs_of_method_md(paper):
+    runs = paper.runs
+    assert len(runs) == 116 == len({s.run_id for s in runs})
+    got = {(s.budget_flops, s.d_model // 64, s.r) for s in runs}
+    want = {(c, s, r) for c, widths in PAPER.items() for s in widths for r in (1, 2, 4, 8)}
+    assert got == want
+    assert all(s.d_model % 64 == 0 for s in runs)
+    assert len({(s.budget_flops, s.d_model) for s in runs}) == 29
+    cfg = runs[0].config
+    assert (cfg.vocab_size, cfg.train.seq_len, cfg.train.batch_tokens) == (32064, 2048, 262144)
+    assert (cfg.model.n_layers_eff, cfg.model.head_dim) == (20, 128)
+    assert {s.probe for s in runs} == {"none"} and {s.seed for s in runs} == {0}
+    assert paper.executor.kind == "slurm" and paper.executor.gpus_per_node >= 1
+
+
+def test_paper_counts_match_method_md_check_values(paper):
+    by = {(s.d_model // 64, s.r): s for s in paper.runs}
+    for s, values in N_CHECK.items():
+        for r, n_millions in zip((1, 2, 4, 8), values):
+            spec = by[(s, r)]
+            assert round((spec.n_once + spec.n_rec) / 1e6, 1) == n_millions, (s, r)
+    assert by[(6, 1)].flops_per_token == 475_047_936
+    assert by[(6, 1)].n_once == 3 * 384  # r = 1: only the model-level norms are "once"
+
+
+def test_paper_tokens_are_budget_over_flops_and_total_is_the_sum_of_budgets(paper):
+    for s in paper.runs:
+        iters = round(s.budget_flops / (s.flops_per_token * 262144))
+        assert s.iterations == iters and s.tokens == iters * 262144
+        assert abs(s.flops / s.budget_flops - 1) < 0.01
+    budgets = sum(c * len(w) * 4 for c, w in PAPER.items())
+    assert abs(paper.total_flops / budgets - 1) < 1e-3
+
+
+def test_shipped_tiny_and_smoke_grids_expand():
+    tiny = load_grid(GRIDS / "tiny.yaml")
+    assert 20 <= len(tiny.runs) <= 30
+    assert {s.r for s in tiny.runs} == {1, 2, 4, 8}
+    assert len({s.budget_flops for s in tiny.runs}) >= 3 and len({s.d_model for s in tiny.runs}) >= 3
+    assert tiny.executor.local_jobs == 2 and tiny.executor.threads_per_job == 1
+    smoke_raw = yaml.safe_load((GRIDS / "smoke.yaml").read_text())
+    smoke = grid_from_dict({**smoke_raw, "vocab_size": 256}, "smoke.yaml")
+    assert len(smoke.runs) == 4 and max(s.iterations for s in smoke.runs) <= 32
+
+
+BASE = {"model": {"n_layers_eff": 4, "n_prelude": 1, "n_coda": 1, "head_dim": 16},
+        "train": {"seq_len": 32, "batch_tokens": 256}, "data": {"dir": "/data/x", "eval_tokens": 64},
+        "vocab_size": 256, "r": [1, 2], "widths": [32], "tokens": [2560]}
+
+
+def g(**over):
+    raw = {**BASE, **over}
+    return grid_from_dict({k: v for k, v in raw.items() if v is not None}, "g.yaml")
+
+
+def test_r1_runs_are_shared_by_all_probes():
+    grid = g(probes=["none", "tbptt", "hyperconn"])
+    assert len(grid.runs) == 1 + 3  # r = 1 once; r = 2 per probe
+    r1 = [s for s in grid.runs if s.r == 1]
+    assert len(r1) == 1 and r1[0].probe == "none" and r1[0].probes == ("none", "tbptt", "hyperconn")
+    assert {s.probe for s in grid.runs if s.r == 2} == {"none", "tbptt", "hyperconn"}
+    # the same r = 1 run as in a grid without probes
+    assert r1[0].run_id == [s for s in g().runs if s.r == 1][0].run_id
+
+
+def test_identical_explicit_runs_expand_once_and_s_equals_widths():
+    grid = g(widths=None, tokens=None, runs=[{"d_model": 64, "tokens": 2560, "r": 2},
+                                             {"s": 1, "tokens": "2.56e3", "r": 2}])
+    assert len(grid.runs) == 1
+    assert g(widths=None, s=[1]).runs[0].run_id == g(widths=[64]).runs[0].run_id
+
+
+def test_flops_budgets_carry_their_own_widths_and_seeds_cross():
+    grid = g(widths=None, tokens=None, flops={"1e9": [32], 2e9: {"s": [1]}}, seeds=[0, 1])
+    pairs = sorted((s.budget_flops, s.d_model, s.r, s.seed) for s in grid.runs)
+    assert pairs == sorted((c, d, r, seed) for c, d in ((1e9, 32), (2e9, 64)) for r in (1, 2) for seed in (0, 1))
+    for s in grid.runs:
+        assert s.tokens == s.iterations * 256 and s.iterations == round(s.budget_flops / (s.flops_per_token * 256))
+
+
+def test_token_budget_grid_has_null_budget_and_exact_tokens():
+    for s in g().runs:
+        assert s.budget_flops is None and s.tokens == 2560
+
+
+def test_relative_data_dir_resolves_against_cwd_and_vocab_comes_from_meta(tmp_path):
+    data = make_tiny_data(tmp_path / "d")
+    raw = {k: v for k, v in BASE.items() if k != "vocab_size"}
+    raw["data"] = {"dir": "d", "eval_tokens": 64}
+    grid = grid_from_dict(raw, "g.yaml", cwd=tmp_path)
+    assert grid.data_dir == data.resolve() and grid.vocab_size == 256 and grid.vocab_from_data
+    assert all(s.config.data.dir == str(data.resolve()) for s in grid.runs)
+    with pytest.raises(GridError, match=r"g\.yaml: data\.dir: .*no meta\.json.*loopscale data prepare"):
+        grid_from_dict(raw, "g.yaml", cwd=tmp_path / "elsewhere")
+
+
+def test_run_ids_ignore_the_executor_and_execution_settings():
+    a = g(executor={"kind": "local", "local_jobs": 3})
+    b = g(train={**BASE["train"], "threads": 2, "log_every": 1})
+    assert [s.run_id for s in a.runs] == [s.run_id for s in b.runs] == [s.run_id for s in g().runs]
+
+
+BAD = [
+    ({"colour": 1}, "colour: unknown key"),
+    ({"model": {**BASE["model"], "layers": 3}}, "model: unknown key 'layers'"),
+    ({"model": {**BASE["model"], "r": 2}}, "model.r: set by the grid's `r:` list"),
+    ({"train": {"seq_len": 32, "batch_tokens": 256, "tokens": 5}}, "train.tokens: set by"),
+    ({"train": {"seq_len": "long"}}, "train.seq_len: expected a number"),
+    ({"r": [0]}, "r: expected positive integers"),
+    ({"r": [3]}, "r 3: r = 3 does not divide the loop depth 2"),
+    ({"widths": [40]}, "d_model 40, r 1: width 40 is not divisible by head_dim 16"),
+    ({"widths": [-32]}, "widths: expected positive integers"),
+    ({"widths": []}, "widths: the list is empty"),
+    ({"tokens": [-5]}, "tokens: must be a positive"),
+    ({"tokens": ["lots"]}, "tokens: expected a number"),
+    ({"tokens": [100]}, "buys no optimizer step"),
+    ({"tokens": None}, "give exactly one of tokens (with widths), flops or runs; got none"),
+    ({"flops": {"1e9": [32]}}, "give exactly one of tokens (with widths), flops or runs; got tokens and flops"),
+    ({"tokens": None, "widths": None, "flops": {"big": [32]}}, "flops: budget 'big': expected a number"),
+    ({"tokens": None, "widths": None, "flops": {"1e9": {"d": [32]}}}, "flops.1e9: unknown key 'd'"),
+    ({"tokens": None, "flops": {"1e9": [32]}}, "widths: with `flops:` the widths are given per budget"),
+    ({"tokens": None, "widths": None, "runs": [{"d_model": 32}]}, "runs[0]: give exactly one of tokens or budget_flops"),
+    ({"tokens": None, "widths": None, "runs": [{"tokens": 2560}]}, "runs[0]: give exactly one of d_model or s"),
+    ({"tokens": None, "widths": None, "runs": [{"d_model": 32, "tokens": 2560, "lr": 1}]}, "runs[0].lr: unknown key"),
+    ({"probes": ["dropout"]}, "probes: unknown probe 'dropout'"),
+    ({"seeds": [-1]}, "seeds: expected non-negative integers"),
+    ({"vocab_size": 0}, "vocab_size: expected a positive integer"),
+    ({"executor": {"kind": "cloud"}}, "executor.kind: unknown executor 'cloud'"),
+    ({"executor": {"gpus": 1}}, "executor: unknown key 'gpus'"),
+    ({"executor": {"local_jobs": 0}}, "executor.local_jobs: must be at least 1"),
+    ({"name": "a/b"}, "name: expected a plain folder name"),
+    ({"data": {"dir": "/x", "eval_tokens": 0}}, "data.eval_tokens: must be positive"),
+]
+
+
+@pytest.mark.parametrize("over, message", BAD, ids=[m for _, m in BAD])
+def test_bad_grids_name_the_file_key_and_reason(over, message):
+    with pytest.raises(GridError) as e:
+        g(**over)
+    text = str(e.value)
+    assert text.startswith("g.yaml: ") and message in text and "\n" not in text
+
+
+def test_bad_yaml_files(tmp_path):
+    with pytest.raises(GridError, match="no such grid file"):
+        load_grid(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("r: [1, 2\nwidths: 3\n")
+    with pytest.raises(GridError, match=r"bad\.yaml: not valid YAML at line \d"):
+        load_grid(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(GridError, match=r"list\.yaml: expected a mapping"):
+        load_grid(tmp_path / "list.yaml")
+
+
+def test_cli_dry_run_json_prints_the_paper_plan(tmp_path):
+    out = cli("sweep", GRIDS / "paper.yaml", "--dry-run", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert len(rows) == 116 and {r["action"] for r in rows} == {"submit"}
+    keys = {"run_id", "r", "probe", "d_model", "n_once", "n_rec", "tokens", "flops_per_token", "budget_flops", "action"}
+    assert keys <= set(rows[0])
+    assert abs(sum(r["tokens"] * r["flops_per_token"] for r in rows) / 7.25784e20 - 1) < 1e-3
+    table = cli("sweep", "paper", "--dry-run", cwd=tmp_path)  # a shipped grid by name
+    assert table.returncode == 0 and "116 runs (submit 116)" in table.stdout and "7.258e+20 FLOPs" in table.stdout
+    assert list(tmp_path.iterdir()) == []  # a dry run writes nothing
+
+
+def test_cli_bad_grid_is_one_line_and_exit_2(tmp_path):
+    bad = tmp_path / "g.yaml"
+    bad.write_text(yaml.safe_dump({**BASE, "r": [3]}))
+    out = cli("sweep", bad, "--dry-run", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().count("\n") == 0 and "r = 3 does not divide" in out.stderr
+    assert not (tmp_path / "sweeps").exists()

@@ -1,0 +1,182 @@
+"""`loopscale plan`: simulated φ precision, cost, probe power, greedy cell suggestions and the CLI.
+Small grids and few replicates keep it fast; the checks are on orders of magnitude and directions,
+the exact parts (cost, the batched refits) exactly."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from loopscale.counting import flops_per_token
+from loopscale.fit import bootstrap_fits, bootstrap_plan, unit_labels
+from loopscale.grid import load_grid
+from loopscale.law import PAPER_LAW
+from loopscale.plan import (
+    baseline_and_probes,
+    bootstrap_many,
+    candidate_cells,
+    check_pick,
+    cost_summary,
+    design_table,
+    fit_data,
+    greedy_suggestions,
+    plan_grid,
+    point_fits,
+    simulate_losses,
+)
+
+SMALL = """\
+name: small
+model: {n_layers_eff: 10, n_prelude: 1, n_coda: 1, head_dim: 32}
+train: {seq_len: 128, batch_tokens: 2048}
+vocab_size: 4096
+r: [1, 2, 4, 8]
+probes: [PROBES]
+flops:
+  1.0e14: [64, 96, 128]
+  3.0e14: [96, 128, 160]
+  1.0e15: [128, 160, 192]
+"""
+QUICK = dict(replicates=12, bootstrap=30, suggest=0, workers=1)
+
+
+def small_grid(tmp_path, probes: str = "none"):
+    path = tmp_path / f"small-{probes}.yaml"
+    path.write_text(SMALL.replace("PROBES", probes))
+    return load_grid(path)
+
+
+def test_cost_is_exact_against_counting(tmp_path):
+    grid = small_grid(tmp_path)
+    cost = cost_summary(design_table(grid.runs), peak_tflops=500.0, mfu=0.5)
+    # Σ tokens·F, with F recomputed from the architecture by counting.py and D = iterations·B.
+    expected = [flops_per_token(s.config.model, 128, 4096) * s.iterations * 2048 for s in grid.runs]
+    assert cost["total_flops"] == pytest.approx(float(sum(expected)), rel=1e-12)
+    assert cost["total_flops"] == pytest.approx(grid.total_flops, rel=1e-12)
+    assert cost["gpu_hours"] == pytest.approx(sum(expected) / (500e12 * 0.5) / 3600, rel=1e-12)
+    assert [row["r"] for row in cost["per_r"]] == [1, 2, 4, 8] and cost["runs"] == 36
+    assert sum(row["flops"] for row in cost["per_r"]) == pytest.approx(cost["total_flops"], rel=1e-12)
+    assert sum(row["gpu_hours"] for row in cost["per_r"]) == pytest.approx(cost["gpu_hours"], rel=1e-12)
+
+
+def test_more_noise_gives_a_wider_ci(tmp_path):
+    grid = small_grid(tmp_path)
+    quiet = plan_grid(grid, PAPER_LAW, noise=0.005, **QUICK).to_json()
+    loud = plan_grid(grid, PAPER_LAW, noise=0.02, **QUICK).to_json()
+    for key in ("phi_ci_width", "phi_ci_width_spread", "phi_ci_width_fisher"):
+        assert loud[key] > 2 * quiet[key], key
+    assert quiet["phi_ci_width"] == quiet["phi_ci_width_bootstrap"]
+    assert abs(quiet["phi_mean"] - PAPER_LAW.phi) < 0.02
+
+
+def test_paper_grid_ci_is_in_the_papers_ballpark():
+    grid = load_grid(Path(__file__).resolve().parents[1] / "grids" / "paper.yaml")
+    doc = plan_grid(grid, PAPER_LAW, noise=0.01, replicates=16, bootstrap=40, suggest=0, workers=1).to_json()
+    assert doc["n_runs"] == 116
+    # The paper's CI is [0.41, 0.53] (width 0.12) on real runs; iid noise of 0.01 nats gives ≈0.07.
+    assert 0.04 < doc["phi_ci_width"] < 0.13
+    assert 0.06 < doc["phi_ci_width_fisher"] < 0.09
+    assert abs(doc["phi_mean"] - 0.459) < 0.02
+    assert doc["p_ci_excludes_0"] == 1.0 and doc["p_ci_excludes_1"] == 1.0
+    assert doc["total_flops"] == pytest.approx(grid.total_flops)
+
+
+def test_batched_bootstrap_refits_land_on_fits_optima(tmp_path):
+    design = design_table(small_grid(tmp_path).runs)
+    losses = simulate_losses(design, PAPER_LAW, 0.01, 1, 0)
+    thetas, _ = point_fits(design, losses, PAPER_LAW, starts=4, seed=0)
+    ours, _ = bootstrap_many([design], [losses], [thetas], 6, seed=3)
+    plan = bootstrap_plan([unit_labels(design, "cells")], 6, 3)  # the same draws
+    theirs = bootstrap_fits([fit_data(design, losses[0])], plan, starts=8, seed=0, warm=[thetas[0]], workers=1)
+    assert np.allclose(ours[0, 0], theirs.params[0, :, 5], atol=1e-4)
+
+
+def test_greedy_pick_really_reduces_the_variance(tmp_path):
+    grid = small_grid(tmp_path)
+    base = design_table(grid.runs)
+    cand = candidate_cells(grid, base)
+    assert len(cand) > len(base) and cand["exists"].sum() == len(base)
+    picks = greedy_suggestions(base, cand, PAPER_LAW, 0.01, k=3)
+    assert len(picks) == 3
+    assert all(p["fisher_width_after"] < p["fisher_width_before"] for p in picks)
+    sim = check_pick(base, picks[0], PAPER_LAW, 0.01, seed=0, replicates=1000)
+    assert sim["sd_ratio"] < 1 - 3 * sim["sd_ratio_se"]  # really smaller, by simulation
+    assert abs(sim["sd_ratio"] - sim["fisher_ratio"]) < 0.04  # and as much as the sandwich says
+    assert sim["phi_sd_before"] == pytest.approx(picks[0]["fisher_width_before"] / 3.92, rel=0.1)
+    # Per FLOP, the pick beats the most expensive candidate.
+    costly = cand.loc[cand["flops"].idxmax()]
+    assert picks[0]["flops"] < costly["flops"]
+
+
+def test_probe_grid_resolves_a_large_delta(tmp_path):
+    grid = small_grid(tmp_path, "tbptt")
+    base, probes, built = baseline_and_probes(grid)
+    assert list(probes) == ["tbptt"] and built == 27 and len(base) == 36 and len(probes["tbptt"]) == 36
+    doc = plan_grid(grid, PAPER_LAW, noise=0.01, probe_delta=0.3, **QUICK).to_json()
+    probe = doc["probes"]["tbptt"]
+    assert abs(probe["delta_mean"] - 0.3) < 0.1
+    assert probe["p_resolved"] >= 0.8 and probe["n_shared_r1"] == 9
+    assert probe["min_detectable_delta"] < 0.3
+    assert doc["cost"]["runs"] == 36 and any("not in this grid" in n for n in doc["notes"])
+
+
+def _cli(argv, capsys):
+    from loopscale.cli import main
+
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_json_keys_and_fit_json_law(tmp_path, capsys):
+    small_grid(tmp_path)
+    fit_json = tmp_path / "fit.json"
+    fit_json.write_text(json.dumps({"params": {**PAPER_LAW.to_dict(), "phi": 0.7}}))
+    code, out, err = _cli(["plan", tmp_path / "small-none.yaml", "--law", fit_json, "--json", "--replicates", 10,
+                           "--bootstrap", 20, "--suggest", 1, "--workers", 1], capsys)
+    assert code == 0, err
+    doc = json.loads(out)  # stdout is the JSON and nothing else
+    for key in ("phi_mean", "phi_ci_width", "total_flops", "gpu_hours", "phi_ci_width_spread", "phi_ci_width_fisher",
+                "p_ci_excludes_0", "p_ci_excludes_1", "cost", "suggestions", "low_information", "probes"):
+        assert key in doc, key
+    assert doc["phi_true"] == 0.7 and abs(doc["phi_mean"] - 0.7) < 0.05
+    assert doc["suggestions"][0]["simulated"]["replicates"] == 1000
+
+
+def test_cli_prints_tables(tmp_path, capsys):
+    small_grid(tmp_path, "hyperconn")
+    code, out, err = _cli(["plan", tmp_path / "small-hyperconn.yaml", "--replicates", 10, "--bootstrap", 20,
+                           "--suggest", 2, "--workers", 1], capsys)
+    assert code == 0, err
+    for text in ("95% CI width", "GPU-hours", "hyperconn", "cells to add", "checked by simulation"):
+        assert text in out, text
+
+
+@pytest.mark.parametrize("case", ["no-grid", "noise", "law", "mfu", "replicates", "only-r1", "bad-yaml"])
+def test_cli_errors_exit_2_with_one_line(tmp_path, capsys, case):
+    grid = small_grid(tmp_path).path
+    argv = ["plan", grid, "--replicates", 10, "--bootstrap", 0, "--suggest", 0, "--workers", 1]
+    if case == "no-grid":
+        argv[1] = tmp_path / "missing.yaml"
+    elif case == "noise":
+        argv += ["--noise", 0]
+    elif case == "law":
+        argv += ["--law", tmp_path / "nofit.json"]
+    elif case == "mfu":
+        argv += ["--mfu", 1.5]
+    elif case == "replicates":
+        argv[3] = 3
+    elif case == "only-r1":
+        argv[1] = tmp_path / "r1.yaml"
+        argv[1].write_text(SMALL.replace("PROBES", "none").replace("r: [1, 2, 4, 8]", "r: [1]"))
+    elif case == "bad-yaml":
+        argv[1] = tmp_path / "bad.yaml"
+        argv[1].write_text("flops: [1, 2\n")
+    code, out, err = _cli(argv, capsys)
+    assert code == 2
+    assert err.startswith("error:") and len(err.strip().splitlines()) == 1, err

@@ -1,0 +1,110 @@
+"""The real sweep path end to end on grids/smoke.yaml, through the debug and local executors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from loopscale import store, submit
+from loopscale.grid import ExecutorConfig, load_grid
+from sweep_fixtures import GRIDS, cli, cli_json, make_tiny_data
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_tiny_data(tmp_path_factory.mktemp("data") / "tiny")
+
+
+def check_finished_sweep(sweep_dir, n=4):
+    got = cli_json("status", sweep_dir, "--json")
+    assert got["counts"] == {"done": n}
+    runs = {r["run_id"]: r for r in got["runs"]}
+    for rid, r in runs.items():
+        run = sweep_dir / "runs" / rid
+        assert r["loss"] > 0 and (run / "result.json").exists() and (run / "config.yaml").exists()
+        assert "step" in (run / "job.err").read_text()  # the job's stderr lands in the run folder
+    out = cli("collect", sweep_dir, "--export", sweep_dir / "results.csv")
+    assert out.returncode == 0, out.stderr
+    df = store.load_results(sweep_dir)
+    assert len(df) == n and (df.status == "done").all() and df.loss.notna().all()
+    assert sorted(df.r.unique()) == [1, 2] and sorted(df.width.unique()) == [32, 64]
+    return runs
+
+
+def rerun_submits_nothing(sweep_dir, data, *extra):
+    rows = cli_json("sweep", GRIDS / "smoke.yaml", "--data", data, "--out", sweep_dir, "--dry-run", "--json", *extra)
+    assert {r["action"] for r in rows} == {"skip"}
+    out = cli("sweep", GRIDS / "smoke.yaml", "--data", data, "--out", sweep_dir, *extra)
+    assert out.returncode == 0 and "nothing to submit (skip 4)" in out.stdout, out.stdout + out.stderr
+
+
+def test_debug_executor_end_to_end(tmp_path, data):
+    sweep_dir = tmp_path / "sweep"
+    out = cli("sweep", GRIDS / "smoke.yaml", "--data", data, "--out", sweep_dir, "--executor", "debug")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ran 4 run(s) in this process" in out.stdout and "done 4" in out.stdout
+    runs = check_finished_sweep(sweep_dir)
+    assert {json.loads((sweep_dir / "runs" / rid / "job.json").read_text())["executor"] for rid in runs} == {"debug"}
+    kept = yaml.safe_load((sweep_dir / "grid.yaml").read_text())  # the grid, with the --data override
+    assert kept == {**yaml.safe_load((GRIDS / "smoke.yaml").read_text()),
+                    "data": {"eval_tokens": 2048, "dir": str(data.resolve())}}
+    rerun_submits_nothing(sweep_dir, data, "--executor", "debug")
+
+
+def test_local_executor_end_to_end(tmp_path, data):
+    sweep_dir = tmp_path / "sweep"
+    out = cli("sweep", GRIDS / "smoke.yaml", "--data", data, "--out", sweep_dir, "--executor", "local",
+              "--jobs", "2", "--threads-per-job", "1", "--wait", "--poll", "0.5")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "submitted 4 run(s) to 2 local worker job(s)" in out.stdout
+    runs = check_finished_sweep(sweep_dir)
+    workers = set()
+    for rid in runs:
+        rec = json.loads((sweep_dir / "runs" / rid / "job.json").read_text())
+        started = json.loads((sweep_dir / "runs" / rid / "started.json").read_text())
+        assert rec["executor"] == "local" and len(rec["workers"]) == 2 and started["threads"] == 1
+        workers.add(started["worker"])
+    assert workers == {0, 1}  # both workers took runs
+    rerun_submits_nothing(sweep_dir, data, "--executor", "local")
+
+
+def test_failed_runs_are_recorded_held_and_retried_only_on_request(tmp_path, data):
+    """A run that raises leaves error.json; status says failed with the reason; --retry-failed resubmits it."""
+    raw = yaml.safe_load((GRIDS / "smoke.yaml").read_text())
+    raw["data"] = {"dir": str(data), "eval_tokens": 10**9}  # more than the validation split: the trainer raises
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(raw))
+    grid = load_grid(tmp_path / "bad.yaml")
+    sweep_dir = tmp_path / "sweep"
+    submit.make_sweep_dir(sweep_dir)
+    submit.submit(sweep_dir, grid.runs[:1], ExecutorConfig(kind="debug"))
+    states = store.run_states(sweep_dir)
+    (st,) = states.values()
+    assert st.state == "failed" and "eval_tokens" in st.detail
+    assert (sweep_dir / "runs" / st.run_id / "error.json").exists()
+    assert [r.action for r in submit.plan(grid.runs[:1], states)] == ["hold"]
+    assert [r.action for r in submit.plan(grid.runs[:1], states, retry_failed=True)] == ["resubmit"]
+    # the CLI checks the data up front, so the same grid is refused before anything is submitted
+    out = cli("sweep", tmp_path / "bad.yaml", "--out", sweep_dir, "--retry-failed", "--executor", "debug")
+    assert out.returncode == 2 and "exceeds the" in out.stderr and "Traceback" not in out.stderr
+    assert not (sweep_dir / "runs" / st.run_id / "attempts").exists()
+
+
+def test_a_changed_grid_says_what_changed(tmp_path, data):
+    sweep_dir = tmp_path / "sweep"
+    out = cli("sweep", GRIDS / "smoke.yaml", "--data", data, "--out", sweep_dir, "--executor", "debug")
+    assert out.returncode == 0
+    raw = yaml.safe_load((GRIDS / "smoke.yaml").read_text())
+    raw["train"]["lr_matrix"] = 0.02
+    raw["widths"] = [32]
+    (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = cli("sweep", tmp_path / "smoke.yaml", "--data", data, "--out", sweep_dir, "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert "the grid changed" in out.stdout and "train.lr_matrix added (0.02)" in out.stdout
+    assert "widths: [32, 64] → [32]" in out.stdout
+    assert "4 run folder(s)" in out.stdout and "not in this grid" in out.stdout and "submit 2" in out.stdout
+    assert "data.dir" not in out.stdout  # the same --data both times
+    assert yaml.safe_load((sweep_dir / "grid.yaml").read_text())["widths"] == [32, 64]  # a dry run keeps the old
