@@ -556,3 +556,39 @@ def wait(sweep_dir: str | Path, ids: list[str], on_update: Callable[[dict[str, R
         if not any(st.state in IN_FLIGHT for st in states.values()):
             return states
         time.sleep(poll_s)
+
+
+class SweepLock:
+    """An exclusive, non-blocking flock beside the sweep folder: two `loopscale sweep` calls on the
+    same sweep never plan and submit at once. Released explicitly, or when the process ends."""
+
+    def __init__(self, sweep_dir: Path):
+        import fcntl
+
+        sweep_dir = Path(sweep_dir).resolve()
+        self.path = sweep_dir.parent / f".{sweep_dir.name}.lock"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UserError(f"{sweep_dir}: cannot create the sweep lock ({e.strerror})") from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise UserError(
+                f"{sweep_dir}: another `loopscale sweep` is submitting to this sweep right now; "
+                "try again when it has finished"
+            ) from None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def sweep_lock(sweep_dir: str | Path) -> SweepLock:
+    return SweepLock(Path(sweep_dir))

@@ -182,3 +182,14 @@ def test_a_retried_attempt_is_archived_not_lost(sweep):
     assert os.readlink(dest / "job.out") == "../../../../jobs/1_0_log.out"
     assert store.file_state(run).state == "new"
     assert archive_attempt(run) is None
+
+
+def test_second_sweep_call_is_refused_while_one_submits(tmp_path):
+    from loopscale.errors import UserError
+    from loopscale.submit import sweep_lock
+
+    first = sweep_lock(tmp_path / "sw")
+    with pytest.raises(UserError, match="another `loopscale sweep` is submitting"):
+        sweep_lock(tmp_path / "sw")
+    first.release()
+    sweep_lock(tmp_path / "sw").release()  # free again once the first caller is done

@@ -181,6 +181,7 @@ def register(app: typer.Typer) -> None:
                                 mem_gb=mem_gb, constraint=constraint, array_parallelism=array_parallelism,
                                 local_jobs=jobs, threads_per_job=threads_per_job)
         sweep_dir = out or SWEEPS_DIR / grid.name
+        lock = None if dry_run else sub.sweep_lock(sweep_dir)  # planning + submission: one caller at a time
         ids = [s.run_id for s in grid.runs]
         changes = sub.sweep_changes(sweep_dir, grid)
         if changes:
@@ -223,6 +224,8 @@ def register(app: typer.Typer) -> None:
                 shutil.rmtree(sweep_dir, ignore_errors=True)
             raise
         sub.record_grid(sweep_dir, grid)
+        if lock is not None:
+            lock.release()
         held = sum(1 for r in rows if r.action == "hold")
         console.print(submit_summary(kind, records, totals, time.perf_counter() - t0), highlight=False)
         if held:
