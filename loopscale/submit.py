@@ -565,6 +565,7 @@ class SweepLock:
     def __init__(self, sweep_dir: Path):
         import fcntl
 
+        self._fd: int | None = None
         sweep_dir = Path(sweep_dir).resolve()
         self.path = sweep_dir.parent / f".{sweep_dir.name}.lock"
         try:
@@ -575,7 +576,7 @@ class SweepLock:
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(self._fd)
+            self.release()
             raise UserError(
                 f"{sweep_dir}: another `loopscale sweep` is submitting to this sweep right now; "
                 "try again when it has finished"
