@@ -181,6 +181,9 @@ def _slurm_states(jobs: dict[str, dict[str, Any]]) -> dict[str, tuple[str, str]]
     level = log.level
     log.setLevel(logging.ERROR)  # submitit warns on every sacct hiccup; we report "unknown" instead
     try:
+        # The watcher is process-wide and keeps old answers: a job that vanished from sacct (a pending array
+        # task removed by scancel) would stay "PENDING" forever in a long `sweep --wait`. Ask afresh each poll.
+        SlurmJob.watcher.clear()
         handles = {rid: SlurmJob(folder=j.get("folder", "."), job_id=str(j["job_id"])) for rid, j in jobs.items()}
         SlurmJob.watcher.update()
         raw = {rid: SlurmJob.watcher.get_state(h.job_id, mode="cache") for rid, h in handles.items()}

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -43,6 +44,13 @@ def test_slurm_array_status_collect_rerun_cancel_and_retry(tmp_path):
     assert len(arrays) == 1 and sorted(int(r["job_id"].split("_")[1]) for r in rows) == [0, 1, 2, 3]
     victim = rows[-1]
     subprocess.run(["scancel", victim["job_id"]], check=True)
+    # scancel returns before the controller has dropped the task: wait until status sees it cancelled.
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        runs = {r["run_id"]: r["state"] for r in cli_json("status", sweep_dir, "--json")["runs"]}
+        if runs[victim["run_id"]] == "cancelled":
+            break
+        time.sleep(0.5)
 
     # Follow to the end: three finish, the cancelled one is reported cancelled (exit 1: not all finished).
     out = cli(*base, "--wait", "--poll", "1")
