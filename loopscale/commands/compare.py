@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from loopscale.commands.fit import _fmt, _progress
+from loopscale.commands.fit import _fmt
+from loopscale.commands.stages import stage_progress
 from loopscale.errors import UserError
 
 
@@ -80,24 +81,9 @@ def register(app: typer.Typer) -> None:
         if workers is not None and workers < 1:
             raise UserError(f"--workers must be at least 1, got {workers}")
         table = load_runs(source)
-        bar = _progress()
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if bar is None:
-                return
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
-        if bar is not None:
-            bar.start()
-        try:
+        with stage_progress() as progress:
             result = run_compare(table, probe, baseline, starts=starts, bootstrap=bootstrap, seed=seed,
                                  huber_delta=huber_delta, workers=workers, progress=progress)
-        finally:
-            if bar is not None:
-                bar.stop()
         doc = {"source": str(source), **result.to_json()}
         out_dir = out or (source if source.is_dir() else source.parent)
         path = out_dir / f"compare-{probe}.json"

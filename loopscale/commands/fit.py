@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from loopscale.commands.stages import stage_progress
 from loopscale.errors import UserError
 
 PARAMS = ("E", "A", "alpha", "B", "beta", "phi")
@@ -28,15 +29,6 @@ def _fmt(v, digits: int = 4, spec: str = "f", sign: str = "") -> str:
     return f"{v:{sign}.{digits}{spec}}"
 
 
-def _progress():
-    """A rich progress bar on stderr (so --json stdout stays clean); None when stderr is not a tty."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        return None
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
 
 
 def _print_fit(doc: dict, out: Console) -> None:
@@ -128,24 +120,9 @@ def register(app: typer.Typer) -> None:
         if workers is not None and workers < 1:
             raise UserError(f"--workers must be at least 1, got {workers}")
         table, probe_notes = select_probe(load_runs(source), probe)
-        bar = _progress()
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if bar is None:
-                return
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
-        if bar is not None:
-            bar.start()
-        try:
+        with stage_progress() as progress:
             report = run_fit(table, starts=starts, bootstrap=bootstrap, seed=seed, huber_delta=huber_delta,
                              resample=resample, workers=workers, progress=progress)
-        finally:
-            if bar is not None:
-                bar.stop()
         report.notes[:0] = probe_notes
         doc = {"source": str(source), "probe": probe, **report.to_json()}
         out_dir = out or (source if source.is_dir() else source.parent)

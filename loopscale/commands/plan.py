@@ -12,16 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-
-def _progress():
-    """A transient progress bar on stderr (stdout stays clean for --json); None without a tty."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        return None
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
+from loopscale.commands.stages import stage_progress
 
 
 def _f(v, digits: int = 3, spec: str = "f") -> str:
@@ -137,25 +128,10 @@ def register(app: typer.Typer) -> None:
 
         prior = load_law(law, need_phi=True)
         grid = load_grid(grid_file)
-        bar = _progress()
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if bar is None:
-                return
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
-        if bar is not None:
-            bar.start()
-        try:
+        with stage_progress() as progress:
             report = plan_grid(grid, prior, law_source=law, noise=noise, replicates=replicates, bootstrap=bootstrap,
                                probe_delta=probe_delta, seed=seed, starts=starts, peak_tflops=peak_tflops, mfu=mfu,
                                suggest=suggest, workers=workers, progress=progress)
-        finally:
-            if bar is not None:
-                bar.stop()
         doc = report.to_json()
         if json_out:
             sys.stdout.write(json.dumps(doc, allow_nan=False) + "\n")
