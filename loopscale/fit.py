@@ -94,9 +94,9 @@ class FitData:
         return bool(np.any((self.r > 1) & (self.n_rec > 0)))
 
 
-def evaluate(theta: np.ndarray, data: FitData, delta: float = HUBER_DELTA, need: int = 1):
-    """Objective of each row of θ (S, 6): f (S,); with need ≥ 1 also ∂f/∂θ (S, 6); with need = 2
-    also the Gauss–Newton matrix Σ w·ψ(ρ)/ρ·J Jᵀ (S, 6, 6) of the log-loss residuals ρ."""
+def log_prediction(theta: np.ndarray, data: FitData, jacobian: bool = False):
+    """log L̂ (S, n) for each row of θ (S, 6) = (e, a, α, b, β, φ); with ``jacobian`` also
+    ∂ log L̂ / ∂θ (S, 6, n)."""
     theta = np.atleast_2d(theta)
     e, a, alpha, b, beta, phi = (theta[:, i : i + 1] for i in range(6))
     r_phi = np.exp(phi * data.log_r_unique)[:, data.r_index]  # r^φ, once per distinct r
@@ -109,19 +109,31 @@ def evaluate(theta: np.ndarray, data: FitData, delta: float = HUBER_DELTA, need:
     term_d = np.exp(b - beta * data.log_tokens)  # B·D^−β
     floor = np.exp(e)  # E
     pred = term_n + term_d + floor
-    res = np.log(pred) - data.log_loss
-    absr = np.abs(res)
-    quad = absr <= delta
-    f = np.where(quad, 0.5 * res * res, delta * (absr - 0.5 * delta)) @ data.weight
-    if need == 0:
-        return f
-    J = np.empty((theta.shape[0], 6, len(data)))  # ∂ log L̂ / ∂θ
+    if not jacobian:
+        return np.log(pred)
+    J = np.empty((theta.shape[0], 6, len(data)))
     np.divide(floor, pred, out=J[:, 0])
     np.divide(term_n, pred, out=J[:, 1])
     np.multiply(J[:, 1], -log_n_eff, out=J[:, 2])
     np.divide(term_d, pred, out=J[:, 3])
     np.multiply(J[:, 3], -data.log_tokens, out=J[:, 4])
     np.multiply(J[:, 1], -alpha * (loop / n_eff) * data.log_r, out=J[:, 5])
+    return np.log(pred), J
+
+
+def evaluate(theta: np.ndarray, data: FitData, delta: float = HUBER_DELTA, need: int = 1):
+    """Objective of each row of θ (S, 6): f (S,); with need ≥ 1 also ∂f/∂θ (S, 6); with need = 2
+    also the Gauss–Newton matrix Σ w·ψ(ρ)/ρ·J Jᵀ (S, 6, 6) of the log-loss residuals ρ."""
+    if need == 0:
+        log_pred, J = log_prediction(theta, data), None
+    else:
+        log_pred, J = log_prediction(theta, data, jacobian=True)
+    res = log_pred - data.log_loss
+    absr = np.abs(res)
+    quad = absr <= delta
+    f = np.where(quad, 0.5 * res * res, delta * (absr - 0.5 * delta)) @ data.weight
+    if need == 0:
+        return f
     psi = np.clip(res, -delta, delta) * data.weight
     g = np.matmul(J, psi[:, :, None])[:, :, 0]
     if need == 1:

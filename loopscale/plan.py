@@ -58,6 +58,7 @@ from loopscale.fit import (
     _map,
     bootstrap_plan,
     fit_law,
+    log_prediction,
     percentile_ci,
     single_threaded_blas,
     unit_labels,
@@ -158,29 +159,6 @@ def fit_data(design: pd.DataFrame, loss=None) -> FitData:
     return FitData.from_arrays(design["n_once"], design["n_rec"], design["r"], design["tokens"], loss)
 
 
-def _log_pred_and_jacobian(theta: np.ndarray, data: FitData, jacobian: bool = True):
-    """log L̂ (P, n) and ∂ log L̂ / ∂θ (P, 6, n) for each row of θ (P, 6); the same terms as
-    loopscale.fit.evaluate, kept per row so each problem can carry its own weights and losses."""
-    e, a, alpha, b, beta, phi = (theta[:, i : i + 1] for i in range(6))
-    loop = np.exp(phi * data.log_r) * data.n_rec
-    n_eff = data.n_once + loop
-    log_n_eff = np.log(n_eff)
-    term_n = np.exp(a - alpha * log_n_eff)
-    term_d = np.exp(b - beta * data.log_tokens)
-    floor = np.exp(e)
-    pred = term_n + term_d + floor
-    if not jacobian:
-        return np.log(pred)
-    J = np.empty((len(theta), 6, len(data)))
-    np.divide(floor, pred, out=J[:, 0])
-    np.divide(term_n, pred, out=J[:, 1])
-    np.multiply(J[:, 1], -log_n_eff, out=J[:, 2])
-    np.divide(term_d, pred, out=J[:, 3])
-    np.multiply(J[:, 3], -data.log_tokens, out=J[:, 4])
-    np.multiply(J[:, 1], -alpha * (loop / n_eff) * data.log_r, out=J[:, 5])
-    return np.log(pred), J
-
-
 def _huber(res: np.ndarray, weight: np.ndarray, delta: float) -> np.ndarray:
     absr = np.abs(res)
     return np.sum(weight * np.where(absr <= delta, 0.5 * res * res, delta * (absr - 0.5 * delta)), axis=1)
@@ -191,7 +169,7 @@ def _newton_terms(theta, data, log_loss, weight, delta):
     the rows inside Huber's quadratic zone, plus 1% of the IRLS matrix (all rows, weight δ/|ρ|
     outside) to keep it positive definite. Near an optimum this converges in a few steps, where
     IRLS alone crawls."""
-    log_pred, J = _log_pred_and_jacobian(theta, data)
+    log_pred, J = log_prediction(theta, data, jacobian=True)
     res = log_pred - log_loss
     absr = np.abs(res)
     quad = absr <= delta
@@ -234,7 +212,7 @@ def refit_many(theta0: np.ndarray, data: FitData, log_loss: np.ndarray, weight: 
             if pending.size == 0:
                 break
             xt = np.clip(xi[pending] + t[pending, None] * d[pending], LOWER, UPPER)
-            ft = _huber(_log_pred_and_jacobian(xt, data, jacobian=False) - Li[pending], Wi[pending], delta)
+            ft = _huber(log_prediction(xt, data) - Li[pending], Wi[pending], delta)
             ok = ft <= fi[pending] + 1e-4 * np.einsum("si,si->s", gi[pending], xt - xi[pending])
             x_new[pending[ok]], f_new[pending[ok]] = xt[ok], ft[ok]
             pending = pending[~ok]
@@ -266,7 +244,7 @@ def information(design: pd.DataFrame, law: Law, noise: float, delta: float = HUB
     Noise of ``noise`` nats on L is ≈ noise/L on log L. Returns (J (n, 6), a (n,), b (n,)) with
     A = Σ a·J Jᵀ (expected Hessian), B = Σ b·J Jᵀ (score covariance), Cov θ̂ ≈ A⁻¹ B A⁻¹."""
     data = fit_data(design)
-    log_pred, J = _log_pred_and_jacobian(theta_of(law)[None], data)
+    log_pred, J = log_prediction(theta_of(law)[None], data, jacobian=True)
     a, b = _huber_moments(noise / np.exp(log_pred[0]), delta)
     return J[0].T, a, b
 
