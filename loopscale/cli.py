@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "loopscale.commands.fit",
     "loopscale.commands.plan",
     "loopscale.commands.compare",
+    "loopscale.commands.report",
 ]
 
 for _name in COMMAND_MODULES:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from loopscale.atomic import write_bytes_atomic
 from loopscale.compare import Comparison
-from loopscale.fit_plots import _log_x, _pyplot
+from loopscale.fit_plots import _log_x, _pyplot, png_bytes
 
 COLOURS = {"baseline": "C0", "probe": "C3"}
 MARKERS = {1: "o", 2: "s", 4: "^", 8: "D"}
@@ -16,9 +17,14 @@ MARKERS = {1: "o", 2: "s", 4: "^", 8: "D"}
 
 def write_plot(comparison: Comparison, out_dir: str | Path) -> Path:
     """Write compare-<probe>.png into ``out_dir``; returns its path."""
+    path = Path(out_dir) / f"compare-{comparison.probe_name}.png"
+    write_bytes_atomic(path, render(comparison))
+    return path
+
+
+def render(comparison: Comparison) -> bytes:
+    """The figure as PNG bytes."""
     plt = _pyplot()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     fig, (ax_phi, ax_n) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [1, 2.2]})
     _phi_panel(ax_phi, comparison)
     _neff_panel(ax_n, comparison)
@@ -28,10 +34,7 @@ def write_plot(comparison: Comparison, out_dir: str | Path) -> Path:
     if ci is not None:
         title += f", 95% CI [{ci[0]:+.3f}, {ci[1]:+.3f}] (paired bootstrap over cells)"
     fig.suptitle(title, fontsize=9)
-    path = out / f"compare-{c.probe_name}.png"
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return png_bytes(plt, fig)
 
 
 def _phi_panel(ax, c: Comparison) -> None:

@@ -670,6 +670,16 @@ def _finite(obj):
     return obj
 
 
+def check_settings(*, starts: int, bootstrap: int, seed: int, huber_delta: float, resample: str) -> None:
+    """Refuse settings `loopscale fit` cannot run with (UserError, named by their flags)."""
+    if resample not in ("cells", "runs"):
+        raise UserError(f"--resample must be cells or runs, got {resample!r}")
+    if not (huber_delta > 0 and np.isfinite(huber_delta)):
+        raise UserError(f"--huber-delta must be a positive number, got {huber_delta}")
+    if starts < 0 or bootstrap < 0 or seed < 0:
+        raise UserError("--starts, --bootstrap and --seed must be non-negative")
+
+
 def run_fit(table, *, starts: int = 500, bootstrap: int = 200, seed: int = 0,
             huber_delta: float = HUBER_DELTA, resample: str = "cells", workers: int | None = None,
             progress=None) -> FitReport:
@@ -679,12 +689,7 @@ def run_fit(table, *, starts: int = 500, bootstrap: int = 200, seed: int = 0,
     ``table`` is a runs DataFrame (see loopscale.runs_table); unusable rows are left out with a
     warning. ``progress(stage, done, total)`` reports long work.
     """
-    if resample not in ("cells", "runs"):
-        raise UserError(f"--resample must be cells or runs, got {resample!r}")
-    if not (huber_delta > 0 and np.isfinite(huber_delta)):
-        raise UserError(f"--huber-delta must be a positive number, got {huber_delta}")
-    if starts < 0 or bootstrap < 0 or seed < 0:
-        raise UserError("--starts, --bootstrap and --seed must be non-negative")
+    check_settings(starts=starts, bootstrap=bootstrap, seed=seed, huber_delta=huber_delta, resample=resample)
     with single_threaded_blas():
         return _run_fit(table, starts, bootstrap, seed, huber_delta, resample, workers, progress)
 

@@ -3,10 +3,12 @@ the bootstrap distribution of φ. Losses in nats."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 
+from loopscale.atomic import write_bytes_atomic
 from loopscale.fit import NAMES, FitData, FitReport, predict_loss
 
 
@@ -19,19 +21,33 @@ def _pyplot():
     return plt
 
 
-def write_plots(report: FitReport, out_dir: str | Path) -> list[Path]:
-    """Write the figures into ``out_dir`` as fit_*.png; returns their paths."""
+def render(report: FitReport) -> dict[str, bytes]:
+    """The figures as PNG bytes by file name (fit_*.png), in a fixed order; a figure that does not
+    apply (no FLOP budgets, no bootstrap) is left out."""
     plt = _pyplot()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
+    pngs = {}
     for name, draw in (("fit_loss_vs_neff.png", _loss_vs_neff), ("fit_isoflop.png", _isoflop),
                        ("fit_residuals.png", _residuals), ("fit_phi_bootstrap.png", _phi_bootstrap)):
         fig = draw(plt, report)
-        if fig is None:
-            continue
-        fig.savefig(out / name, dpi=120, bbox_inches="tight")
-        plt.close(fig)
+        if fig is not None:
+            pngs[name] = png_bytes(plt, fig)
+    return pngs
+
+
+def png_bytes(plt, fig) -> bytes:
+    """A figure as PNG (120 dpi, tight bounding box), closed afterwards."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_plots(report: FitReport, out_dir: str | Path) -> list[Path]:
+    """Write the figures into ``out_dir`` as fit_*.png; returns their paths."""
+    out = Path(out_dir)
+    written = []
+    for name, png in render(report).items():
+        write_bytes_atomic(out / name, png)
         written.append(out / name)
     return written
 

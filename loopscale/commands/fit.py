@@ -14,21 +14,9 @@ from rich.table import Table
 
 from loopscale.commands.stages import stage_progress
 from loopscale.errors import UserError
+from loopscale.fmt import num as _fmt
 
 PARAMS = ("E", "A", "alpha", "B", "beta", "phi")
-
-
-def _fmt(v, digits: int = 4, spec: str = "f", sign: str = "") -> str:
-    """Rounded for the screen only; fit.json keeps every digit."""
-    if v is None:
-        return "—"
-    if not isinstance(v, float):
-        return str(v)
-    if spec == "f" and abs(v) >= 1e5:
-        spec = "g"
-    return f"{v:{sign}.{digits}{spec}}"
-
-
 
 
 def _print_fit(doc: dict, out: Console) -> None:

@@ -1,0 +1,29 @@
+"""Numbers for people: rounded on screen and in reports only; the JSON files keep every digit."""
+
+from __future__ import annotations
+
+
+def si(x: float | None, unit: str = "") -> str:
+    """1234567 → '1.23M'."""
+    if x is None:
+        return "-"
+    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{suffix}{unit}"
+    return f"{x:.3g}{unit}"
+
+
+def sci(x: float | None) -> str:
+    """4.64e+17 → '4.64e17'."""
+    return "-" if x is None else f"{x:.3g}".replace("e+", "e")
+
+
+def num(v, digits: int = 4, spec: str = "f", sign: str = "") -> str:
+    """A fitted value: ``digits`` decimals (general format from 1e5 up); None → '—'; non-floats as str."""
+    if v is None:
+        return "—"
+    if not isinstance(v, float):
+        return str(v)
+    if spec == "f" and abs(v) >= 1e5:
+        spec = "g"
+    return f"{v:{sign}.{digits}{spec}}"

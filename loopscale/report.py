@@ -1,0 +1,243 @@
+"""`loopscale report`: what one sweep has to say, gathered into one object.
+
+:func:`gather` reads the sweep (run states with the scheduler's word, the results store), sums the
+compute spent, fits the law to the baseline runs as `loopscale fit` does (fit.run_fit), compares
+each probe present with the baseline as `loopscale compare` does (compare.compare), and renders
+their figures as PNG bytes. Nothing here formats: report_sections lays the report out as tables,
+report_html and report_md write it (:func:`write_report`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from loopscale.compare import Comparison, compare
+from loopscale.errors import UserError
+from loopscale.fit import FitData, FitReport, check_settings, predict_loss, run_fit
+from loopscale.runs_table import select_probe, usable_rows
+from loopscale.store import FINISHED, GRID_FILE, STATES, load_results, run_states
+
+BASELINE = "none"
+
+
+@dataclass
+class FitPart:
+    """The fit of the baseline runs, or why there is none (one sentence in ``reason``)."""
+
+    probe: str | None  # the probe whose runs were fitted; None when the sweep holds one probe only
+    n_usable: int  # finished runs with a loss among them
+    result: FitReport | None = None
+    reason: str | None = None
+    notes: list[str] = field(default_factory=list)  # which runs were fitted
+    figures: dict[str, bytes] = field(default_factory=dict)  # fit_*.png by name
+    residuals: pd.DataFrame | None = None  # run_id, predicted, resid (nats), one row per fitted run
+
+
+@dataclass
+class ProbePart:
+    """One probe against the baseline: the comparison (and its JSON document), or why there is none."""
+
+    probe: str
+    result: Comparison | None = None
+    doc: dict | None = None  # Comparison.to_json(): what compare-<probe>.json holds
+    reason: str | None = None
+    figure: bytes | None = None
+
+
+@dataclass
+class Report:
+    sweep_dir: Path
+    name: str
+    description: str
+    grid_text: str | None  # the sweep's grid.yaml, as kept
+    created: str  # local time the report was made
+    runs: pd.DataFrame  # every run (results store columns), ``status`` with the scheduler's word
+    counts: dict[str, int]  # {state: runs}
+    cost: pd.DataFrame  # see :func:`cost_table`
+    fit: FitPart
+    probes: list[ProbePart]  # one per probe with looped runs in the sweep, besides the baseline
+    settings: dict  # fit settings: starts, bootstrap, seed, huber_delta, resample
+
+
+def gather(sweep_dir: str | Path, *, starts: int = 500, bootstrap: int = 200, seed: int = 0,
+           huber_delta: float = 1e-3, resample: str = "cells", workers: int | None = None,
+           plots: bool = True, progress=None) -> Report:
+    """Everything the report shows for ``sweep_dir``. The fit settings are `loopscale fit`'s (the
+    compare uses the same starts, resamples, seed and δ); ``progress(stage, done, total)`` reports work.
+    A sweep with too few finished runs still gives a report, its fit part saying why there is no fit."""
+    check_settings(starts=starts, bootstrap=bootstrap, seed=seed, huber_delta=huber_delta, resample=resample)
+    say = progress or (lambda stage, done, total: None)
+    sweep_dir = Path(sweep_dir)
+    say("read the sweep", 0, 1)
+    runs = load_results(sweep_dir)
+    states = run_states(sweep_dir)  # the scheduler's word on runs in flight, as `loopscale status`
+    known = runs["run_id"].isin(list(states))
+    runs.loc[known, "status"] = [states[rid].state for rid in runs.loc[known, "run_id"]]
+    runs.loc[known, "detail"] = [states[rid].detail or None for rid in runs.loc[known, "run_id"]]
+    labels = probe_labels(runs)
+    runs["probe"] = labels
+    say("read the sweep", 1, 1)
+
+    kw = dict(starts=starts, bootstrap=bootstrap, seed=seed, huber_delta=huber_delta)
+    fit = fit_part(runs, resample=resample, workers=workers, plots=plots, progress=_prefixed(say, "fit"), **kw)
+    probes = []
+    for probe in sorted(set(labels[runs["r"] > 1]) - {BASELINE}):
+        probes.append(probe_part(runs, probe, workers=workers, plots=plots,
+                                 progress=_prefixed(say, f"compare {probe}"), **kw))
+    grid_text, name, description = _grid(sweep_dir)
+    settings = {"starts": starts, "bootstrap": bootstrap, "seed": seed, "huber_delta": huber_delta,
+                "resample": fit.result.resample if fit.result else resample}
+    return Report(sweep_dir=sweep_dir, name=name, description=description, grid_text=grid_text,
+                  created=time.strftime("%Y-%m-%d %H:%M %Z"), runs=runs,
+                  counts=status_counts(runs["status"]),
+                  cost=cost_table(runs), fit=fit, probes=probes, settings=settings)
+
+
+def probe_labels(runs: pd.DataFrame) -> pd.Series:
+    """Each run's probe; a missing label is the baseline (none)."""
+    if "probe" not in runs.columns:
+        return pd.Series(BASELINE, index=runs.index)
+    return runs["probe"].fillna(BASELINE).astype(str).replace("", BASELINE)
+
+
+def fit_part(runs: pd.DataFrame, *, starts: int, bootstrap: int, seed: int, huber_delta: float,
+             resample: str = "cells", workers: int | None = None, plots: bool = True, progress=None) -> FitPart:
+    """Fit the baseline runs (those of probe none when the sweep holds probes) with fit.run_fit."""
+    present = sorted(set(probe_labels(runs)))
+    probe = None if len(present) == 1 else BASELINE if BASELINE in present else present[0]
+    table, notes = select_probe(runs, probe)
+    usable, _ = usable_rows(table)
+    if probe is not None:
+        notes.insert(0, f"fitted the runs of probe {probe} (the sweep also holds "
+                        f"{', '.join(p for p in present if p != probe)}; those are compared below)")
+    part = FitPart(probe=probe, n_usable=len(usable), notes=notes)
+    looped = bool(np.any((usable["r"] > 1) & (usable["n_rec"] > 0))) if len(usable) else False
+    n_params = 6 if looped else 5
+    if len(usable) < n_params:
+        have = "has" if len(usable) == 1 else "have"
+        part.reason = (f"Not enough finished runs to fit the law: {len(usable)} of the {_runs(len(table))} "
+                       f"{have} a loss, fewer than the {n_params} parameters of the law.")
+        return part
+    try:
+        part.result = run_fit(table, starts=starts, bootstrap=bootstrap, seed=seed, huber_delta=huber_delta,
+                              resample=resample, workers=workers, progress=progress)
+    except UserError as e:
+        part.reason = f"No fit: {str(e).rstrip('.')}."
+        return part
+    fitted = part.result.runs
+    predicted = predict_loss(part.result.fit.theta, FitData.from_table(fitted))
+    ids = fitted["run_id"].astype(str).to_numpy() if "run_id" in fitted else np.arange(len(fitted)).astype(str)
+    loss = fitted["loss"].to_numpy(dtype=float)
+    part.residuals = pd.DataFrame({"run_id": ids, "r": fitted["r"].to_numpy(), "loss": loss,
+                                   "predicted": predicted, "resid": loss - predicted})
+    if plots:
+        from loopscale.fit_plots import render
+
+        say = progress or (lambda stage, done, total: None)
+        say("figures", 0, 1)
+        part.figures = render(part.result)
+        say("figures", 1, 1)
+    return part
+
+
+def probe_part(runs: pd.DataFrame, probe: str, *, starts: int, bootstrap: int, seed: int, huber_delta: float,
+               workers: int | None = None, plots: bool = True, progress=None) -> ProbePart:
+    """Compare ``probe`` with the baseline (compare.compare); a comparison that cannot be made says why."""
+    part = ProbePart(probe)
+    try:
+        part.result = compare(runs, probe, BASELINE, starts=starts, bootstrap=bootstrap, seed=seed,
+                              huber_delta=huber_delta, workers=workers, progress=progress)
+    except UserError as e:
+        part.reason = f"No comparison for probe {probe}: {str(e).rstrip('.')}."
+        return part
+    part.doc = part.result.to_json()
+    if plots:
+        from loopscale.compare_plots import render
+
+        say = progress or (lambda stage, done, total: None)
+        say("figure", 0, 1)
+        part.figure = render(part.result)
+        say("figure", 1, 1)
+    return part
+
+
+def cost_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Compute spent per (probe, r): ``runs`` (in the grid), ``finished`` (with a result: done or
+    diverged), ``tokens`` and ``flops`` trained by the finished runs, ``planned_flops`` of every run
+    (FLOPs NaN where a run's are unknown), and hours from result.json's wall_time_s: ``wall_h`` in all, ``gpu_h`` of
+    runs on a GPU, ``cpu_h`` of runs on the CPU (wall-clock, one device per run). Failed attempts
+    leave no wall time and are not counted."""
+    df = pd.DataFrame({"probe": probe_labels(runs), "r": runs["r"]})
+    finished = runs["status"].isin(FINISHED).to_numpy()
+    df["finished"] = finished.astype(int)
+
+    def col(name: str) -> np.ndarray:
+        if name not in runs:
+            return np.full(len(runs), np.nan)
+        return pd.to_numeric(runs[name], errors="coerce").to_numpy(dtype=float)
+
+    flops = col("flops_total")
+    flops = np.where(np.isnan(flops), col("tokens") * col("flops_per_token"), flops)
+    df["tokens"] = np.where(finished, col("tokens"), 0.0)
+    df["flops"] = np.where(finished, flops, 0.0)
+    df["planned_flops"] = flops
+    wall = np.where(finished, np.nan_to_num(col("wall_time_s")), 0.0) / 3600
+    device = runs["device"].fillna("").astype(str).str.lower() if "device" in runs else pd.Series("", index=runs.index)
+    on_cpu = (device == "cpu").to_numpy()
+    df["wall_h"] = wall
+    df["gpu_h"] = np.where(~on_cpu & (device != "").to_numpy(), wall, 0.0)
+    df["cpu_h"] = np.where(on_cpu, wall, 0.0)
+    df["runs"] = 1
+    known = lambda s: s.sum(min_count=len(s))  # noqa: E731 - NaN unless every run's value is known
+    agg = {"runs": "sum", "finished": "sum", "tokens": "sum", "flops": known, "wall_h": "sum", "gpu_h": "sum",
+           "cpu_h": "sum", "planned_flops": known}
+    rows = df.groupby(["probe", "r"], as_index=False).agg(agg)
+    total = df.agg(agg).to_frame().T.assign(probe="all", r=np.nan)
+    return pd.concat([rows, total], ignore_index=True)[["probe", "r"] + list(agg)]
+
+
+def write_report(report: Report, html_path: str | Path) -> tuple[Path, Path]:
+    """Write the HTML report and, next to it, the Markdown tables (same name, .md), atomically."""
+    from loopscale.atomic import write_bytes_atomic
+    from loopscale.report_html import to_html
+    from loopscale.report_md import to_markdown
+    from loopscale.report_sections import layout
+
+    html_path = Path(html_path)
+    md_path = html_path.with_suffix(".md")
+    sections = layout(report)
+    write_bytes_atomic(html_path, to_html(report, sections).encode())
+    write_bytes_atomic(md_path, to_markdown(report, sections).encode())
+    return html_path, md_path
+
+
+def _grid(sweep_dir: Path) -> tuple[str | None, str, str]:
+    """The kept grid.yaml: (its text, the grid's name, its description)."""
+    try:
+        text = (sweep_dir / GRID_FILE).read_text()
+        raw = yaml.safe_load(text)
+    except (OSError, yaml.YAMLError):
+        return None, sweep_dir.name, ""
+    raw = raw if isinstance(raw, dict) else {}
+    return text, str(raw.get("name") or sweep_dir.name), str(raw.get("description") or "")
+
+
+def status_counts(status: pd.Series) -> dict[str, int]:
+    """{state: runs}, in the order of store.STATES (then any other), without zeros."""
+    c = status.fillna("unknown").astype(str).value_counts()
+    order = [s for s in STATES if s in c] + sorted(set(c.index) - set(STATES))
+    return {s: int(c[s]) for s in order}
+
+
+def _prefixed(say, prefix: str):
+    return lambda stage, done, total: say(f"{prefix}: {stage}", done, total)
+
+
+def _runs(n: int) -> str:
+    return f"{n} run" if n == 1 else f"{n} runs"
