@@ -1,19 +1,32 @@
-"""MuonH vs AdamW on a tiny looped model at the same tokens: final validation loss of each.
+"""MuonH vs AdamW on a tiny looped model at the same tokens, each at its best matrix lr of a small sweep.
 
 Trains ``Arch(d_model=64, r=4, n_layers_eff=10, n_prelude=1, n_coda=1, head_dim=32)`` — the tiny
 grid's family, with its seq_len 128 and batch 2048 tokens, for 80 steps (≈ its 1e12-FLOP point) —
 through ``loopscale.train.train`` on the real default corpus (``data/default``, or
-``$LOOPSCALE_DATA``; ``loopscale data prepare`` writes it): AdamW at the given matrix lr(s), then
-MuonH at each matrix lr of a small sweep. Embedding, head and norm lrs are ``TrainConfig``'s defaults
-in every run (AdamW in both), so only the matrix optimizer and its lr differ. Prints one line per run
-and the best of each. Without the corpus it falls back to a synthetic copy task (said in the output).
+``$LOOPSCALE_DATA``; ``loopscale data prepare`` writes it): AdamW at each matrix lr of one sweep, MuonH
+at each of another. Embedding, head and norm lrs are ``TrainConfig``'s defaults in every run (AdamW
+in both), so only the matrix optimizer and its lr differ. Prints one line per run, a table, and the
+best of each against the other (and says if a best lies at the edge of its sweep). Without the corpus
+it falls back to a synthetic copy task (said in the output).
 
-AdamW's default matrix lr here is 0.001, the best of a 6-point sweep at this recipe (d = 96, 80
-steps: 0.0003 → 5.274, 0.001 → 5.257, 0.002 → 5.310, 0.003 → 5.416, 0.01 → 6.009, 0.03 → 6.404),
-not ``TrainConfig.lr_matrix`` (0.01): the comparison is against a tuned AdamW.
-About 1.5 min of CPU time (4 runs, one thread each); 4 min wall on a loaded shared 2-core machine.
+Measured (2-core shared CPU, one thread per run, seed 0; ≈ 8 runs × 40-80 s):
 
-    python bench/muon_vs_adamw.py [--width 64] [--tokens 163840] [--adamw-lrs 0.001] [--muon-lrs 0.01,0.02,0.05]
+    optimizer  lr_matrix  val_loss
+    adamw         0.0003    5.3630
+    adamw          0.001    5.3495  ← best
+    adamw          0.003    5.3841
+    adamw           0.01    5.8660      (TrainConfig's default lr_matrix, tuned at d≈96 on 300k tokens)
+    muonh           0.01    5.3003
+    muonh           0.02    5.2654  ← best
+    muonh           0.05    5.2759
+    muonh            0.1    5.3377
+    best muonh (0.02) 5.2654 vs best adamw (0.001) 5.3495: -0.084 nats; seed 1: 5.2873 vs 5.3538, -0.066
+
+The paper's transfer would put lr_matrix at 0.185 for this D (far below its D_ref, so extrapolated):
+too high here; tiny grids keep ``lr_rule: fixed``.
+
+    python bench/muon_vs_adamw.py [--width 64] [--tokens 163840] [--adamw-lrs 0.0003,0.001,0.003,0.01]
+                                  [--muon-lrs 0.01,0.02,0.05,0.1] [--seed 0]
 """
 
 from __future__ import annotations
@@ -64,8 +77,9 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch-tokens", type=int, default=2048)
     p.add_argument("--eval-tokens", type=int, default=16_384)
-    p.add_argument("--muon-lrs", default="0.01,0.02,0.05", help="MuonH matrix lrs to sweep, comma-separated")
-    p.add_argument("--adamw-lrs", default="0.001", help="AdamW matrix lrs, comma-separated; '' skips AdamW")
+    p.add_argument("--muon-lrs", default="0.01,0.02,0.05,0.1", help="MuonH matrix lrs to sweep, comma-separated")
+    p.add_argument("--adamw-lrs", default="0.0003,0.001,0.003,0.01",
+                   help="AdamW matrix lrs to sweep, comma-separated; '' skips AdamW")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -104,9 +118,17 @@ def main() -> None:
     muon = {lr: run("muonh", lr) for lr in lrs(args.muon_lrs)}
     best = {name: min(((v, lr) for lr, v in res.items() if v == v), default=(float("nan"), None))
             for name, res in (("adamw", adamw), ("muonh", muon))}
+    print(f"\nval_loss (nats/token) at D = {args.tokens:,} tokens, each optimizer's matrix lr swept:")
+    print(f"{'optimizer':10s} {'lr_matrix':>9s} {'val_loss':>9s}")
+    for name, res in (("adamw", adamw), ("muonh", muon)):
+        for lr, v in res.items():
+            print(f"{name:10s} {lr:>9g} {v:>9.4f}{'  ← best' if lr == best[name][1] and len(res) > 1 else ''}")
     (a, a_lr), (m, m_lr) = best["adamw"], best["muonh"]
     if a_lr is not None and m_lr is not None:
-        print(f"best muonh (lr_matrix {m_lr:g}) {m:.4f} vs best adamw (lr_matrix {a_lr:g}) {a:.4f}: {m - a:+.4f} nats")
+        edge = [f"{n} best at the edge of its sweep" for n, res, lr in (("adamw", adamw, a_lr), ("muonh", muon, m_lr))
+                if len(res) > 2 and lr in (min(res), max(res))]
+        print(f"best muonh (lr_matrix {m_lr:g}) {m:.4f} vs best adamw (lr_matrix {a_lr:g}) {a:.4f}: {m - a:+.4f} nats"
+              + (f" ({'; '.join(edge)}: widen it)" if edge else ""))
     if tmp:
         tmp.cleanup()
 

@@ -4,7 +4,14 @@ A grid names the model family, the training settings, and the axes of the sweep:
 
     name: tiny                      # optional; default: the file name without .yaml
     model: {n_layers_eff: 10, n_prelude: 1, n_coda: 1, head_dim: 32}   # Arch fields but d_model/r/probe
-    train: {seq_len: 256, batch_tokens: 8192}    # TrainConfig fields but tokens/budget_flops/seed
+    train: {seq_len: 256, batch_tokens: 8192}    # TrainConfig fields but tokens/budget_flops/seed, and:
+      # lr_rule: fixed              # default: every run trains at the lr_* keys (or their defaults)
+      # lr_rule: paper              # per run, the paper's lr transfer (method.md §4, loopscale.lr_transfer)
+      #                             #   from the run's width, r-family and resolved D; needs optimizer: muonh
+      #                             #   and no lr_* keys; the four lrs land in each run's config (and id)
+      # lr_batch_exponent: 0.558    # paper rule only: × (B / 2^18)^β on embed/head/matrix lrs; default 0
+      # micro_batch_rows: {768: 16, 1536: 8}   # rows per forward pass per width: the value of the smallest
+      #                             #   key ≥ d_model (a plain number: every width); execution only
     data: {dir: data/default, eval_tokens: 65536}  # relative dirs are resolved against the working dir
     vocab_size: 4096                # optional; default: read from the data dir's meta.json
     r: [1, 2, 4, 8]                 # recurrences
@@ -46,6 +53,7 @@ from loopscale.config import (
 )
 from loopscale.counting import PROBES, Arch, ArchError, n_once, n_rec
 from loopscale.errors import UserError
+from loopscale.lr_transfer import LR_KEYS, with_paper_lrs
 
 WIDTH_UNIT = 64  # d = 64·s (method.md §2)
 TOP_KEYS = ("name", "description", "model", "train", "data", "vocab_size", "r", "widths", "s", "tokens",
@@ -53,6 +61,8 @@ TOP_KEYS = ("name", "description", "model", "train", "data", "vocab_size", "r", 
 AXIS_MODEL_KEYS = {"d_model": "widths/s", "r": "r", "probe": "probes"}
 AXIS_TRAIN_KEYS = {"tokens": "tokens/flops/runs", "budget_flops": "flops/runs", "seed": "seeds"}
 RUN_KEYS = ("r", "d_model", "s", "tokens", "budget_flops", "probe", "seed")
+GRID_TRAIN_KEYS = ("lr_rule", "lr_batch_exponent")  # train keys resolved per run at expansion
+LR_RULES = ("fixed", "paper")
 EXECUTOR_KINDS = ("auto", "slurm", "local", "debug")
 
 
@@ -281,12 +291,16 @@ def expand(raw: dict[str, Any], where: str = "grid") -> list[RunSpec]:
     for key, axis in AXIS_TRAIN_KEYS.items():
         if key in train_raw:
             raise GridError(f"{where}: train.{key}: set by the grid's `{axis}:` key, not in train")
+    train_raw, rules = _train_rules(train_raw, where)
     try:
         train = build(TrainConfig, train_raw, "train")
         data = build(DataConfig, _section(raw, "data", where), "data")
         base_arch = _model_fields(model)
     except ConfigError as e:
         raise GridError(f"{where}: {e}") from None
+    if rules.lr_rule == "paper" and train.optimizer != "muonh":
+        raise GridError(f"{where}: train.lr_rule: paper gives the paper's MuonH learning rates (lr_matrix is a "
+                        f"fraction of each matrix's norm); set optimizer: muonh (got {train.optimizer})")
     if data.eval_tokens <= 0:
         raise GridError(f"{where}: data.eval_tokens: must be positive, got {data.eval_tokens}")
     rs = _int_list(raw, "r", where, default=[1])
@@ -327,10 +341,13 @@ def expand(raw: dict[str, Any], where: str = "grid") -> list[RunSpec]:
         what = f"{key}, d_model {d}, r {r}" + (f", probe {probe}" if probe != "none" else "")
         try:
             arch = Arch(**arch_kw)
-            t = dataclasses.replace(train, tokens=tokens, budget_flops=budget, seed=seed)
+            t = dataclasses.replace(train, tokens=tokens, budget_flops=budget, seed=seed,
+                                    micro_batch_rows=rules.micro_rows(d, train.micro_batch_rows, where))
             check_train(t)
             cfg = RunConfig(model=arch, train=t, data=data, vocab_size=vocab)
             check_budget(cfg)
+            if rules.lr_rule == "paper":
+                cfg = with_paper_lrs(cfg, batch_exponent=rules.lr_batch_exponent)
         except (ArchError, ConfigError) as e:
             raise GridError(f"{where}: {what}: {e}") from None
         rid = cfg.run_id()
@@ -341,6 +358,70 @@ def expand(raw: dict[str, Any], where: str = "grid") -> list[RunSpec]:
             continue
         specs[rid] = RunSpec(rid, cfg, budget, (probe,))
     return list(specs.values())
+
+
+@dataclass(frozen=True)
+class TrainRules:
+    """The grid's per-run train settings, resolved away at expansion (never in a RunConfig)."""
+
+    lr_rule: str = "fixed"
+    lr_batch_exponent: float = 0.0
+    micro_batch_rows: tuple[tuple[int, int], ...] | None = None  # ((widest d_model, rows), ...) ascending
+
+    def micro_rows(self, d_model: int, default: int, where: str) -> int:
+        if self.micro_batch_rows is None:
+            return default
+        for widest, rows in self.micro_batch_rows:
+            if d_model <= widest:
+                return rows
+        raise GridError(f"{where}: train.micro_batch_rows: no entry for d_model {d_model} (keys are the widest "
+                        f"d_model each value applies to; the largest is {self.micro_batch_rows[-1][0]})")
+
+
+def _train_rules(train_raw: dict[str, Any], where: str) -> tuple[dict[str, Any], TrainRules]:
+    """Split the grid-level keys (lr_rule, lr_batch_exponent, a per-width micro_batch_rows) off the
+    train section and check them; the rest is TrainConfig's."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - set(AXIS_TRAIN_KEYS)
+    unknown = sorted(set(train_raw) - names - set(GRID_TRAIN_KEYS))
+    if unknown:
+        allowed = ", ".join(sorted(names | set(GRID_TRAIN_KEYS)))
+        raise GridError(f"{where}: train: unknown key {unknown[0]!r} (allowed: {allowed})")
+    train_raw = dict(train_raw)
+    rule = train_raw.pop("lr_rule", "fixed")
+    if rule not in LR_RULES:
+        raise GridError(f"{where}: train.lr_rule: unknown rule {_show(rule)}; choose one of {', '.join(LR_RULES)}")
+    exponent = 0.0
+    if "lr_batch_exponent" in train_raw:
+        v = train_raw.pop("lr_batch_exponent")
+        if rule != "paper":
+            raise GridError(f"{where}: train.lr_batch_exponent: applies only with lr_rule: paper")
+        try:
+            exponent = float(v) if not isinstance(v, bool) else float("nan")
+        except (TypeError, ValueError):
+            exponent = float("nan")
+        if not -10 < exponent < 10:
+            raise GridError(f"{where}: train.lr_batch_exponent: expected a number (the authors: 0.558), got {_show(v)}")
+    if rule == "paper":
+        given = [k for k in LR_KEYS if k in train_raw]
+        if given:
+            raise GridError(f"{where}: train.{given[0]}: set per run by lr_rule: paper; remove it, or use "
+                            "lr_rule: fixed to give the learning rates yourself")
+    micro = None
+    if isinstance(train_raw.get("micro_batch_rows"), dict):
+        spec = train_raw.pop("micro_batch_rows")
+        if not spec:
+            raise GridError(f"{where}: train.micro_batch_rows: the mapping is empty")
+        pairs = []
+        for k, v in spec.items():
+            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                raise GridError(f"{where}: train.micro_batch_rows: keys are widths d_model (positive integers), "
+                                f"got {_show(k)}")
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise GridError(f"{where}: train.micro_batch_rows.{k}: expected a non-negative integer "
+                                f"(0 = the whole batch), got {_show(v)}")
+            pairs.append((k, v))
+        micro = tuple(sorted(pairs))
+    return train_raw, TrainRules(rule, exponent, micro)
 
 
 def _model_fields(model: dict[str, Any]) -> dict[str, Any]:

@@ -32,14 +32,22 @@ github.com/kschwethelm/looped-lm-scaling (MIT); followed exactly, including two 
 
 The data term applies to the matrix lr only (HyperP Table 1), and all scales are exactly 1 for a
 run of the s = 10 reference size (d = 640) at D = D_ref and B = B_ref.
+
+``with_paper_lrs`` applies the rule to a ``RunConfig`` (grids with ``train.lr_rule: paper`` call it
+per run at expansion): D is the run's resolved tokens (iterations × B), and the four lrs are
+written into the config rounded to 6 significant digits, so the run's config.yaml shows them and its
+run id hashes them the same on every machine (a last-ulp difference in ``pow`` cannot move an id).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loopscale.counting import Arch, n_effective_compute
+
+if TYPE_CHECKING:
+    from loopscale.config import RunConfig
 
 # The paper's base learning rates, tuned at the s = 10 reference (d = 640).
 BASE_LR_EMBED = 0.3
@@ -53,6 +61,8 @@ REF_DATA_RATIO = 10  # D_ref = 10 × effective params of the reference
 REF_R_LOOPED = 4  # the authors' reference recurrence count for every looped run
 DATA_EXPONENT = -0.32
 WIDTH_EXPONENT = -0.5
+LR_KEYS = ("lr_matrix", "lr_embed", "lr_head", "lr_norm")
+LR_DIGITS = 6  # significant digits of the lrs written into a run's config
 B_REF = 2**18  # 262,144 tokens, the paper's batch
 AUTHORS_BATCH_EXPONENT = 0.558  # HyperP; the authors' value (off here by default)
 
@@ -124,4 +134,17 @@ def paper_lrs(arch: Arch, tokens: float, batch_tokens: int, *, batch_exponent: f
     """``dict(lr_matrix=…, lr_embed=…, lr_head=…, lr_norm=…)`` for a run of ``arch`` trained on
     ``tokens`` tokens at ``batch_tokens`` tokens per step (the paper's transfer rules above)."""
     det = paper_lr_details(arch, tokens, batch_tokens, batch_exponent=batch_exponent, b_ref=b_ref, ref_r=ref_r)
-    return {k: det[k] for k in ("lr_matrix", "lr_embed", "lr_head", "lr_norm")}
+    return {k: det[k] for k in LR_KEYS}
+
+
+def round_lr(x: float) -> float:
+    """``x`` to ``LR_DIGITS`` significant digits (0.014 stays 0.014)."""
+    return float(f"{x:.{LR_DIGITS}g}")
+
+
+def with_paper_lrs(cfg: RunConfig, *, batch_exponent: float = 0.0, b_ref: int = B_REF) -> RunConfig:
+    """``cfg`` with its four lrs set by the paper's transfer for its model, its resolved D
+    (iterations × batch_tokens, so FLOP budgets work) and its batch, rounded by ``round_lr``."""
+    t = cfg.train
+    lrs = paper_lrs(cfg.model, cfg.tokens(), t.batch_tokens, batch_exponent=batch_exponent, b_ref=b_ref)
+    return dataclasses.replace(cfg, train=dataclasses.replace(t, **{k: round_lr(v) for k, v in lrs.items()}))

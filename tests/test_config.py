@@ -56,6 +56,7 @@ def test_run_id_ignores_execution_settings():
         (dict(train__compile="yes"), "expected true/false"),
         (dict(train__micro_batch_rows=5), "must divide"),
         (dict(train__final_lr_frac=2.0), r"in \[0, 1\]"),
+        (dict(train__optimizer="muonh", train__weight_decay=0.1), "weight_decay: 0.1 does not apply under optimizer muonh"),
     ],
 )
 def test_bad_values_name_the_key(over, words):

@@ -124,6 +124,16 @@ def test_relative_data_dir_resolves_against_cwd_and_vocab_comes_from_meta(tmp_pa
         grid_from_dict(raw, "g.yaml", cwd=tmp_path / "elsewhere")
 
 
+def test_run_ids_of_plain_grids_are_pinned():
+    """Ids of grids without the newer grid keys (lr_rule, per-width micro_batch_rows) never move: a
+    sweep folder made before them keeps its finished runs. (Computed before those keys existed.)"""
+    assert [s.run_id for s in g().runs] == ["d75071dacc47", "cf62281eceef"]
+    probes = g(probes=["none", "tbptt", "hyperconn"], train={**BASE["train"], "micro_batch_rows": 4})
+    assert [s.run_id for s in probes.runs] == ["d75071dacc47", "cf62281eceef", "391737a0dd8d", "c54e17b689ac"]
+    flops = g(widths=None, tokens=None, flops={"1e9": [32, 64]})
+    assert [s.run_id for s in flops.runs] == ["240133f65052", "1f9a0e18a2f5", "b50b1cfe4fc7", "4a275e4fca8d"]
+
+
 def test_run_ids_ignore_the_executor_and_execution_settings():
     a = g(executor={"kind": "local", "local_jobs": 3})
     b = g(train={**BASE["train"], "threads": 2, "log_every": 1})
@@ -187,11 +197,21 @@ def test_cli_dry_run_json_prints_the_paper_plan(tmp_path):
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
     assert len(rows) == 116 and {r["action"] for r in rows} == {"submit"}
-    keys = {"run_id", "r", "probe", "d_model", "n_once", "n_rec", "tokens", "flops_per_token", "budget_flops", "action"}
+    keys = {"run_id", "r", "probe", "d_model", "n_once", "n_rec", "tokens", "flops_per_token", "budget_flops", "action",
+            "lr_matrix", "lr_embed", "lr_head", "lr_norm", "micro_batch_rows"}
     assert keys <= set(rows[0])
+    grid = {s.run_id: s.config.train for s in load_grid(GRIDS / "paper.yaml", cwd=tmp_path).runs}
+    for row in rows:  # the lrs each run trains at (the paper's transfer), as in its config
+        t = grid[row["run_id"]]
+        assert [row[k] for k in ("lr_matrix", "lr_embed", "lr_head", "lr_norm", "micro_batch_rows")] == [
+            t.lr_matrix, t.lr_embed, t.lr_head, t.lr_norm, t.micro_batch_rows]
+    assert len({r["lr_matrix"] for r in rows}) > 50 and len({r["micro_batch_rows"] for r in rows}) == 3
     assert abs(sum(r["tokens"] * r["flops_per_token"] for r in rows) / 7.25784e20 - 1) < 1e-3
     table = cli("sweep", "paper", "--dry-run", cwd=tmp_path)  # a shipped grid by name
     assert table.returncode == 0 and "116 runs (submit 116)" in table.stdout and "7.258e+20 FLOPs" in table.stdout
+    header = next(line for line in table.stdout.splitlines() if "run id" in line)
+    assert "lr_mat" in header and "lr_emb" in header and "micro" in header
+    assert "learning rates: lr_rule paper" in table.stdout
     assert list(tmp_path.iterdir()) == []  # a dry run writes nothing
 
 

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loopscale.errors import UserError
+from loopscale.fmt import sci, si
 
 SWEEPS_DIR = Path("sweeps")
 GRIDS_DIR = Path(__file__).resolve().parents[2] / "grids"  # the grids shipped beside the package
@@ -25,21 +26,6 @@ STATE_STYLE = {"done": "green", "diverged": "yellow", "failed": "red", "corrupt"
 
 
 # --- formatting ----------------------------------------------------------------------------------
-
-def si(x: float | None, unit: str = "") -> str:
-    """1234567 → '1.23M'."""
-    if x is None:
-        return "-"
-    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= div:
-            return f"{x / div:.3g}{suffix}{unit}"
-    return f"{x:.3g}{unit}"
-
-
-def sci(x: float | None) -> str:
-    """4.64e+17 → '4.64e17'."""
-    return "-" if x is None else f"{x:.3g}".replace("e+", "e")
-
 
 def make_console(stderr: bool = False) -> Console:
     """A console; wide when writing to a file or pipe, so tables are not squeezed to 80 columns."""
@@ -51,22 +37,49 @@ def styled(state: str) -> str:
     return f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
 
 
-def plan_table(rows, title: str) -> Table:
-    """The plan: run id, r, width, n_once, n_rec, D, FLOPs (flops_per_token · D), budget, action (state)."""
-    t = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+def plan_table(rows, title: str, specs=None) -> Table:
+    """The plan: run id, r, width, n_once, n_rec, D, FLOPs (flops_per_token · D), budget, and with the
+    grid's run specs (same order as rows) the peak lrs of the block matrices (lr_mat) and the embedding
+    (lr_emb) and, where it varies across runs, the rows per forward pass (micro); then the action (state)."""
+    t = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
+              collapse_padding=True)  # 2 spaces between columns: a probe grid's plan fits 120 columns
     show_probe = any(r.probe != "none" for r in rows)
     show_seed = len({r.seed for r in rows}) > 1
     show_budget = any(r.budget_flops for r in rows)
+    trains = [s.config.train for s in specs] if specs is not None else []
+    show_lrs = bool(trains)
+    show_micro = len({tr.micro_batch_rows for tr in trains}) > 1
     names = ["run id", "r"] + ["probe"] * show_probe + ["seed"] * show_seed + [
-        "d_model", "N_once", "N_rec", "D tokens", "FLOPs"] + ["budget"] * show_budget + ["action"]
+        "d_model", "N_once", "N_rec", "D tokens", "FLOPs"] + ["budget"] * show_budget + [
+        "lr_mat", "lr_emb"] * show_lrs + ["micro"] * show_micro + ["action"]
     for name in names:
         t.add_column(name, justify="left" if name in ("run id", "probe", "action") else "right", no_wrap=True)
-    for r in rows:
+    for i, r in enumerate(rows):
         action = r.action if r.state == "new" else f"{r.action} ({styled(r.state)})"
+        tr = trains[i] if trains else None
+        lrs = [f"{tr.lr_matrix:.3g}", f"{tr.lr_embed:.3g}"] if show_lrs else []
+        micro = [str(tr.micro_batch_rows or "all")] if show_micro else []
         t.add_row(r.run_id, str(r.r), *[r.probe] * show_probe, *[str(r.seed)] * show_seed, str(r.d_model),
                   si(r.n_once), si(r.n_rec), si(r.tokens), sci(r.flops), *[sci(r.budget_flops)] * show_budget,
-                  action)
+                  *lrs, *micro, action)
     return t
+
+
+def lr_line(grid) -> str:
+    """One line on the grid's learning rates under the plan table."""
+    keys = ("lr_matrix", "lr_embed", "lr_head", "lr_norm")
+    if (grid.raw.get("train") or {}).get("lr_rule") == "paper":
+        return "learning rates: lr_rule paper, set per run (method.md §4); lr_mat, lr_emb above, all four in --json"
+    sets = {tuple(getattr(s.config.train, k) for k in keys) for s in grid.runs}
+    if len(sets) == 1:
+        return "learning rates: " + ", ".join(f"{k} {v:g}" for k, v in zip(keys, next(iter(sets))))
+    return "learning rates: per run; lr_mat, lr_emb above, all four in --json"
+
+
+def plan_json(rows, specs) -> list[dict[str, Any]]:
+    """The plan's rows as dicts, each with the run's four learning rates and rows per forward pass."""
+    keys = ("lr_matrix", "lr_embed", "lr_head", "lr_norm", "micro_batch_rows")
+    return [{**r.to_dict(), **{k: getattr(s.config.train, k) for k in keys}} for r, s in zip(rows, specs)]
 
 
 def counts_line(counts: dict[str, int]) -> str:
@@ -198,10 +211,11 @@ def register(app: typer.Typer) -> None:
         kind = sub.resolve_kind(ex.kind)
         if dry_run:
             if as_json:
-                print(json.dumps([r.to_dict() for r in rows], indent=1))
+                print(json.dumps(plan_json(rows, grid.runs), indent=1))
                 return
-            console.print(plan_table(rows, f"plan: {grid.name} ({sweep_dir}), executor {kind}"))
+            console.print(plan_table(rows, f"plan: {grid.name} ({sweep_dir}), executor {kind}", grid.runs))
             print_totals(console, grid, totals)
+            console.print(lr_line(grid), highlight=False)
             return
 
         todo = [s for s, r in zip(grid.runs, rows) if r.action in ("submit", "resubmit")]
