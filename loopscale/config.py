@@ -27,6 +27,13 @@ class DataConfig:
 
     dir: str = "data/default"  # folder with train.bin, val.bin, meta.json
     eval_tokens: int = 65536  # held-out tokens scored at the end; the same for every run
+    # Training batches: windows (random windows of the token stream) | packed (BOS-aligned best-fit
+    # packed documents, every row starting at a document; loopscale.loaders). In the run id unless windows.
+    loader: str = "windows"
+
+    def __post_init__(self) -> None:
+        if self.loader not in ("windows", "packed"):
+            raise ConfigError(f"data.loader: unknown {self.loader!r}; choose windows or packed")
 
 
 OPTIMIZERS = ("adamw", "muonh")
@@ -108,6 +115,8 @@ class RunConfig:
             d["train"].pop(k, None)
         # A FLOP budget is resolved to its iterations: what is trained is what matters.
         d["train"]["iterations"] = self.iterations() if self.vocab_size else None
+        if d["data"]["loader"] == "windows":  # the default: run ids from before the setting stay valid
+            del d["data"]["loader"]
         return d
 
     def run_id(self) -> str:
@@ -196,6 +205,9 @@ def check_train(t: TrainConfig) -> None:
         )
     if t.optimizer not in OPTIMIZERS:
         raise ConfigError(f"train.optimizer: unknown {t.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if t.optimizer == "muonh" and t.weight_decay:
+        raise ConfigError(f"train.weight_decay: {t.weight_decay} does not apply under optimizer muonh "
+                          "(its matrices stay on fixed-norm spheres); set it to 0")
     if not 0.0 <= t.final_lr_frac <= 1.0:
         raise ConfigError(f"train.final_lr_frac: must be in [0, 1], got {t.final_lr_frac}")
     for k in ("lr_matrix", "lr_embed", "lr_head", "lr_norm"):

@@ -6,7 +6,10 @@ A data directory holds
 - ``tokenizer.json`` (``bpe:<V>`` only): the Hugging Face ``tokenizers`` byte-level BPE, trained on the
   training split alone; ``<|bos|>`` is id 0;
 - ``meta.json``: tokenizer, vocab size, dtype, BOS id, token and document counts, sources with versions and
-  sha256, the settings that produced it. It is written last, so a directory without it is incomplete.
+  sha256, the settings that produced it. It is written last, so a directory without it is incomplete;
+- ``train.docs.npy``: the start offsets (int64, ascending) of the training documents, i.e. the positions of
+  BOS in ``train.bin``, for the packed loader. Written at prepare/import time when there is a BOS id; a
+  directory made before it existed gets it on first use (``doc_starts``), cached when the folder is writable.
 
 The validation split is held out by document: within each source, documents are ordered by a seeded hash
 of their name and taken into validation until they hold ``val_fraction`` of the source's characters.
@@ -38,6 +41,7 @@ BOS_TOKEN = "<|bos|>"
 DEFAULT_TOKENIZER = "bpe:4096"
 DEFAULT_VAL_FRACTION = 0.1  # of each source's characters; ~330k bpe:4096 tokens on the default corpus
 FILES = ("train.bin", "val.bin", "meta.json", "tokenizer.json")
+DOCS_INDEX = "train.docs.npy"
 Log = Callable[[str], None]
 
 
@@ -211,6 +215,7 @@ def _begin(out_dir: Path) -> None:
     """Mark ``out_dir`` incomplete before touching any file in it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "meta.json").unlink(missing_ok=True)
+    (out_dir / DOCS_INDEX).unlink(missing_ok=True)
 
 
 def _write_tokens(path: Path, tokenizer, docs: Sequence[Document], dtype: str, batch: int = 64) -> int:
@@ -247,6 +252,7 @@ def _prepare_docs(docs: Sequence[Document], out_dir: Path, tokenizer: str, val_f
     log(f"encoding {len(train)} + {len(val)} documents")
     train_tokens = _write_tokens(out_dir / "train.bin", tok, train, dtype)
     val_tokens = _write_tokens(out_dir / "val.bin", tok, val, dtype)
+    write_doc_index(out_dir, np.memmap(out_dir / "train.bin", dtype=dtype, mode="r"), tok.bos_id)
     val_ids = np.memmap(out_dir / "val.bin", dtype=dtype, mode="r")
     meta = {
         "format_version": FORMAT_VERSION,
@@ -365,6 +371,8 @@ def import_bin(train_bin: str | Path, val_bin: str | Path, out_dir: str | Path, 
         tmp.unlink(missing_ok=True)
         os.symlink(src, tmp) if link else shutil.copyfile(src, tmp)
         os.replace(tmp, dest)
+    if bos_id is not None:
+        write_doc_index(out_dir, np.memmap(out_dir / "train.bin", dtype=dtype, mode="r"), bos_id)
     val_ids = np.memmap(out_dir / "val.bin", dtype=dtype, mode="r")
     meta = {
         "format_version": FORMAT_VERSION, "tokenizer": "imported", "vocab_size": vocab_size, "dtype": dtype,
@@ -439,6 +447,66 @@ def load_data(data_dir: str | Path) -> Dataset:
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{d / 'meta.json'} lacks or garbles {e}; {refix}") from None
     return Dataset(d, meta, splits["train"], splits["val"])
+
+
+# --- Document index (for the packed loader) ---
+
+def find_bos(tokens: np.ndarray, bos_id: int, chunk: int = 1 << 24) -> np.ndarray:
+    """Positions of ``bos_id`` in ``tokens`` (int64, ascending), read in chunks."""
+    parts = [np.flatnonzero(np.asarray(tokens[i : i + chunk]) == bos_id) + i for i in range(0, len(tokens), chunk)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+def write_doc_index(out_dir: Path, train: np.ndarray, bos_id: int) -> np.ndarray:
+    """Write ``train.docs.npy`` (the BOS positions of ``train``) atomically; returns it."""
+    starts = find_bos(train, bos_id)
+    _save_index(Path(out_dir), starts)
+    return starts
+
+
+def _save_index(out_dir: Path, starts: np.ndarray) -> None:
+    tmp = out_dir / f".{DOCS_INDEX}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, starts)
+        os.replace(tmp, out_dir / DOCS_INDEX)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _index_matches(starts: np.ndarray, ds: "Dataset") -> bool:
+    """Cheap check that a stored index belongs to this train.bin: shape, order, range, BOS at sampled starts."""
+    n = len(ds.train)
+    if starts.ndim != 1 or starts.dtype != np.int64 or not len(starts) or starts[0] < 0 or starts[-1] >= n:
+        return False
+    if len(starts) > 1 and not (np.diff(starts) > 0).all():
+        return False
+    sample = starts[np.unique(np.linspace(0, len(starts) - 1, min(len(starts), 1000)).astype(np.int64))]
+    return bool((np.asarray(ds.train[sample]) == ds.bos_id).all())
+
+
+def doc_starts(ds: "Dataset") -> np.ndarray:
+    """Start offsets of the training documents (the BOS positions of ``train.bin``), int64, ascending.
+
+    Read from ``train.docs.npy`` when it matches the data; otherwise found by scanning for BOS and cached
+    there (best effort: a read-only data dir just scans again next time)."""
+    if ds.bos_id is None:
+        raise UserError(f"{ds.dir}: no BOS id in meta.json, so no document boundaries for data.loader packed; "
+                        "re-import the .bin files with their document separator (bos_id) or use data.loader windows")
+    try:
+        starts = np.load(ds.dir / DOCS_INDEX, allow_pickle=False)
+        if _index_matches(starts, ds):
+            return starts
+    except (OSError, ValueError):
+        pass
+    starts = find_bos(ds.train, int(ds.bos_id))
+    if not len(starts):
+        raise UserError(f"{ds.dir}: train.bin holds no BOS token (id {ds.bos_id}): no documents for data.loader packed")
+    try:
+        _save_index(ds.dir, starts)
+    except OSError:
+        pass  # a read-only data dir: scan again next time
+    return starts
 
 
 def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:

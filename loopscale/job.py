@@ -4,6 +4,11 @@ On SLURM's warning signal submitit calls ``TrainJob.checkpoint`` in the main thr
 in a worker thread, so the handler can ask it to stop at the next step boundary, wait until the
 checkpoint is on disk, and hand submitit a fresh ``TrainJob`` to requeue. The requeued job resumes
 from that checkpoint (``train_run`` always does).
+
+A run on several GPUs is one SLURM job with one task per GPU, each task calling ``TrainJob``: every task
+trains as one data-parallel rank (``loopscale.distributed``). submitit acts on the warning signal in task
+0 alone; the trainer shares that stop request with all ranks, so they all stop at the same step boundary,
+rank 0 writes the checkpoint, and the requeued job resumes every rank from it.
 """
 
 from __future__ import annotations

@@ -3,9 +3,14 @@
 ``train_run(run_dir)`` is the picklable entry point the sweep submits through submitit.
 Files in the run folder:
 - ``config.yaml``  the resolved RunConfig (written by the caller)
-- ``metrics.jsonl`` one JSON line every ``log_every`` steps (step, tokens, loss, lr, tokens/s)
+- ``metrics.jsonl`` one JSON line every ``log_every`` steps (step, tokens, loss, lr, tokens/s, mfu)
 - ``result.json``  written atomically at the end; its presence means the run finished
 - ``error.json``   written atomically when the run raised; the sweep reports it as failed
+
+Data-parallel: launched as several processes (``torchrun --nproc_per_node N -m loopscale.train RUN_DIR``,
+or a SLURM job with one task per GPU), every rank trains its slice of each step's rows and rank 0 alone
+writes metrics, checkpoints and result.json (see ``loopscale.distributed``). Batches come from
+``loopscale.loaders`` (``data.loader``: windows | packed).
 """
 
 from __future__ import annotations
@@ -26,11 +31,14 @@ import numpy as np
 import torch
 import yaml
 
+from loopscale import distributed, perf
 from loopscale.atomic import write_json_atomic
 from loopscale.checkpoint import load_latest_checkpoint, remove_checkpoints, save_checkpoint
-from loopscale.config import RunConfig, check_budget, run_config_from_dict
+from loopscale.config import ConfigError, RunConfig, check_budget, run_config_from_dict
 from loopscale.counting import n_once, n_rec
 from loopscale.data import load_data
+from loopscale.distributed import DistEnv
+from loopscale.loaders import make_loader
 from loopscale.model import LoopedLM, cross_entropy
 from loopscale.optim import build_optimizer, lr_factor
 from loopscale.progress import TrainProgress
@@ -48,16 +56,18 @@ def write_run_config(run_dir: Path, cfg: RunConfig) -> Path:
     """Write the resolved config into a run folder (atomically)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / (CONFIG_FILE + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    os.replace(tmp, run_dir / CONFIG_FILE)
-    return run_dir / CONFIG_FILE
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    path = run_dir / CONFIG_FILE
+    if path.exists() and path.read_text() == text:
+        return path  # e.g. the other ranks of a torchrun launch
+    tmp = run_dir / f"{CONFIG_FILE}.{os.getpid()}.tmp"  # per process: ranks may write it at once
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
 
 
 def check_data_fits(cfg: RunConfig, data) -> None:
     """The data must match the config's vocab and hold enough tokens for training and evaluation."""
-    from loopscale.config import ConfigError
-
     where = cfg.data.dir
     if data.vocab_size != cfg.vocab_size:
         raise ConfigError(f"{where}: data vocab {data.vocab_size} differs from the config's vocab_size {cfg.vocab_size}")
@@ -67,6 +77,9 @@ def check_data_fits(cfg: RunConfig, data) -> None:
         )
     if len(data.train) < cfg.train.seq_len + 2:
         raise ConfigError(f"{where}: training split has {len(data.train)} tokens, fewer than one sequence")
+    if cfg.data.loader == "packed" and data.bos_id is None:
+        raise ConfigError(f"data.loader: packed needs document boundaries, but {where} has no BOS id "
+                          "(re-import its .bin files with their document separator, or use windows)")
 
 
 def resolve_device(cfg: RunConfig) -> torch.device:
@@ -85,28 +98,26 @@ def autocast_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def batch_starts(seed: int, step: int, n_tokens: int, seq_len: int, rows: int) -> np.ndarray:
-    """Window starts for one step: a pure function of (seed, step), so a resumed run sees the same data."""
-    rng = np.random.default_rng([seed, step])
-    return rng.integers(0, n_tokens - seq_len - 1, size=rows)
-
-
-def get_batch(tokens: np.ndarray, starts: np.ndarray, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = np.stack([tokens[s : s + seq_len + 1] for s in starts]).astype(np.int64)
+def to_device(rows: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows (seq_len + 1 each) as inputs and next-token targets on ``device``."""
     t = torch.from_numpy(rows).to(device, non_blocking=True)
     return t[:, :-1], t[:, 1:]
 
 
 @torch.no_grad()
-def evaluate(model: LoopedLM, val: np.ndarray, eval_tokens: int, seq_len: int, rows: int, device, amp) -> float:
+def evaluate(model: LoopedLM, val: np.ndarray, eval_tokens: int, seq_len: int, rows: int, device, amp,
+             dist: DistEnv = distributed.SINGLE) -> float:
     """Mean cross-entropy (nats/token) over the first ``eval_tokens`` predictions of the validation
-    split, in non-overlapping windows, accumulated in float64. Same tokens for every run."""
+    split, in non-overlapping windows, accumulated in float64. Same tokens for every run; data-parallel
+    ranks score every W-th chunk of windows and the sums are reduced."""
     if len(val) < eval_tokens + 1:
         raise ValueError(f"validation split has {len(val)} tokens, fewer than eval_tokens {eval_tokens} + 1")
     model.eval()
     total, count = 0.0, 0
     starts = list(range(0, eval_tokens, seq_len))
-    for i in range(0, len(starts), rows):
+    for c, i in enumerate(range(0, len(starts), rows)):
+        if c % dist.world_size != dist.rank:
+            continue
         chunk = starts[i : i + rows]
         lens = [min(seq_len, eval_tokens - s) for s in chunk]
         L = max(lens)
@@ -119,6 +130,8 @@ def evaluate(model: LoopedLM, val: np.ndarray, eval_tokens: int, seq_len: int, r
             total += nll[j, :n].sum().item()
             count += n
     model.train()
+    if dist.active:
+        total, count = distributed.all_sum(torch.tensor([total, count], dtype=torch.float64, device=device), dist).tolist()
     return total / count
 
 
@@ -141,6 +154,19 @@ class TrainOutcome:
     wall_time_s: float  # this process plus earlier attempts of a resumed run
     train_time_s: float
     resumed_from: int | None = None
+    world_size: int = 1  # data-parallel processes
+    peak_flops: float | None = None  # measured matmul FLOP/s of one device (CUDA only), for MFU
+    loader_stats: dict[str, Any] | None = None  # the packed loader's epochs and cropped share
+
+
+class _Silent:
+    """The progress display of ranks other than 0."""
+
+    def update(self, *args: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _trim_metrics(path: Path, step: int) -> None:
@@ -156,12 +182,14 @@ def train(
     run_dir: Path | None = None,
     progress: bool | None = None,
     stop: threading.Event | None = None,
+    dist: DistEnv = distributed.SINGLE,
 ) -> TrainOutcome:
     """Train ``cfg`` on its data dir; return the final validation loss (nats/token).
 
     With a run folder, resumes from its latest checkpoint and checkpoints every
-    ``checkpoint_every_steps`` steps / ``checkpoint_every_min`` minutes. When ``stop`` is set,
-    saves a checkpoint at the next step boundary and returns with status "stopped".
+    ``checkpoint_every_steps`` steps / ``checkpoint_every_min`` minutes. When ``stop`` is set (on any
+    rank), saves a checkpoint at the next step boundary and returns with status "stopped". Under
+    data parallelism (``dist``) every rank calls this; rank 0 alone writes to the run folder.
     """
     t_start = time.time()
     check_budget(cfg)
@@ -170,16 +198,21 @@ def train(
         torch.set_num_threads(t.threads)
     data = load_data(cfg.data.dir)
     check_data_fits(cfg, data)
-    device = resolve_device(cfg)
+    device = distributed.local_device(resolve_device(cfg), dist)
     amp = autocast_dtype(cfg, device)
     torch.manual_seed(t.seed)
     model = LoopedLM(cfg.model, cfg.vocab_size, t.seq_len).to(device)
-    forward = torch.compile(model) if t.compile else model
+    forward = distributed.wrap(torch.compile(model) if t.compile else model, dist, device)
     optimizer = build_optimizer(model, cfg)
     peaks = [g["lr"] for g in optimizer.param_groups]
 
     iters, rows = cfg.iterations(), t.rows_per_step()
-    micro = t.micro_batch_rows or rows
+    lo, hi = distributed.shard(rows, dist)  # this rank's rows of every step
+    micro = t.micro_batch_rows or hi - lo
+    if (hi - lo) % micro:
+        raise ConfigError(f"train.micro_batch_rows: {micro} does not divide the {hi - lo} rows of a step "
+                          f"on each of {dist.world_size} processes")
+    loader = make_loader(cfg.data.loader, data.train, t.seq_len, rows, t.seed, data)
     first, tokens_seen, prior_train_s, prior_wall_s, resumed_from = 0, 0, 0.0, 0.0, None
     ckpt = load_latest_checkpoint(run_dir) if run_dir else None
     if ckpt is not None:
@@ -187,38 +220,49 @@ def train(
             raise RuntimeError(f"checkpoint in {run_dir} belongs to run {ckpt.get('run_id')}, not {cfg.run_id()}")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        loader.load_state_dict(ckpt.get("loader", {"kind": "windows"}))
         first = resumed_from = ckpt["step"]
         tokens_seen, prior_train_s, prior_wall_s = ckpt["tokens_seen"], ckpt["train_time_s"], ckpt["wall_time_s"]
-        _trim_metrics(Path(run_dir) / METRICS_FILE, first)
+        if dist.main:
+            _trim_metrics(Path(run_dir) / METRICS_FILE, first)
 
     def save(step: int) -> None:
-        save_checkpoint(run_dir, step, {
-            "run_id": cfg.run_id(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "tokens_seen": tokens_seen, "train_time_s": prior_train_s + time.time() - t_train,
-            "wall_time_s": prior_wall_s + time.time() - t_start,
-        })
+        if dist.main:
+            save_checkpoint(run_dir, step, {
+                "run_id": cfg.run_id(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "loader": loader.state_dict(), "tokens_seen": tokens_seen,
+                "train_time_s": prior_train_s + time.time() - t_train,
+                "wall_time_s": prior_wall_s + time.time() - t_start,
+            })
 
-    metrics = open(Path(run_dir) / METRICS_FILE, "a") if run_dir else None
-    bar = TrainProgress(iters, enabled=progress, start=first)
+    peak = perf.peak_flops(device, amp) if dist.main else None
+    fpt = cfg.flops_per_token()
+    metrics = open(Path(run_dir) / METRICS_FILE, "a") if run_dir and dist.main else None
+    bar = TrainProgress(iters, enabled=progress, start=first) if dist.main else _Silent()
     status, diverged_step = "done", None
     t_train = last_ckpt = time.time()
     try:
         for step in range(first, iters):
-            if stop is not None and stop.is_set() and run_dir:
+            stopping = stop is not None and stop.is_set()
+            if distributed.any_rank(stopping, dist, device) and run_dir:
                 save(step)
+                distributed.barrier(dist)  # the checkpoint is on disk before any rank returns
                 status = "stopped"
                 break
             f = lr_factor(step, iters, t.warmup_steps, t.final_lr_frac)
-            for g, peak in zip(optimizer.param_groups, peaks):
-                g["lr"] = peak * f
-            starts = batch_starts(t.seed, step, len(data.train), t.seq_len, rows)
-            loss_sum = 0.0
-            for i in range(0, rows, micro):
-                x, y = get_batch(data.train, starts[i : i + micro], t.seq_len, device)
-                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    loss = cross_entropy(forward(x), y)
-                (loss * (x.size(0) / rows)).backward()
-                loss_sum += loss.item() * x.size(0) / rows
+            for g, peak_lr in zip(optimizer.param_groups, peaks):
+                g["lr"] = peak_lr * f
+            batch = loader.rows(step, lo, hi)
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # this rank's share of the step mean
+            for i in range(0, hi - lo, micro):
+                x, y = to_device(batch[i : i + micro], device)
+                with distributed.no_sync(forward, sync=i + micro >= hi - lo):
+                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                        loss = cross_entropy(forward(x), y)
+                    # DDP averages gradients over ranks: scale so the sum over all rows is the step mean
+                    (loss * (x.size(0) * dist.world_size / rows)).backward()
+                loss_sum += loss.detach().double() * x.size(0) / rows
+            loss_sum = distributed.all_sum(loss_sum, dist).item()
             if not math.isfinite(loss_sum):
                 status, diverged_step = "diverged", step
                 break
@@ -230,13 +274,14 @@ def train(
             tps = (tokens_seen - first * t.batch_tokens) / max(time.time() - t_train, 1e-9)
             bar.update(step + 1, loss_sum, tps)
             if metrics and ((step + 1) % t.log_every == 0 or step + 1 == iters):
-                rec = {"step": step + 1, "tokens": tokens_seen, "loss": loss_sum, "lr_factor": f, "tokens_per_s": tps}
+                rec = {"step": step + 1, "tokens": tokens_seen, "loss": loss_sum, "lr_factor": f, "tokens_per_s": tps,
+                       "mfu": perf.mfu(tps, fpt, peak, dist.world_size)}
                 metrics.write(json.dumps(rec) + "\n")
                 metrics.flush()
             due_steps = t.checkpoint_every_steps and (step + 1) % t.checkpoint_every_steps == 0
             due_time = t.checkpoint_every_min and time.time() - last_ckpt >= 60 * t.checkpoint_every_min
             if run_dir and step + 1 < iters and (due_steps or due_time):
-                save(step + 1)
+                save(step + 1)  # rank 0 only; the others go on (they next wait in the step's all-reduce)
                 last_ckpt = time.time()
     finally:
         bar.close()
@@ -245,17 +290,19 @@ def train(
     train_time = prior_train_s + time.time() - t_train
     val_loss = float("nan")
     if status == "done":
-        val_loss = evaluate(model, data.val, cfg.data.eval_tokens, t.seq_len, micro, device, amp)
+        val_loss = evaluate(model, data.val, cfg.data.eval_tokens, t.seq_len, micro, device, amp, dist)
         if not math.isfinite(val_loss):
             status, diverged_step = "diverged", iters
     wall = prior_wall_s + time.time() - t_start
-    return TrainOutcome(val_loss, status, diverged_step, iters, wall, train_time, resumed_from)
+    return TrainOutcome(val_loss, status, diverged_step, iters, wall, train_time, resumed_from,
+                        dist.world_size, peak, loader.stats())
 
 
 def result_record(cfg: RunConfig, out: TrainOutcome, device: str) -> dict[str, Any]:
     """The result.json payload: config, counts, D, FLOPs and the final validation loss."""
     fpt = cfg.flops_per_token()
     tokens = out.iterations * cfg.train.batch_tokens
+    tps = tokens / out.train_time_s if out.train_time_s > 0 else None
     return {
         "run_id": cfg.run_id(),
         "status": out.status,
@@ -274,7 +321,11 @@ def result_record(cfg: RunConfig, out: TrainOutcome, device: str) -> dict[str, A
         "val_loss": out.val_loss if math.isfinite(out.val_loss) else None,
         "wall_time_s": out.wall_time_s,
         "resumed_from_step": out.resumed_from,
-        "tokens_per_s": tokens / out.train_time_s if out.train_time_s > 0 else None,
+        "tokens_per_s": tps,
+        "mfu": perf.mfu(tps, fpt, out.peak_flops, out.world_size),
+        "peak_flops": out.peak_flops,
+        "world_size": out.world_size,
+        "loader_stats": out.loader_stats,
         "device": device,
         "torch_version": torch.__version__,
         "git_commit": git_commit(),
@@ -283,37 +334,75 @@ def result_record(cfg: RunConfig, out: TrainOutcome, device: str) -> dict[str, A
     }
 
 
+def error_reason(e: BaseException) -> str:
+    """One line for status/collect: what went wrong, and for out-of-memory what to change."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return ("out of memory on the GPU; lower train.micro_batch_rows (per width in the grid) "
+                f"or use more GPUs ({str(e).splitlines()[0] if str(e) else 'OutOfMemoryError'})")
+    return f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__
+
+
+def _write_error(run_dir: Path, e: BaseException, dist: DistEnv | None) -> None:
+    """error.json: a single process overwrites it; of several ranks the first to fail writes it (later
+    failures are usually the others noticing a lost peer)."""
+    rec = {
+        "status": "failed",
+        "error": error_reason(e),
+        "traceback": traceback.format_exc(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "python": sys.executable,
+    }
+    if dist is None or not dist.active:
+        write_json_atomic(run_dir / ERROR_FILE, rec)
+        return
+    rec["rank"] = dist.rank
+    tmp = run_dir / f".{ERROR_FILE}.{dist.rank}.tmp"
+    tmp.write_text(json.dumps(rec, indent=2) + "\n")
+    try:
+        os.link(tmp, run_dir / ERROR_FILE)  # atomic, and refuses when another rank got there first
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def train_run(run_dir: str | Path, stop: threading.Event | None = None) -> dict[str, Any]:
     """Train the run described by ``run_dir/config.yaml``; write result.json (or error.json) there.
 
     Returns the result record. Resumes from the run's latest checkpoint if there is one; a run
     that already has result.json is not trained again. A crash leaves error.json and no result.json;
     a run stopped through ``stop`` leaves a checkpoint and returns {"status": "stopped", ...}.
+    Under a multi-process launch (torchrun, or a SLURM job with several tasks) every rank calls this
+    and trains data-parallel; rank 0 writes the files.
     """
     run_dir = Path(run_dir)
     if (run_dir / RESULT_FILE).exists():
         with open(run_dir / RESULT_FILE) as f:
             return json.load(f)
+    dist = None
     try:
         cfg = load_run_config(run_dir)
-        device = resolve_device(cfg)
-        out = train(cfg, run_dir, stop=stop)
+        dist = distributed.init(resolve_device(cfg))
+        device = distributed.local_device(resolve_device(cfg), dist)
+        out = train(cfg, run_dir, stop=stop, dist=dist)
         if out.status == "stopped":
             return {"run_id": cfg.run_id(), "status": "stopped", "step": load_latest_checkpoint(run_dir)["step"]}
         record = result_record(cfg, out, str(device) if device.type == "cpu" else torch.cuda.get_device_name(device))
-        write_json_atomic(run_dir / RESULT_FILE, record)
-        (run_dir / ERROR_FILE).unlink(missing_ok=True)
-        remove_checkpoints(run_dir)
+        if dist.main:
+            write_json_atomic(run_dir / RESULT_FILE, record)
+            (run_dir / ERROR_FILE).unlink(missing_ok=True)
+            remove_checkpoints(run_dir)
         return record
     except BaseException as e:  # noqa: BLE001 - record every way a run can end, then re-raise
-        write_json_atomic(
-            run_dir / ERROR_FILE,
-            {
-                "status": "failed",
-                "error": f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__,
-                "traceback": traceback.format_exc(),
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "python": sys.executable,
-            },
-        )
+        _write_error(run_dir, e, dist)
         raise
+    finally:
+        distributed.shutdown(dist)
+
+
+if __name__ == "__main__":  # torchrun --nproc_per_node N -m loopscale.train RUN_DIR
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m loopscale.train RUN_DIR  (the folder holding config.yaml)")
+    rec = train_run(sys.argv[1])
+    if rec.get("status") == "done" and os.environ.get("RANK", "0") == "0":
+        print(f"val_loss {rec['val_loss']:.4f}  ({rec['tokens']:,} tokens, {rec['tokens_per_s'] or math.nan:,.0f} tok/s)")

@@ -34,11 +34,26 @@ def corpus(tmp_path_factory) -> Path:
     return out
 
 
-def make_run(corpus: Path, run_dir: Path, steps: int = 12, every: int = 1) -> Path:
+@pytest.fixture(scope="module")
+def short_docs(tmp_path_factory) -> Path:
+    """Many documents of 2 to 60 words: rows of 33 bytes hold whole ones, so packing has choices to make."""
+    from loopscale.data import prepare_text
+
+    rng = np.random.default_rng(1)
+    words = ["the", "loop", "block", "cat", "sat", "on", "a", "mat", "and", "ran", "far", "away"]
+    src = tmp_path_factory.mktemp("short")
+    for i in range(300):
+        (src / f"doc{i}.txt").write_text(" ".join(rng.choice(words, int(rng.integers(2, 60)))) + ".")
+    out = tmp_path_factory.mktemp("short-data")
+    prepare_text([src], out, tokenizer="bytes", val_fraction=0.25, force=True)
+    return out
+
+
+def make_run(corpus: Path, run_dir: Path, steps: int = 12, every: int = 1, loader: str = "windows") -> Path:
     raw = {"model": {"d_model": 32, "r": 2, "n_layers_eff": 4, "n_prelude": 1, "n_coda": 1, "head_dim": 16},
            "train": {"tokens": steps * 256, "seq_len": 32, "batch_tokens": 256, "threads": 1,
                      "checkpoint_every_steps": every, "log_every": 1},
-           "data": {"dir": str(corpus), "eval_tokens": 1024}, "vocab_size": 256}
+           "data": {"dir": str(corpus), "eval_tokens": 1024, "loader": loader}, "vocab_size": 256}
     write_run_config(run_dir, run_config_from_dict(raw))
     return run_dir
 
@@ -55,15 +70,17 @@ class StopAfter(threading.Event):
         return self.n < 0
 
 
-def test_stop_and_resume_is_bitwise_identical(corpus, tmp_path):
-    ref = train_run(make_run(corpus, tmp_path / "ref"))
-    run = make_run(corpus, tmp_path / "int")
+@pytest.mark.parametrize("loader, data", [("windows", "corpus"), ("packed", "short_docs")])
+def test_stop_and_resume_is_bitwise_identical(loader, data, request, tmp_path):
+    corpus = request.getfixturevalue(data)
+    ref = train_run(make_run(corpus, tmp_path / "ref", loader=loader))
+    run = make_run(corpus, tmp_path / "int", loader=loader)
     stopped = train_run(run, stop=StopAfter(5))
     assert stopped["status"] == "stopped" and stopped["step"] == 5
     assert not (run / "result.json").exists()
     done = train_run(run)
     assert done["val_loss"] == ref["val_loss"] and done["tokens"] == ref["tokens"]
-    assert done["resumed_from_step"] == 5
+    assert done["resumed_from_step"] == 5 and done["loader_stats"] == ref["loader_stats"]
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 13))  # no step logged twice
     assert checkpoint_paths(run) == []  # pruned once the result is written
