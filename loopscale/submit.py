@@ -146,6 +146,15 @@ def record_grid(sweep_dir: Path, grid: Grid) -> None:
     write_bytes_atomic(kept, grid.text.encode())
 
 
+def unwritable(sweep_dir: Path, e: OSError) -> UserError:
+    """One line saying why the sweep folder cannot be written (a file in the way, permissions, read-only fs)."""
+    p = Path(sweep_dir).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    why = f"{p} is a file, not a folder" if p.exists() and not p.is_dir() else (e.strerror or str(e))
+    return UserError(f"{sweep_dir}: cannot write the sweep folder ({why})")
+
+
 def make_sweep_dir(sweep_dir: Path) -> None:
     try:
         (Path(sweep_dir) / "runs").mkdir(parents=True, exist_ok=True)
@@ -153,7 +162,7 @@ def make_sweep_dir(sweep_dir: Path) -> None:
         probe.touch()
         probe.unlink()
     except OSError as e:
-        raise UserError(f"{sweep_dir}: cannot write the sweep folder ({e.strerror or e})") from None
+        raise unwritable(sweep_dir, e) from None
 
 
 def check_data(grid: Grid) -> None:
@@ -342,6 +351,9 @@ def _submission_error(kind: str, e: Exception) -> UserError:
     return UserError(f"{kind} submission failed: {lines[0].strip()}")
 
 
+MAX_TIMEOUT_REQUEUES = 20
+
+
 def _submit_slurm(sweep_dir: Path, run_dirs: list[Path], ex: ExecutorConfig, job_name: str) -> dict[str, dict]:
     import submitit
 
@@ -349,12 +361,18 @@ def _submit_slurm(sweep_dir: Path, run_dirs: list[Path], ex: ExecutorConfig, job
         raise UserError("executor slurm: sbatch/srun not found on PATH (use --executor local on this machine)")
     from loopscale.job import TrainJob  # checkpointable: SLURM timeouts and preemptions requeue and resume
 
-    executor = submitit.AutoExecutor(folder=sweep_dir / JOBS_DIR, cluster="slurm")
+    # A run longer than its time limit is checkpointed and requeued at each limit (submitit's default: 3 times).
+    executor = submitit.AutoExecutor(folder=sweep_dir / JOBS_DIR, cluster="slurm",
+                                     slurm_max_num_timeout=MAX_TIMEOUT_REQUEUES)
     setup = list(ex.setup)
     if ex.cpus_per_task:  # torch's default thread count ignores the job's CPU allocation
         setup.append(f"export OMP_NUM_THREADS={ex.cpus_per_task} MKL_NUM_THREADS={ex.cpus_per_task}")
     params: dict[str, Any] = {
-        "name": ex.job_name or job_name, "timeout_min": ex.time_min, "nodes": 1, "tasks_per_node": 1,
+        # one task per GPU: a run on several GPUs trains data-parallel, its tasks the ranks (loopscale.distributed)
+        "name": ex.job_name or job_name, "timeout_min": ex.time_min, "nodes": 1,
+        "tasks_per_node": max(1, ex.gpus_per_node),
+        # a rank that fails ends the job at once instead of leaving the others waiting in a collective
+        "slurm_srun_args": ["--kill-on-bad-exit=1"] if ex.gpus_per_node > 1 else None,
         "cpus_per_task": ex.cpus_per_task, "mem_gb": ex.mem_gb,
         "gpus_per_node": ex.gpus_per_node or None,
         "slurm_partition": ex.partition, "slurm_account": ex.account, "slurm_qos": ex.qos,
@@ -380,10 +398,14 @@ def _submit_slurm(sweep_dir: Path, run_dirs: list[Path], ex: ExecutorConfig, job
 
 
 class _DetachedPopen(subprocess.Popen):
-    """Popen in a new session: Ctrl-C in the terminal, or the end of `loopscale sweep`, leaves the job."""
+    """Popen in a new session: Ctrl-C in the terminal, or the end of `loopscale sweep`, leaves the job. It does
+    not inherit the command's stdout/stderr (the job logs to its own files), so `loopscale sweep … | tee log`
+    returns when the submission is done, not when the last run ends."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("start_new_session", True)
+        for stream in ("stdin", "stdout", "stderr"):
+            kwargs.setdefault(stream, subprocess.DEVNULL)
         super().__init__(*args, **kwargs)
 
 
@@ -572,7 +594,7 @@ class SweepLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise UserError(f"{sweep_dir}: cannot create the sweep lock ({e.strerror})") from None
+            raise unwritable(sweep_dir, e) from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -98,3 +99,71 @@ def test_a_rejected_submission_is_one_line_and_leaves_no_sweep(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.strip().count("\n") == 0 and "slurm submission failed" in out.stderr
     assert not (tmp_path / "sweep").exists()
+
+
+TIMEOUT_GRID = """
+name: requeue
+model: {{n_layers_eff: 4, n_prelude: 1, n_coda: 1, head_dim: 16}}
+train: {{seq_len: 64, batch_tokens: 1024, log_every: 1, threads: 1,
+        checkpoint_every_steps: 0, checkpoint_every_min: 0}}   # no periodic checkpoints: only the signal's
+data: {{eval_tokens: 2048}}
+r: [2]
+widths: [64]
+tokens: [{tokens}]
+executor: {{kind: slurm, time_min: 1, cpus_per_task: 1, mem_gb: 2}}
+"""
+
+
+def _job_state(job_id: str) -> tuple[str, str]:
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"], capture_output=True, text=True).stdout
+    return tuple(out.strip().split("|")) if "|" in out else ("", "")
+
+
+def test_slurm_timeout_requeues_and_resumes_to_the_same_loss(tmp_path):
+    """A 1-minute time limit hits a longer run: SLURM's warning signal makes it checkpoint at a step boundary,
+    submitit requeues it, the requeued job resumes, and the final loss equals an uninterrupted run's, bitwise."""
+    assert HAVE_SLURM, "CI=true but sbatch is not on PATH: start the cluster with ../shared/slurm/single-node.sh"
+    data = make_tiny_data(tmp_path / "data")
+
+    # Calibrate: size the run to ~90 s of training on this machine, longer than the 1-minute limit.
+    (tmp_path / "calib.yaml").write_text(TIMEOUT_GRID.format(tokens=64 * 1024))
+    cli_json("sweep", tmp_path / "calib.yaml", "--data", data, "--out", tmp_path / "calib", "--executor", "debug",
+             "--json")
+    tps = store.load_results(tmp_path / "calib").tokens_per_s.iloc[0]
+    steps = max(1000, int(90 * tps / 1024))
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(TIMEOUT_GRID.format(tokens=steps * 1024))
+
+    rows = cli_json("sweep", grid, "--data", data, "--out", tmp_path / "sweep", "--executor", "slurm", "--json")
+    job_id, run_id = rows[0]["job_id"], rows[0]["run_id"]
+    # The uninterrupted reference, in a process of its own, while the SLURM job runs (1 thread each).
+    ref = subprocess.Popen([sys.executable, "-m", "loopscale.cli", "sweep", str(grid), "--data", str(data),
+                            "--out", str(tmp_path / "ref"), "--executor", "debug"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_dir = tmp_path / "sweep" / "runs" / run_id
+    deadline = time.time() + 600
+    while not (run_dir / "result.json").exists():
+        assert time.time() < deadline, "the requeued run did not finish in 10 minutes"
+        state, reason = _job_state(job_id)
+        if state == "PENDING" and reason == "BeginTime":
+            # SLURM holds a requeued job ~2 minutes before it is eligible again; start it now.
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+        time.sleep(1)
+    out, _ = ref.communicate(timeout=600)
+    assert ref.returncode == 0, out
+
+    result = json.loads((run_dir / "result.json").read_text())
+    reference = json.loads(next((tmp_path / "ref" / "runs").glob("*/result.json")).read_text())
+    assert result["status"] == "done" and result["run_id"] == reference["run_id"] == run_id
+    assert result["resumed_from_step"] and 0 < result["resumed_from_step"] < steps, result["resumed_from_step"]
+    assert result["tokens"] == reference["tokens"] == steps * 1024
+    assert result["val_loss"] == reference["val_loss"]  # bitwise: same batches, same optimizer state
+    log = (run_dir / "job.err").read_text()
+    assert "this job is timed-out" in log, log[-2000:]
+    sacct = subprocess.run(["sacct", "-n", "-X", "-D", "-j", job_id, "-o", "State"], capture_output=True,
+                           text=True).stdout.split()
+    assert "REQUEUED" in sacct and sacct[-1] == "COMPLETED", sacct
+    logged = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, steps + 1))  # the resumed attempt did not log steps twice
+    assert not (run_dir / "checkpoints").exists() or not any((run_dir / "checkpoints").iterdir())
+    assert cli_json("status", tmp_path / "sweep", "--json")["counts"] == {"done": 1}

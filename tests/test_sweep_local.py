@@ -108,3 +108,80 @@ def test_a_changed_grid_says_what_changed(tmp_path, data):
     assert "4 run folder(s)" in out.stdout and "not in this grid" in out.stdout and "submit 2" in out.stdout
     assert "data.dir" not in out.stdout  # the same --data both times
     assert yaml.safe_load((sweep_dir / "grid.yaml").read_text())["widths"] == [32, 64]  # a dry run keeps the old
+
+
+def test_ctrl_c_while_following_leaves_the_runs_going(tmp_path, data):
+    """Ctrl-C during `sweep --wait` stops following (exit 130) but not the runs; `status` picks them up."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sweep_dir = tmp_path / "sweep"
+    # Its own process group, like a shell's foreground job: Ctrl-C signals the whole group.
+    proc = subprocess.Popen([sys.executable, "-m", "loopscale.cli", "sweep", str(GRIDS / "smoke.yaml"), "--data",
+                             str(data), "--out", str(sweep_dir), "--executor", "local", "--jobs", "2",
+                             "--threads-per-job", "1", "--wait", "--poll", "0.5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not list((sweep_dir / "runs").glob("*/started.json")):  # a run is in flight
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "stopped following; the submitted runs go on" in out and "Traceback" not in err, out + err
+    states = cli_json("status", sweep_dir, "--json")["counts"]
+    assert set(states) <= {"done", "running", "pending"} and sum(states.values()) == 4, states
+    while cli_json("status", sweep_dir, "--json")["counts"] != {"done": 4}:
+        assert time.time() < deadline, cli_json("status", sweep_dir, "--json")
+        time.sleep(0.5)
+    check_finished_sweep(sweep_dir)
+    rerun_submits_nothing(sweep_dir, data, "--executor", "local")
+
+
+def test_a_killed_run_is_lost_with_the_reason_and_retried(tmp_path, data):
+    """SIGKILL of a running job (what the OOM killer or a dying node does) leaves the run `lost`, with why."""
+    import os
+    import signal
+    import time
+
+    raw = yaml.safe_load((GRIDS / "smoke.yaml").read_text())
+    raw["tokens"] = [16384 * 1000]  # far longer than the test: it is killed early
+    raw["widths"], raw["r"] = [32], [2]
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(raw))
+    sweep_dir = tmp_path / "sweep"
+    base = ("sweep", tmp_path / "long.yaml", "--data", data, "--out", sweep_dir, "--executor", "local", "--jobs", "1")
+    out = cli(*base)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (run,) = (sweep_dir / "runs").iterdir()
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text():
+        assert time.time() < deadline
+        time.sleep(0.1)
+    os.kill(json.loads((run / "started.json").read_text())["pid"], signal.SIGKILL)
+    while (got := cli_json("status", sweep_dir, "--json"))["counts"] != {"lost": 1}:
+        assert time.time() < deadline, got
+        time.sleep(0.2)
+    assert "its process ended without result.json" in got["runs"][0]["detail"]
+    assert not (run / "result.json").exists()
+    out = cli(*base)
+    assert "nothing to submit (hold 1)" in out.stdout, out.stdout + out.stderr
+    rows = cli_json(*base, "--retry-failed", "--json")
+    assert [r["action"] for r in rows] == ["resubmit"]
+    assert (run / "attempts" / "1" / "started.json").exists()  # the lost attempt is kept
+
+
+def test_a_data_file_missing_on_the_compute_node_fails_the_run_with_the_reason(tmp_path, data):
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    grid = load_grid(GRIDS / "smoke.yaml", data_dir=copy)
+    (copy / "train.bin").unlink()  # after the sweep's own check: as if the node cannot see the file
+    sweep_dir = tmp_path / "sweep"
+    submit.make_sweep_dir(sweep_dir)
+    submit.submit(sweep_dir, grid.runs[:1], ExecutorConfig(kind="debug"))
+    (st,) = store.run_states(sweep_dir).values()
+    assert st.state == "failed" and "train.bin" in st.detail, st.detail
