@@ -17,11 +17,12 @@ $(BIN)/loopscale: pyproject.toml
 
 install: $(BIN)/loopscale
 
-# Main job: the embedded default sweep on this machine, then its fit.
+# Main job: the embedded default sweep on this machine, then its fit and its HTML report.
 sweep: install
 	$(BIN)/loopscale data prepare
 	$(BIN)/loopscale sweep $(GRID) --wait
 	$(BIN)/loopscale fit sweeps/$(basename $(notdir $(GRID)))
+	$(BIN)/loopscale report sweeps/$(basename $(notdir $(GRID)))
 
 test: install
 	$(BIN)/python -m pytest -q
