@@ -160,8 +160,12 @@ def test_slurm_timeout_requeues_and_resumes_to_the_same_loss(tmp_path):
     assert result["val_loss"] == reference["val_loss"]  # bitwise: same batches, same optimizer state
     log = (run_dir / "job.err").read_text()
     assert "this job is timed-out" in log, log[-2000:]
-    sacct = subprocess.run(["sacct", "-n", "-X", "-D", "-j", job_id, "-o", "State"], capture_output=True,
-                           text=True).stdout.split()
+    while True:  # result.json is written before the job's process exits: wait for accounting to say so
+        sacct = subprocess.run(["sacct", "-n", "-X", "-D", "-j", job_id, "-o", "State"], capture_output=True,
+                               text=True).stdout.split()
+        if sacct and sacct[-1] not in ("RUNNING", "COMPLETING") or time.time() > deadline:
+            break
+        time.sleep(1)
     assert "REQUEUED" in sacct and sacct[-1] == "COMPLETED", sacct
     logged = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert logged == list(range(1, steps + 1))  # the resumed attempt did not log steps twice

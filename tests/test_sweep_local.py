@@ -171,6 +171,8 @@ def test_a_killed_run_is_lost_with_the_reason_and_retried(tmp_path, data):
     rows = cli_json(*base, "--retry-failed", "--json")
     assert [r["action"] for r in rows] == ["resubmit"]
     assert (run / "attempts" / "1" / "started.json").exists()  # the lost attempt is kept
+    for worker in json.loads((run / "job.json").read_text())["workers"]:  # do not leave the retry training
+        os.killpg(worker["pid"], signal.SIGKILL)  # its own session: the controller and the job
 
 
 def test_a_data_file_missing_on_the_compute_node_fails_the_run_with_the_reason(tmp_path, data):
