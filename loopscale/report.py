@@ -139,10 +139,7 @@ def fit_part(runs: pd.DataFrame, *, starts: int, bootstrap: int, seed: int, hube
     if plots:
         from loopscale.fit_plots import render
 
-        say = progress or (lambda stage, done, total: None)
-        say("figures", 0, 1)
-        part.figures = render(part.result)
-        say("figures", 1, 1)
+        part.figures = _staged("figures", render, part.result, progress)
     return part
 
 
@@ -160,11 +157,17 @@ def probe_part(runs: pd.DataFrame, probe: str, *, starts: int, bootstrap: int, s
     if plots:
         from loopscale.compare_plots import render
 
-        say = progress or (lambda stage, done, total: None)
-        say("figure", 0, 1)
-        part.figure = render(part.result)
-        say("figure", 1, 1)
+        part.figure = _staged("figure", render, part.result, progress)
     return part
+
+
+def _staged(stage: str, render, result, progress):
+    """Render figures as one progress stage (progress: the (stage, done, total) callback, or None)."""
+    say = progress or (lambda stage, done, total: None)
+    say(stage, 0, 1)
+    out = render(result)
+    say(stage, 1, 1)
+    return out
 
 
 def cost_table(runs: pd.DataFrame) -> pd.DataFrame:

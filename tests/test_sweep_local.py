@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import yaml
@@ -112,12 +118,6 @@ def test_a_changed_grid_says_what_changed(tmp_path, data):
 
 def test_ctrl_c_while_following_leaves_the_runs_going(tmp_path, data):
     """Ctrl-C during `sweep --wait` stops following (exit 130) but not the runs; `status` picks them up."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     sweep_dir = tmp_path / "sweep"
     # Its own process group, like a shell's foreground job: Ctrl-C signals the whole group.
     proc = subprocess.Popen([sys.executable, "-m", "loopscale.cli", "sweep", str(GRIDS / "smoke.yaml"), "--data",
@@ -143,10 +143,6 @@ def test_ctrl_c_while_following_leaves_the_runs_going(tmp_path, data):
 
 def test_a_killed_run_is_lost_with_the_reason_and_retried(tmp_path, data):
     """SIGKILL of a running job (what the OOM killer or a dying node does) leaves the run `lost`, with why."""
-    import os
-    import signal
-    import time
-
     raw = yaml.safe_load((GRIDS / "smoke.yaml").read_text())
     raw["tokens"] = [16384 * 1000]  # far longer than the test: it is killed early
     raw["widths"], raw["r"] = [32], [2]
@@ -176,8 +172,6 @@ def test_a_killed_run_is_lost_with_the_reason_and_retried(tmp_path, data):
 
 
 def test_a_data_file_missing_on_the_compute_node_fails_the_run_with_the_reason(tmp_path, data):
-    import shutil
-
     copy = tmp_path / "data"
     shutil.copytree(data, copy)
     grid = load_grid(GRIDS / "smoke.yaml", data_dir=copy)
