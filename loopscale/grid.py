@@ -24,10 +24,15 @@ A grid names the model family, the training settings, and the axes of the sweep:
       1e13: [64, 96]                #   d_model list, or {s: [...]} / {widths: [...]}
     runs:                           # or an explicit list; r/probe/seed default to the lists above
       - {d_model: 64, tokens: 1e6, r: 2}
+    repeats:                        # optional, with any of the three: a few runs again with another
+      - {d_model: 64, budget_flops: 1e13, r: 2, seed: 1}   #   seed (the seed-to-seed noise that
+                                    #   `plan --from` measures); entries as in `runs:`, seed required
     executor: {kind: auto, ...}     # see ExecutorConfig; never part of a run's identity
 
 Identical runs expand once: the r = 1 model is the same for every probe, so a grid with
-``probes: [none, tbptt]`` trains each r = 1 run a single time (its ``probes`` lists both).
+``probes: [none, tbptt]`` trains each r = 1 run a single time (its ``probes`` lists both), and a
+repeat that names a run the axis already has (same seed) adds nothing. Repeats come after the
+axis's runs, so they never change the ids or the order of the others.
 Bad input raises ``GridError`` (a ``UserError``) naming the file, the key and the reason.
 """
 
@@ -57,7 +62,7 @@ from loopscale.lr_transfer import LR_KEYS, with_paper_lrs
 
 WIDTH_UNIT = 64  # d = 64·s (method.md §2)
 TOP_KEYS = ("name", "description", "model", "train", "data", "vocab_size", "r", "widths", "s", "tokens",
-            "flops", "runs", "probes", "seeds", "executor")
+            "flops", "runs", "repeats", "probes", "seeds", "executor")
 AXIS_MODEL_KEYS = {"d_model": "widths/s", "r": "r", "probe": "probes"}
 AXIS_TRAIN_KEYS = {"tokens": "tokens/flops/runs", "budget_flops": "flops/runs", "seed": "seeds"}
 RUN_KEYS = ("r", "d_model", "s", "tokens", "budget_flops", "probe", "seed")
@@ -328,6 +333,8 @@ def expand(raw: dict[str, Any], where: str = "grid") -> list[RunSpec]:
             points += [(f"flops.{c:g}", d, r, p, s, None, c) for r in rs for d in widths for p in probes for s in seeds]
     else:
         points = _explicit_runs(raw["runs"], where, rs, probes, seeds)
+    if "repeats" in raw:
+        points += _explicit_runs(raw["repeats"], where, rs, probes, seeds, section="repeats")
 
     specs: dict[str, RunSpec] = {}
     for key, d, r, probe, seed, tokens, budget in points:
@@ -534,17 +541,22 @@ def _flops_map(v: Any, where: str) -> list[tuple[float, list[int]]]:
     return sorted(out)
 
 
-def _explicit_runs(v: Any, where: str, rs: list[int], probes: list[str], seeds: list[int]) -> list:
+def _explicit_runs(v: Any, where: str, rs: list[int], probes: list[str], seeds: list[int],
+                   section: str = "runs") -> list:
+    """Points of a ``runs:`` list, or of ``repeats:`` (the same entries, each with its own seed)."""
     if not isinstance(v, list) or not v:
-        raise GridError(f"{where}: runs: expected a non-empty list of runs, got {_show(v)}")
+        raise GridError(f"{where}: {section}: expected a non-empty list of runs, got {_show(v)}")
     points = []
     for i, run in enumerate(v):
-        key = f"runs[{i}]"
+        key = f"{section}[{i}]"
         if not isinstance(run, dict):
             raise GridError(f"{where}: {key}: expected a mapping, got {_show(run)}")
         extra = [k for k in run if k not in RUN_KEYS]
         if extra:
             raise GridError(f"{where}: {key}.{extra[0]}: unknown key (allowed: {', '.join(RUN_KEYS)})")
+        if section == "repeats" and "seed" not in run:
+            raise GridError(f"{where}: {key}: a repeat needs its seed (e.g. seed: 1); the grid's seeds "
+                            "already cover every run")
         if ("d_model" in run) == ("s" in run):
             raise GridError(f"{where}: {key}: give exactly one of d_model or s")
         d = _widths({"widths": run["d_model"]} if "d_model" in run else {"s": run["s"]}, where, f"{key}.")

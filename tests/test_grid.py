@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+
 import pytest
 import yaml
 
@@ -134,6 +136,35 @@ def test_run_ids_of_plain_grids_are_pinned():
     assert [s.run_id for s in flops.runs] == ["240133f65052", "1f9a0e18a2f5", "b50b1cfe4fc7", "4a275e4fca8d"]
 
 
+def test_repeats_add_seeded_runs_on_top_of_the_flops_axis():
+    main = g(widths=None, tokens=None, flops={"1e9": [32, 64]})
+    rep = g(widths=None, tokens=None, flops={"1e9": [32, 64]},
+            repeats=[{"d_model": 32, "budget_flops": "1e9", "r": 2, "seed": 1},
+                     {"s": 1, "budget_flops": 1e9, "seed": 3},  # r from the grid's list: r 1 and r 2
+                     {"d_model": 32, "budget_flops": 1e9, "r": 2, "seed": 0}])  # already on the axis
+    assert len(rep.runs) == len(main.runs) + 1 + 2
+    # the axis's runs come first, unchanged (ids pinned above), the repeats after them
+    assert [s.run_id for s in rep.runs[: len(main.runs)]] == [s.run_id for s in main.runs]
+    extra = rep.runs[len(main.runs):]
+    assert sorted((s.d_model, s.r, s.seed) for s in extra) == [(32, 2, 1), (64, 1, 3), (64, 2, 3)]
+    by = {(s.budget_flops, s.d_model, s.r): s for s in main.runs}
+    for s in extra:  # each repeat is its axis twin but for the seed
+        twin = by[(s.budget_flops, s.d_model, s.r)]
+        assert s.run_id != twin.run_id and s.seed != twin.seed
+        assert s.config == dataclasses.replace(twin.config, train=dataclasses.replace(twin.config.train, seed=s.seed))
+        assert (s.tokens, s.flops) == (twin.tokens, twin.flops)
+    assert len({s.run_id for s in rep.runs}) == len(rep.runs)
+
+
+def test_repeats_work_with_token_budgets_and_explicit_runs():
+    tok = g(repeats=[{"d_model": 32, "tokens": 2560, "r": 2, "seed": [1, 2]}])
+    assert [(s.r, s.seed) for s in tok.runs] == [(1, 0), (2, 0), (2, 1), (2, 2)]
+    assert [s.run_id for s in tok.runs[:2]] == ["d75071dacc47", "cf62281eceef"]
+    runs = g(widths=None, tokens=None, runs=[{"d_model": 32, "tokens": 2560, "r": 2}],
+             repeats=[{"d_model": 32, "tokens": 2560, "r": 2, "seed": 5}])
+    assert [s.seed for s in runs.runs] == [0, 5]
+
+
 def test_run_ids_ignore_the_executor_and_execution_settings():
     a = g(executor={"kind": "local", "local_jobs": 3})
     b = g(train={**BASE["train"], "threads": 2, "log_every": 1})
@@ -162,6 +193,15 @@ BAD = [
     ({"tokens": None, "widths": None, "runs": [{"d_model": 32}]}, "runs[0]: give exactly one of tokens or budget_flops"),
     ({"tokens": None, "widths": None, "runs": [{"tokens": 2560}]}, "runs[0]: give exactly one of d_model or s"),
     ({"tokens": None, "widths": None, "runs": [{"d_model": 32, "tokens": 2560, "lr": 1}]}, "runs[0].lr: unknown key"),
+    ({"repeats": [{"d_model": 32, "tokens": 2560, "r": 2}]}, "repeats[0]: a repeat needs its seed"),
+    ({"repeats": [{"d_model": 32, "tokens": 2560, "seed": 1, "lr": 1}]}, "repeats[0].lr: unknown key"),
+    ({"repeats": [{"d_model": 32, "seed": 1}]}, "repeats[0]: give exactly one of tokens or budget_flops"),
+    ({"repeats": [{"tokens": 2560, "seed": 1}]}, "repeats[0]: give exactly one of d_model or s"),
+    ({"repeats": [{"d_model": 32, "tokens": 2560, "seed": -1}]}, "repeats[0]: seed: expected non-negative"),
+    ({"repeats": []}, "repeats: expected a non-empty list of runs"),
+    ({"repeats": {"d_model": 32}}, "repeats: expected a non-empty list of runs"),
+    ({"repeats": ["d32"]}, "repeats[0]: expected a mapping"),
+    ({"repeats": [{"d_model": 40, "tokens": 2560, "seed": 1}]}, "repeats[0], d_model 40, r 1: width 40 is not"),
     ({"probes": ["dropout"]}, "probes: unknown probe 'dropout'"),
     ({"seeds": [-1]}, "seeds: expected non-negative integers"),
     ({"vocab_size": 0}, "vocab_size: expected a positive integer"),
