@@ -306,6 +306,7 @@ class Comparison:
     settings: dict
     warnings: list[str]
     notes: list[str]
+    diagnostics: dict = field(default_factory=dict)  # "baseline", "probe" → regime.Diagnostics
 
     def phi_samples(self, side: int) -> np.ndarray | None:
         return None if self.draws is None else self.draws.params[side, :, I_PHI]
@@ -322,14 +323,18 @@ class Comparison:
     def delta_ci(self) -> list[float] | None:
         return None if self.draws is None else percentile_ci(self.delta_samples)
 
-    def side(self, key: str) -> dict:
+    def params_ci(self, key: str) -> dict[str, list[float] | None]:
         t = 0 if key == "baseline" else 1
+        if self.draws is None:
+            return {n: None for n in NAMES}
+        return {n: percentile_ci(self.draws.params[t, :, i]) for i, n in enumerate(NAMES)}
+
+    def side(self, key: str) -> dict:
         fit = self.fits[key]
         table = self.tables.baseline if key == "baseline" else self.tables.probe
-        ci = {n: None for n in NAMES}
-        if self.draws is not None:
-            ci = {n: percentile_ci(self.draws.params[t, :, i]) for i, n in enumerate(NAMES)}
-        return {"name": self.baseline_name if key == "baseline" else self.probe_name,
+        ci = self.params_ci(key)
+        diag = self.diagnostics.get(key)
+        return {"diagnostics": None if diag is None else diag.to_json(), "name": self.baseline_name if key == "baseline" else self.probe_name,
                 "phi": fit.phi, "ci": ci["phi"], "r2": fit.r2, "objective": fit.objective,
                 "converged": fit.converged, "n_runs": fit.n_runs,
                 "n_looped_runs": int((table["r"] > 1).sum()), "params": fit.params, "params_ci": ci,
@@ -440,5 +445,10 @@ def compare(df: pd.DataFrame, probe: str, baseline: str = "none", *, starts: int
                 "resample": "cells (paired)", "min_cells": MIN_CELLS,
                 "bounds": {n: [float(LOWER[i]), float(UPPER[i])] for i, n in enumerate(NAMES)},
                 "bounds_note": "E, A, B bounds are on their logs e, a, b"}
-    return Comparison(probe, baseline, tables, fits, draws, matched, loss_change(tables, matched),
-                      token_gain(matched), n_units, settings, warnings, notes)
+    result = Comparison(probe, baseline, tables, fits, draws, matched, loss_change(tables, matched),
+                        token_gain(matched), n_units, settings, warnings, notes)
+    from loopscale.regime import regime_diagnostics
+
+    for key in ("baseline", "probe"):
+        result.diagnostics[key] = regime_diagnostics(getattr(tables, key), fits[key], ci=result.params_ci(key))
+    return result

@@ -616,6 +616,7 @@ class FitReport:
     notes: list[str]
     settings: dict
     runs: object  # the usable runs table (pandas), for plots
+    diagnostics: object = None  # regime.Diagnostics: the regime the runs trained in and the verdict
 
     @property
     def ci(self) -> dict[str, list[float] | None]:
@@ -648,6 +649,8 @@ class FitReport:
             "warnings": self.warnings,
             "notes": self.notes,
             "settings": self.settings,
+            "ci_degenerate": [] if self.diagnostics is None else self.diagnostics.ci_degenerate,
+            "diagnostics": None if self.diagnostics is None else self.diagnostics.to_json(),
         }
         if self.bootstrap is not None:
             p, ok = self.bootstrap.params[0], self.bootstrap.converged[0]
@@ -760,9 +763,13 @@ def _run_fit(table, starts, bootstrap, seed, huber_delta, resample, workers, pro
     settings = {"starts": starts, "bootstrap": bootstrap, "seed": seed, "huber_delta": huber_delta,
                 "resample": unit, "bounds": {n: [float(LOWER[i]), float(UPPER[i])] for i, n in enumerate(NAMES)},
                 "bounds_note": "E, A, B bounds are on their logs e, a, b"}
-    return FitReport(fit=fit, restricted=restricted, per_r=per_r, bootstrap=draws, resample=unit,
-                     n_units=n_units, split_half=split, warnings=warnings, notes=notes,
-                     settings=settings, runs=runs)
+    report = FitReport(fit=fit, restricted=restricted, per_r=per_r, bootstrap=draws, resample=unit,
+                       n_units=n_units, split_half=split, warnings=warnings, notes=notes,
+                       settings=settings, runs=runs)
+    from loopscale.regime import regime_diagnostics  # regime reads fit's bounds: imported here, not above
+
+    report.diagnostics = regime_diagnostics(runs, report)
+    return report
 
 
 def split_half(runs, data: FitData, *, seed: int, notes: list[str], **kw) -> dict[str, dict]:

@@ -23,12 +23,14 @@ import numpy as np
 import pandas as pd
 
 from loopscale.fit import LOWER, NAMES, UPPER
+from loopscale.fmt import si as _si
 
 # --- thresholds of the verdict ---------------------------------------------------------------------
 MIN_WIDTHS = 3  # widths a cell needs for a parabola
 BRACKETED_SHARE = 2 / 3  # of the cells with >= MIN_WIDTHS widths, this share must bracket their optimum
 MIN_R2 = 0.98
 MAX_PHI_CI_WIDTH = 0.35  # 95% bootstrap CI of φ
+SPLIT_HALF_FLOOR = 0.01  # split-half φs closer than this always agree (a zero-width CI of noise-free data)
 MAX_RESID_TO_NOISE = 2.0  # residual RMSE of the fit at most this many seed-noise sds
 AT_BOUND_TOL = 1e-4  # a parameter within this share of its box width from a bound is "at" it
 CI_DEGENERATE_RTOL = 1e-6  # a CI narrower than this (relative) has zero width
@@ -306,7 +308,8 @@ def _plain(obj):
 
 def thresholds() -> dict:
     return {"min_widths": MIN_WIDTHS, "bracketed_share": BRACKETED_SHARE, "min_r2": MIN_R2,
-            "max_phi_ci_width": MAX_PHI_CI_WIDTH, "max_resid_to_noise": MAX_RESID_TO_NOISE,
+            "max_phi_ci_width": MAX_PHI_CI_WIDTH,
+            "split_half_floor": SPLIT_HALF_FLOOR, "max_resid_to_noise": MAX_RESID_TO_NOISE,
             "at_bound_tol": AT_BOUND_TOL, "paper_tokens_per_param": list(PAPER_TOKENS_PER_PARAM)}
 
 
@@ -431,17 +434,20 @@ def _seed_noise_of(df: pd.DataFrame, given) -> dict:
 
 
 def _split_half_ok(halves: dict, phi_ci) -> bool | None:
-    """Each half's φ inside the other's CI when the halves carry CIs ("ci"); else both halves' φ
-    inside the full fit's φ CI. None when there is nothing to check."""
+    """Each half's φ inside the other's CI. Halves that carry their own CI ("ci") are checked as they
+    are; otherwise each half's CI is taken as the full fit's, widened by √2 (half the runs), around
+    the half's φ, i.e. |φ_low − φ_high| ≤ √2·(CI width)/2, never tighter than SPLIT_HALF_FLOOR.
+    None when there is nothing to check."""
     low, high = (halves or {}).get("low"), (halves or {}).get("high")
     if not low or not high or low.get("phi") is None or high.get("phi") is None:
         return None
-    inside = lambda v, c: c[0] <= v <= c[1]  # noqa: E731
     if low.get("ci") and high.get("ci"):
+        inside = lambda v, c: c[0] - SPLIT_HALF_FLOOR <= v <= c[1] + SPLIT_HALF_FLOOR  # noqa: E731
         return bool(inside(low["phi"], high["ci"]) and inside(high["phi"], low["ci"]))
     if phi_ci is None or None in phi_ci:
         return None
-    return bool(inside(low["phi"], phi_ci) and inside(high["phi"], phi_ci))
+    allowed = max(math.sqrt(2) * (phi_ci[1] - phi_ci[0]) / 2, SPLIT_HALF_FLOOR)
+    return bool(abs(low["phi"] - high["phi"]) <= allowed)
 
 
 def _split_words(halves: dict) -> str:
@@ -486,3 +492,62 @@ def _cells_reason(cells: list[CellMinimum], judged: list[CellMinimum], bracketed
 
 def _cells(k: int) -> str:
     return "1 cell" if k == 1 else f"{k} cells"
+
+
+# --- words and table rows, shared by `fit`, `compare`, `report` (diagnostics as their JSON dict) -------
+
+CELL_COLUMNS = ("budget", "r", "widths", "N trained", "N*", "L*", "where")
+WHERE_WORDS = {"inside": "inside (bracketed)", "below": "below smallest N", "above": "above largest N",
+               "flat": "no minimum", "few": "< 3 widths"}
+
+
+def verdict_line(diag: dict) -> str:
+    """'trustworthy' or 'NOT trustworthy (k reasons)', with the bracketed-cell count."""
+    cells = f"{diag['cells_bracketed']}/{diag['n_cells']} iso-FLOP cells bracketed"
+    if diag["trustworthy"]:
+        return f"trustworthy: the fit passed every regime check ({cells})"
+    k = sum(v is False for v in diag["checks"].values())
+    return f"NOT trustworthy: {k} regime check{'s' if k != 1 else ''} failed ({cells})"
+
+
+def ci_text(name: str, value, ci, diag: dict | None, fmt) -> str:
+    """A parameter's CI for people: '—' without one; 'at lower bound (0.0498)' when the estimate sits on
+    a bound and the CI has zero width there; '[lo, hi] (estimate at lower bound)' when only the estimate
+    does. ``fmt`` formats one number."""
+    side = (diag or {}).get("bounds_hit", {}).get(name)
+    degenerate = name in (diag or {}).get("ci_degenerate", [])
+    if side and (degenerate or ci is None):
+        return f"at {side} bound ({fmt(value)})"
+    if ci is None:
+        return "—"
+    if degenerate:
+        return f"zero width ({fmt(ci[0])})"
+    text = f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+    return text + (f" (estimate at {side} bound)" if side else "")
+
+
+def cell_rows(diag: dict, with_probe: bool | None = None) -> tuple[list[str], list[list[str]]]:
+    """(columns, rows) of the cell-minima table; a probe column when the cells hold several probes."""
+    cells = diag["cells"]
+    if with_probe is None:
+        with_probe = len({c["probe"] for c in cells}) > 1
+    cols = (["probe"] if with_probe else []) + list(CELL_COLUMNS)
+    rows = []
+    for c in cells:
+        rows.append(([c["probe"]] if with_probe else []) + [
+            f"{c['budget']:.3g}".replace("e+", "e"), str(c["r"]), str(c["n_widths"]),
+            f"{_si(c['n_min'])}–{_si(c['n_max'])}", _si(c["n_star"]) if c["n_star"] is not None else "—",
+            f"{c['loss_star']:.4f}" if c["loss_star"] is not None else "—", WHERE_WORDS.get(c["where"], c["where"])])
+    return cols, rows
+
+
+def noise_line(diag: dict) -> str:
+    """Residual RMSE beside the seed-to-seed noise, in words."""
+    rmse, noise = diag.get("residual_rmse"), diag["seed_noise"]
+    left = "residual RMSE —" if rmse is None else f"residual RMSE {rmse:.4f} nats"
+    if noise["sd"] is None:
+        return f"{left}; seed noise unknown (no run repeated with another seed)"
+    src = (f"pooled over {noise['n_groups']} repeated design point{'s' if noise['n_groups'] != 1 else ''}, "
+           f"{noise['n_runs']} runs") if noise["source"] == "repeats" else "as given"
+    ratio = f" (ratio {rmse / noise['sd']:.2g})" if rmse is not None and noise["sd"] > 0 else ""
+    return f"{left} vs seed noise {noise['sd']:.4f} nats, {src}{ratio}"

@@ -9,7 +9,7 @@ from html import escape
 
 from loopscale import __version__
 from loopscale.report import Report
-from loopscale.report_sections import Code, Facts, Figure, Heading, Para, Section, Table
+from loopscale.report_sections import Bullets, Code, Facts, Figure, Heading, Para, Section, Table
 
 CSS = """
 :root { --fg: #1f2328; --muted: #59636e; --line: #d8dee4; --alt: #f6f8fa; --accent: #0969da; }
@@ -88,6 +88,8 @@ def _block(b) -> str:
         cls = f' class="{b.kind}"' if b.kind else ""
         label = {"note": "Note: ", "warning": "Warning: "}.get(b.kind)
         return f"<p{cls}>" + (f"<strong>{label}</strong>" if label else "") + f"{_inline(b.text)}</p>"
+    if isinstance(b, Bullets):
+        return "<ul>" + "".join(f"<li>{_inline(t)}</li>" for t in b.items) + "</ul>"
     if isinstance(b, Facts):
         items = "".join(f'<div class="fact"><div class="k">{escape(k)}</div><div class="v">{escape(v)}</div></div>'
                         for k, v in b.items)

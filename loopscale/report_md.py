@@ -4,7 +4,7 @@ only named: they are embedded in the HTML report."""
 from __future__ import annotations
 
 from loopscale.report import Report
-from loopscale.report_sections import Code, Facts, Figure, Heading, Para, Section, Table
+from loopscale.report_sections import Bullets, Code, Facts, Figure, Heading, Para, Section, Table
 
 PREFIX = {"note": "> Note: ", "warning": "> **Warning:** ", "reason": "> "}
 
@@ -23,6 +23,8 @@ def _block(b) -> list[str]:
         return [f"### {b.text}"]
     if isinstance(b, Para):
         return [PREFIX.get(b.kind, "") + b.text]
+    if isinstance(b, Bullets):
+        return [f"- {_cell(t)}" for t in b.items]
     if isinstance(b, Facts):
         return [f"- **{k}**: {v}" for k, v in b.items]
     if isinstance(b, Table):

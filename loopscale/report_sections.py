@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from loopscale.fmt import num, sci, si
+from loopscale.regime import cell_rows, ci_text, noise_line, verdict_line
 from loopscale.report import BASELINE, FitPart, ProbePart, Report
 
 LAW = "L = E + A·(N_once + r^φ·N_rec)^−α + B·D^−β"
@@ -37,6 +38,11 @@ class Heading:
 class Para:
     text: str
     kind: str = ""  # "" | lead | note | warning | reason (why something is missing)
+
+
+@dataclass
+class Bullets:
+    items: list[str]
 
 
 @dataclass
@@ -94,6 +100,8 @@ def summary(rep: Report) -> Section:
         phi = f.fit.phi
         items.append(("φ (95% CI)", "not identifiable" if phi is None else f"{num(phi, 3)} {_ci(f.ci['phi'], 3)}"))
         items.append(("R² (runs fitted)", f"{num(f.fit.r2)} ({f.fit.n_runs})"))
+        if f.diagnostics is not None:
+            items.append(("fit verdict", "trustworthy" if f.diagnostics.trustworthy else "NOT trustworthy"))
     t = rep.cost.iloc[-1]
     items.append(("FLOPs trained", _sci(t["flops"])))
     items.append(("tokens trained", si(float(t["tokens"]))))
@@ -157,12 +165,19 @@ def fit(rep: Report) -> Section:
         blocks.append(Para(part.reason or "No fit.", "reason"))
         return Section("fit", "Fit", blocks)
     f = part.result
+    diag = f.diagnostics.to_json() if f.diagnostics is not None else None
+    if diag is not None:
+        blocks = diagnostics_blocks(diag) + blocks
     blocks += [Para(w, "warning") for w in f.warnings] + [Para(n, "note") for n in f.notes]
     blocks.append(Heading(f"Joint fit ({f.fit.n_runs} runs, R² = {num(f.fit.r2)})"))
     ci = f.ci
     blocks.append(Table(["parameter", "fit", "95% CI"],
-                        [[SYMBOL.get(n, n), _param(f.fit.params[n]), _ci(ci.get(n), param=True)] for n in PARAMS],
-                        numeric={1, 2}))
+                        [[SYMBOL.get(n, n), _param(f.fit.params[n]), ci_text(n, f.fit.params[n], ci.get(n), diag, _param)]
+                         for n in PARAMS], numeric={1, 2}))
+    if diag is not None:
+        line = noise_line(diag)
+        blocks.append(Para(line[0].upper() + line[1:] + "."))
+        blocks += cells_blocks(diag) + seed_blocks(diag)
     blocks.append(Heading("Free and restricted fits"))
     rows = []
     for name, lf in [("free", f.fit)] + list(f.restricted.items()):
@@ -285,11 +300,43 @@ def design_table(runs: pd.DataFrame) -> Table:
     return Table([first, "widths"] + heads, rows, numeric=set(range(2, 2 + len(heads))))
 
 
+def diagnostics_blocks(diag: dict, who: str = "Fit") -> list:
+    """The verdict (regime.py) and one bullet per reason, then context notes."""
+    blocks: list = [Para(f"{who} verdict: {verdict_line(diag)}.", "lead" if diag["trustworthy"] else "warning")]
+    if diag["reasons"]:
+        blocks.append(Bullets(list(diag["reasons"])))
+    blocks += [Para(n, "note") for n in diag["notes"]]
+    return blocks
+
+
+def cells_blocks(diag: dict) -> list:
+    if not diag["cells"]:
+        return []
+    cols, rows = cell_rows(diag)
+    return [Heading("Iso-FLOP cells: where each budget's loss minimum over N lies"),
+            Para("A parabola in log N (N = N_once + N_rec; seed repeats averaged) per (budget × r) cell; N* and L* "
+                 "are its vertex. A cell brackets its optimum when N* lies strictly inside the widths trained."),
+            Table(cols, rows, numeric={i for i, c in enumerate(cols) if c not in ("probe", "where")})]
+
+
+def seed_blocks(diag: dict) -> list:
+    noise = diag["seed_noise"]
+    if not noise.get("groups"):
+        return []
+    rows = [[_sci(g["budget"]), str(g["r"]), si(g["n"]), str(g["n_seeds"]), f"{g['mean']:.4f}", f"{g['sd']:.4f}",
+             f"{g['spread']:.4f}"] for g in noise["groups"]]
+    return [Heading(f"Seed-to-seed loss spread (pooled sd {noise['sd']:.4f} nats)"),
+            Table(["budget", "r", "N", "seeds", "mean loss", "sd", "max − min"], rows, numeric=set(range(7)))]
+
+
 def _probe_blocks(p: ProbePart) -> list:
     if p.doc is None:
         return [Para(p.reason or "No comparison.", "reason")]
     d = p.doc
     blocks: list = [Para(d["verdict"]["text"], "lead")]
+    for key in ("baseline", "probe"):
+        if d[key].get("diagnostics"):
+            blocks += diagnostics_blocks(d[key]["diagnostics"], f"{key.capitalize()} ({d[key]['name']}) fit")
     blocks += [Para(w, "warning") for w in d["warnings"]] + [Para(n, "note") for n in d["notes"]]
     rows = []
     for key in ("baseline", "probe"):

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from loopscale.commands.fit import _fmt
+from loopscale.commands.fit import _fmt, _print_diagnostics
 from loopscale.commands.stages import stage_progress
 from loopscale.errors import UserError
 
@@ -35,6 +35,9 @@ def _print_compare(doc: dict, out: Console) -> None:
     t.add_row("Δφ = probe − baseline", "", _fmt(doc["delta_phi"], 3, sign="+"), _ci(doc["delta_phi_ci"]),
               "—" if p_value is None else f"{p_value:.3g}", "", "", "", "", "")
     out.print(t)
+    for key, side in (("baseline", base), ("probe", probe)):
+        if side.get("diagnostics"):
+            _print_diagnostics(side["diagnostics"], out, title=f"{key} {side['name']}")
 
     loss = Table(title="at matched compute (same budget, r and width): probe − baseline")
     for col in ("r", "runs", "cells", "Δloss mean (nats)", "Δloss median", "Δ best loss per cell", "D_probe/D_base"):

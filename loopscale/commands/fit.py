@@ -19,15 +19,48 @@ from loopscale.fmt import num as _fmt
 PARAMS = ("E", "A", "alpha", "B", "beta", "phi")
 
 
+def _print_diagnostics(diag: dict, out: Console, title: str = "verdict") -> None:
+    """The verdict and its reasons, then context notes (regime.py decides; this prints)."""
+    from loopscale.regime import verdict_line
+
+    style = "green" if diag["trustworthy"] else "bold red"
+    out.print(f"[{style}]{title}: {verdict_line(diag)}[/]", highlight=False, soft_wrap=True)
+    for line in diag["reasons"]:
+        out.print(f"  - {line}", highlight=False, soft_wrap=True)
+    for line in diag["notes"]:
+        out.print(f"  note: {line}", highlight=False, soft_wrap=True)
+
+
+def _print_cells(diag: dict, out: Console) -> None:
+    from loopscale.regime import cell_rows
+
+    if not diag["cells"]:
+        return
+    cols, rows = cell_rows(diag)
+    t = Table(title="iso-FLOP cells: parabola in log N, its minimum N* and L* (N = N_once + N_rec)")
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("probe", "where") else "right")
+    for row in rows:
+        t.add_row(*row)
+    out.print(t)
+
+
 def _print_fit(doc: dict, out: Console) -> None:
+    from loopscale.regime import ci_text, noise_line
+
+    diag = doc.get("diagnostics")
+    if diag:
+        _print_diagnostics(diag, out)
+        _print_cells(diag, out)
     main = Table(title=f"L = E + A·(N_once + r^φ·N_rec)^−α + B·D^−β   ({doc['n_runs']} runs)")
     main.add_column("param")
     main.add_column("fit", justify="right")
     main.add_column("95% CI", justify="right")
     for name in PARAMS:
-        ci = doc["ci"].get(name)
-        main.add_row(name, _fmt(doc["params"][name]), "—" if ci is None else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]")
+        main.add_row(name, _fmt(doc["params"][name]), ci_text(name, doc["params"][name], doc["ci"].get(name), diag, _fmt))
     out.print(main)
+    if diag:
+        out.print(noise_line(diag), highlight=False, soft_wrap=True)
     fits = Table(title="free vs restricted fits")
     for col in ("fit", "φ", "R²", "objective", "converged", "starts at best"):
         fits.add_column(col, justify="right" if col != "fit" else "left")
