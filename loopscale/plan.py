@@ -32,15 +32,31 @@ by the fall of the sandwich variance of φ per training FLOP; the top pick is ch
 Existing runs whose removal would widen the CI least per FLOP they cost are listed as carrying
 little information.
 
-Units: losses in nats, FLOPs are training FLOPs (counting.py), GPU-hours at peak TFLOP/s × MFU.
+Prior: the paper's law, a fit.json, or (``--from SWEEP``, :func:`sweep_prior`) a finished sweep's own
+fit, made as `loopscale fit` makes it (loopscale.fit.run_fit, but 100 random starts and no bootstrap:
+only the point estimate is used), with its measured noise: the larger of the pooled seed-to-seed sd
+of runs identical but for the seed (loopscale.regime.seed_noise; the grid's ``repeats:``) and the
+fit's residual RMSE.
+
+Regime (:func:`bracketing`): under the prior law, without noise, does each iso-FLOP (budget, r) cell
+of the grid bracket its compute-optimal width (loopscale.regime.cell_minima)? Fewer than 2/3 of the
+cells with ≥ 3 widths is a warning: the fit would see one side of each valley.
+
+Units: losses in nats, FLOPs are training FLOPs (counting.py). Cost in the executor's unit
+(:func:`executor_unit`): GPU-hours at peak TFLOP/s × MFU, or CPU core-hours at a rate in FLOP/s per
+core (measured by the sweep of ``--from``, else ``--cpu-gflops``, default DEFAULT_CPU_GFLOPS), with
+the wall-clock time on the executor's parallel jobs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -126,7 +142,7 @@ def baseline_and_probes(grid) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], in
 
 
 # ---------------------------------------------------------------------------------------------
-# Cost
+# Cost, in the unit of the grid's executor: GPU-hours, or CPU core-hours
 
 
 def gpu_hours(flops, peak_tflops: float = H100_BF16_DENSE_TFLOPS, mfu: float = 0.4):
@@ -134,15 +150,281 @@ def gpu_hours(flops, peak_tflops: float = H100_BF16_DENSE_TFLOPS, mfu: float = 0
     return np.asarray(flops, dtype=float) / (peak_tflops * 1e12 * mfu) / 3600.0
 
 
-def cost_summary(design: pd.DataFrame, peak_tflops: float = H100_BF16_DENSE_TFLOPS, mfu: float = 0.4) -> dict:
-    """Total training FLOPs (Σ tokens·flops_per_token) and GPU-hours, per r and in all."""
+def cpu_hours(flops, core_s_per_flop: float):
+    """Core-hours at ``core_s_per_flop`` core-seconds per training FLOP."""
+    return np.asarray(flops, dtype=float) * core_s_per_flop / 3600.0
+
+
+def executor_unit(grid, hint: str = "auto") -> tuple[str, str]:
+    """Does the grid train on GPUs or CPUs? Returns ("gpu_hours" | "cpu_hours", why).
+
+    ``hint`` gpu/cpu decides. Otherwise, in this order: ``train.device`` cuda or cpu; the executor's
+    ``gpus_per_node`` > 0; slurm jobs without GPUs; local and debug jobs (``kind: auto`` is slurm where
+    sbatch is on PATH, else local, as `sweep` resolves it) use the GPUs this machine shows
+    (loopscale.submit.visible_gpus), else its CPU cores."""
+    from loopscale.submit import resolve_kind, visible_gpus
+
+    if hint not in ("auto", "gpu", "cpu"):
+        raise UserError(f"--cost-unit must be auto, gpu or cpu, got {hint!r}")
+    if hint != "auto":
+        return f"{hint}_hours", f"--cost-unit {hint}"
+    devices = {s.config.train.device for s in grid.runs}
+    if devices == {"cuda"}:
+        return "gpu_hours", "train.device is cuda"
+    if devices == {"cpu"}:
+        return "cpu_hours", "train.device is cpu"
+    ex = grid.executor
+    if ex.gpus_per_node > 0:
+        return "gpu_hours", f"executor.gpus_per_node is {ex.gpus_per_node}"
+    kind = resolve_kind(ex.kind)
+    if kind == "slurm":
+        return "cpu_hours", "slurm jobs without executor.gpus_per_node train on CPU"
+    gpus = visible_gpus()
+    if gpus:
+        return "gpu_hours", f"{kind} jobs on this machine, which shows {len(gpus)} GPU(s)"
+    return "cpu_hours", f"{kind} jobs on this machine, which shows no GPU (train.device auto falls back to CPU)"
+
+
+def executor_layout(grid, unit: str) -> dict:
+    """How many jobs run at once and how many cores (CPU) or GPUs each uses: the executor's settings,
+    resolved as `sweep` would on this machine (loopscale.submit.local_layout). ``jobs`` None: as many
+    as the scheduler starts at once (slurm without array_parallelism)."""
+    from loopscale.submit import cpu_count, local_layout, resolve_kind
+
+    ex = grid.executor
+    kind = resolve_kind(ex.kind)
+    threads = {s.config.train.threads for s in grid.runs}
+    fixed_threads = next(iter(threads)) if len(threads) == 1 and next(iter(threads)) > 0 else None
+    if kind == "slurm":
+        per_job = max(ex.gpus_per_node, 1) if unit == "gpu_hours" else (fixed_threads or ex.cpus_per_task or 1)
+        return {"kind": kind, "jobs": ex.array_parallelism, "per_job": per_job,
+                "jobs_from": "executor.array_parallelism" if ex.array_parallelism else "every array task at once"}
+    if kind == "debug":
+        per_job = 1 if unit == "gpu_hours" else (fixed_threads or cpu_count())
+        return {"kind": kind, "jobs": 1, "per_job": per_job, "jobs_from": "the debug executor runs one at a time"}
+    lay = local_layout(ex)
+    per_job = 1 if unit == "gpu_hours" else (fixed_threads or lay.threads)
+    return {"kind": kind, "jobs": lay.n, "per_job": per_job,
+            "jobs_from": "executor.local_jobs" if ex.local_jobs else "this machine's GPUs/cores"}
+
+
+def schedule_hours(hours: np.ndarray, jobs: int | None) -> float:
+    """Wall-clock hours of runs taking ``hours`` each, started in order on ``jobs`` slots (a free
+    slot takes the next run); ``jobs`` None: all at once."""
+    hours = np.asarray(hours, dtype=float)
+    if hours.size == 0:
+        return 0.0
+    if jobs is None or jobs >= hours.size:
+        return float(hours.max())
+    slots = [0.0] * jobs
+    heapq.heapify(slots)
+    for h in hours:
+        heapq.heappush(slots, heapq.heappop(slots) + float(h))
+    return max(slots)
+
+
+def cost_summary(design: pd.DataFrame, peak_tflops: float = H100_BF16_DENSE_TFLOPS, mfu: float = 0.4, *,
+                 unit: str = "gpu_hours", core_s_per_flop: float | None = None, layout: dict | None = None) -> dict:
+    """Total training FLOPs (Σ tokens·flops_per_token) and their cost in ``unit``, per r and in all.
+
+    gpu_hours: at peak_tflops × mfu per GPU. cpu_hours: core-hours at ``core_s_per_flop``.
+    ``layout`` (:func:`executor_layout`): also the expected wall-clock hours, each run taking
+    its unit-hours / per_job, runs started in grid order on ``jobs`` slots."""
+    if unit == "cpu_hours":
+        if not (core_s_per_flop and core_s_per_flop > 0):
+            raise ValueError("cpu_hours needs a positive core_s_per_flop")
+        hours = lambda f: cpu_hours(f, core_s_per_flop)  # noqa: E731
+    elif unit == "gpu_hours":
+        hours = lambda f: gpu_hours(f, peak_tflops, mfu)  # noqa: E731
+    else:
+        raise ValueError(f"unknown cost unit {unit!r}")
     per_r = []
     for r, rows in design.groupby("r"):
         f = float(rows["flops"].sum())
-        per_r.append({"r": int(r), "runs": len(rows), "flops": f, "gpu_hours": float(gpu_hours(f, peak_tflops, mfu))})
+        per_r.append({"r": int(r), "runs": len(rows), "flops": f, unit: float(hours(f)), "hours": float(hours(f))})
     total = float(design["flops"].sum())
-    return {"total_flops": total, "gpu_hours": float(gpu_hours(total, peak_tflops, mfu)), "runs": len(design),
-            "peak_tflops": peak_tflops, "mfu": mfu, "per_r": per_r}
+    out = {"unit": unit, "total_flops": total, unit: float(hours(total)), "hours": float(hours(total)),
+           "runs": len(design), "per_r": per_r}
+    if unit == "gpu_hours":
+        out.update(peak_tflops=peak_tflops, mfu=mfu)
+    else:
+        out.update(core_s_per_flop=core_s_per_flop, gflops_per_core=1e-9 / core_s_per_flop)
+    if layout is not None:
+        run_hours = np.asarray(hours(design["flops"].to_numpy(dtype=float)), dtype=float) / layout["per_job"]
+        out.update(wall_hours=schedule_hours(run_hours, layout["jobs"]), parallel_jobs=layout["jobs"],
+                   per_job=layout["per_job"], executor=layout["kind"], jobs_from=layout["jobs_from"])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# A finished sweep as the prior: its fitted law, its measured noise and CPU rate
+
+
+# Default CPU rate when no sweep measured one: FLOP/s per core (training FLOPs of counting.py).
+# bench/train_throughput.py with 1 thread on the 2-core dev machine (seq 128, 16 rows, vocab 4096,
+# other jobs loading it): 3-5 GFLOP/s at d 32, 7-12 at d 64, 8-11 at d 96; grids/tiny.yaml end to end
+# (3.2e13 FLOPs, 2 jobs x 1 thread, 20 min, evaluation and start-up included) is 13 GFLOP/s per core.
+DEFAULT_CPU_GFLOPS = 10.0
+SWEEP_FIT_STARTS = 100  # random starts of the sweep's fit in `plan --from` (`fit` uses 500; law only)
+
+
+@dataclass
+class SweepPrior:
+    """What `plan --from SWEEP` takes from a finished sweep."""
+
+    path: str
+    law: Law
+    fit: dict  # n_runs, r2, converged, params, residual_rmse, starts, warnings
+    seed_noise: dict  # loopscale.regime.seed_noise of the fitted runs
+    residual_rmse: float
+    noise: float  # max(seed sd, residual RMSE)
+    noise_source: str
+    cpu_rate: dict | None  # measured core-seconds per FLOP of its CPU runs (None: no CPU runs)
+
+    @property
+    def law_source(self) -> str:
+        return f"sweep:{self.path}"
+
+
+def sweep_prior(sweep_dir, *, starts: int = SWEEP_FIT_STARTS, seed: int = 0, workers: int | None = None,
+                progress=None) -> SweepPrior:
+    """Fit a sweep's finished runs as `loopscale fit SWEEP` does (loopscale.runs_table.load_runs,
+    loopscale.fit.run_fit; ``starts`` random starts and no bootstrap: only the point fit is needed)
+    and measure its noise: the larger of the pooled seed-to-seed sd of runs identical but for the
+    seed (loopscale.regime.seed_noise) and the fit's residual RMSE. A sweep with several probes is
+    fitted on its probe-none runs. Bad sweeps raise UserError naming the folder."""
+    from loopscale.fit import run_fit
+    from loopscale.regime import seed_noise
+    from loopscale.runs_table import load_runs, select_probe, usable_rows
+    from loopscale.store import FINISHED
+
+    path = Path(sweep_dir)
+    if not path.is_dir():
+        raise UserError(f"{path}: no such sweep folder (--from takes a sweep folder made by `loopscale sweep`)")
+    if not (path / "runs").is_dir() and not (path / "results.db").is_file():
+        raise UserError(f"{path}: not a sweep folder (no runs/ and no results.db)")
+    try:
+        table = load_runs(path)
+    except UserError as e:
+        raise UserError(f"{path}: {e}" if not str(e).startswith(str(path)) else str(e)) from None
+    status = table["status"].fillna("").astype(str) if "status" in table else pd.Series("done", index=table.index)
+    finished = status.isin(FINISHED).to_numpy() & np.isfinite(table["loss"].to_numpy(dtype=float))
+    if not finished.any():
+        states = ", ".join(f"{k} {v}" for k, v in status.value_counts().items())
+        raise UserError(f"{path}: no finished runs to fit ({states}); run the sweep first")
+    probes = set(table["probe"].fillna("none").astype(str)) if "probe" in table else {"none"}
+    try:
+        table, _ = select_probe(table, "none" if len(probes) > 1 else None)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    usable, _ = usable_rows(table)
+    if len(usable) and not FitData.from_table(usable).phi_identifiable:
+        raise UserError(f"{path}: no finished run loops a block (r > 1), so the sweep has no phi to plan with")
+    try:
+        report = run_fit(table, starts=starts, bootstrap=0, seed=seed, workers=workers, progress=progress)
+    except UserError as e:
+        raise UserError(f"{path}: cannot fit the law ({e})") from None
+    fit = report.fit
+    rmse = float(fit.residuals["all"]["rmse"])
+    noise = seed_noise(report.runs)
+    sd = noise["sd"]
+    if sd is None:
+        value, why = rmse, (f"the fit's residual RMSE {rmse:.4g} nats ({fit.n_runs} runs); no run is repeated "
+                            "with another seed, so seed noise is unknown (add `repeats:` to the grid)")
+    else:
+        value = max(sd, rmse)
+        which = "seed-to-seed sd" if sd >= rmse else "the fit's residual RMSE"
+        why = (f"{which}: max(seed-to-seed sd {sd:.4g} nats pooled over {noise['n_groups']} repeated point(s), "
+               f"{noise['n_runs']} runs; residual RMSE {rmse:.4g} nats over {fit.n_runs} runs)")
+    if not value > 0:
+        raise UserError(f"{path}: the measured noise is 0 (the law fits every run exactly); give --noise")
+    fit_doc = {"n_runs": fit.n_runs, "r2": fit.r2, "converged": fit.converged, "params": fit.params,
+               "residual_rmse": rmse, "starts": starts, "bootstrap": 0, "at_bounds": fit.at_bounds,
+               "warnings": list(report.warnings)}
+    return SweepPrior(str(path), fit.law, fit_doc, noise, rmse, float(value), why,
+                      measured_cpu_rate(path, usable))
+
+
+def measured_cpu_rate(sweep_dir, runs: pd.DataFrame) -> dict | None:
+    """Core-seconds per training FLOP of a sweep's CPU runs: Σ wall_time_s·threads / Σ flops_total
+    (wall time as result.json records it: training, evaluation and start-up). Threads per run: the
+    config's train.threads, else the worker's (started.json), else this machine's cores. Also the
+    training-only rate, tokens_per_s·flops_per_token/threads. None when no finished run ran on CPU."""
+    from loopscale.submit import cpu_count
+
+    root = Path(sweep_dir) / "runs"
+    core_s = flops = train_core_s = 0.0
+    n = 0
+    for _, row in runs.iterrows():
+        try:
+            rec = json.loads((root / str(row["run_id"]) / "result.json").read_text())
+        except (OSError, ValueError, KeyError):
+            continue
+        if not isinstance(rec, dict) or str(rec.get("device", "")) != "cpu":
+            continue
+        wall, f = rec.get("wall_time_s"), rec.get("flops_total")
+        tps, fpt = rec.get("tokens_per_s"), rec.get("flops_per_token")
+        if not (isinstance(wall, (int, float)) and isinstance(f, (int, float)) and wall > 0 and f > 0):
+            continue
+        threads = ((rec.get("config") or {}).get("train") or {}).get("threads") or 0
+        if not threads:
+            try:
+                threads = json.loads((root / str(row["run_id"]) / "started.json").read_text()).get("threads") or 0
+            except (OSError, ValueError, AttributeError):
+                threads = 0
+        threads = int(threads) or cpu_count()
+        core_s += wall * threads
+        flops += f
+        if isinstance(tps, (int, float)) and tps > 0 and isinstance(fpt, (int, float)):
+            train_core_s += f / (tps * fpt) * threads
+        n += 1
+    if not n:
+        return None
+    return {"core_s_per_flop": core_s / flops, "gflops_per_core": flops / core_s / 1e9,
+            "train_gflops_per_core": flops / train_core_s / 1e9 if train_core_s > 0 else None,
+            "runs": n, "core_hours": core_s / 3600.0, "flops": flops}
+
+
+# ---------------------------------------------------------------------------------------------
+# Does the grid bracket each cell's compute-optimal width under the law?
+
+
+def bracketing(grid, law: Law, law_source: str = "paper", probe_delta: float = 0.0) -> dict:
+    """The grid's iso-FLOP (budget, r, probe) cells under ``law`` without noise: the loss the law
+    predicts at each design point (probe runs at φ + probe_delta, as they are simulated), and where
+    each cell's minimum over N = N_once + N_rec lies (loopscale.regime.cell_minima). ``warning`` is
+    set when fewer than 2/3 of the cells with ≥ 3 widths bracket it: the fit would see one side of
+    each valley. Token-budget runs belong to no cell."""
+    from loopscale.regime import BRACKETED_SHARE, MIN_WIDTHS, cell_minima
+
+    d = design_table(grid.runs)
+    d = d[d["budget_flops"].notna()].drop_duplicates(["budget_flops", "r", "probe", "width"])
+    probe_law = dataclasses.replace(law, phi=law.phi + probe_delta)
+    loss = np.array([(law if p == "none" else probe_law).predict(a, b, r, t)
+                     for p, a, b, r, t in zip(d["probe"], d["n_once"], d["n_rec"], d["r"], d["tokens"])], dtype=float)
+    cells = cell_minima((d["n_once"] + d["n_rec"]).to_numpy(), loss, d["budget_flops"].to_numpy(), d["r"].to_numpy(),
+                        d["probe"].to_numpy()) if len(d) else []
+    judged = [c for c in cells if c.n_widths >= MIN_WIDTHS]
+    k = int(sum(c.bracketed for c in judged))
+    warning = None
+    if judged and k < BRACKETED_SHARE * len(judged):
+        where = {w: [c for c in judged if c.where == w] for w in ("below", "above", "flat")}
+        parts = []
+        cells_word = lambda k: "1 cell" if k == 1 else f"{k} cells"  # noqa: E731
+        if where["below"]:
+            parts.append(f"the optimum lies below the narrowest width in {cells_word(len(where['below']))} "
+                         "(add narrower widths)")
+        if where["above"]:
+            parts.append(f"the optimum lies above the widest width in {cells_word(len(where['above']))} "
+                         "(add wider widths)")
+        if where["flat"]:
+            parts.append(f"{cells_word(len(where['flat']))} show no minimum")
+        warning = (f"under the {law_source} law only {k} of {len(judged)} iso-FLOP cells with ≥ {MIN_WIDTHS} widths "
+                   f"bracket their compute-optimal width (fewer than {BRACKETED_SHARE:.0%}): "
+                   + "; ".join(parts) + ". The fit would see one side of each valley.")
+    return {"law_source": law_source, "cells": [c.to_dict() for c in cells], "n_cells": len(judged),
+            "n_cells_all": len(cells), "cells_bracketed": k, "bracketed_share_wanted": BRACKETED_SHARE,
+            "warning": warning}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,19 +780,26 @@ class PlanReport:
     def to_json(self) -> dict:
         return _finite({**self.doc, "notes": self.notes})
 
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.doc.get("warnings", []))
 
-def plan_grid(grid, law: Law, *, law_source: str = "paper", noise: float = 0.01, replicates: int = 100,
-              bootstrap: int = 200, probe_delta: float = 0.07, seed: int = 0, starts: int = 8,
+
+def plan_grid(grid, law: Law, *, law_source: str = "paper", noise: float = 0.01, noise_source: str | None = None,
+              replicates: int = 100, bootstrap: int = 200, probe_delta: float = 0.07, seed: int = 0, starts: int = 8,
               peak_tflops: float = H100_BF16_DENSE_TFLOPS, mfu: float = 0.4, suggest: int = 5,
-              delta: float = HUBER_DELTA, workers: int | None = None, progress=None) -> PlanReport:
+              delta: float = HUBER_DELTA, workers: int | None = None, cost_unit: str = "auto",
+              cpu_gflops: float | None = None, sweep: SweepPrior | None = None, diagnostics: dict | None = None,
+              progress=None) -> PlanReport:
     """Predict what fitting ``grid`` (loopscale.grid.Grid) will measure; see the module docstring.
     ``workers``: processes (default all cores; results do not depend on it).
+    ``cost_unit``: auto (:func:`executor_unit`) | gpu | cpu. CPU cost at ``cpu_gflops`` GFLOP/s per
+    core, else the rate ``sweep`` measured, else DEFAULT_CPU_GFLOPS. ``sweep``: the prior's sweep
+    (reported, and its CPU rate). ``diagnostics``: :func:`bracketing` if already computed.
     ``progress(stage, done, total)`` reports long work."""
-    _check_args(noise, replicates, bootstrap, seed, starts, peak_tflops, mfu, suggest, delta)
-    if workers is not None and workers < 1:
-        raise UserError(f"--workers must be at least 1, got {workers}")
-    if not math.isfinite(probe_delta):
-        raise UserError(f"--probe-delta must be a finite number, got {probe_delta}")
+    check_plan_args(noise=noise, replicates=replicates, bootstrap=bootstrap, seed=seed, starts=starts,
+                    peak_tflops=peak_tflops, mfu=mfu, suggest=suggest, delta=delta, workers=workers,
+                    probe_delta=probe_delta, cpu_gflops=cpu_gflops, cost_unit=cost_unit)
     say = progress or (lambda stage, done, total: None)
     t0 = time.perf_counter()
     notes: list[str] = []
@@ -519,17 +808,39 @@ def plan_grid(grid, law: Law, *, law_source: str = "paper", noise: float = 0.01,
     if n_built:
         notes.append(f"the probe's {n_built} probe-none counterparts (baseline runs for Δφ) are not in this grid; "
                      "they are assumed trained already (e.g. by the main grid) and are not in the cost")
-    if not fit_data(base).phi_identifiable:
-        raise UserError(f"{grid.name}: no run loops a block (all r = 1): phi cannot be measured on this grid")
-    if len(base) < 6:
-        raise UserError(f"{grid.name}: {len(base)} runs, fewer than the 6 parameters of the law")
+    check_grid(grid, base)
     if not base["budget_flops"].notna().all():
         notes.append("token budgets (no FLOP budgets): the bootstrap resamples runs, as `fit` does")
+    if diagnostics is None:
+        diagnostics = bracketing(grid, law, law_source, probe_delta)
     doc: dict = {"grid": grid.name, "path": None if grid.path is None else str(grid.path), "n_runs": len(runs),
-                 "law": law.to_dict(), "law_source": law_source, "noise_nats": noise, "replicates": replicates,
-                 "bootstrap": bootstrap, "starts": starts, "seed": seed, "huber_delta": delta}
-    cost = cost_summary(runs, peak_tflops, mfu)
-    doc.update(total_flops=cost["total_flops"], gpu_hours=cost["gpu_hours"], cost=cost)
+                 "law": law.to_dict(), "law_source": law_source, "noise_nats": noise,
+                 "noise_source": noise_source or "--noise", "replicates": replicates,
+                 "bootstrap": bootstrap, "starts": starts, "seed": seed, "huber_delta": delta,
+                 "diagnostics": diagnostics, "warnings": [diagnostics["warning"]] if diagnostics["warning"] else []}
+    if sweep is not None:
+        doc["sweep"] = {"path": sweep.path, "fit": sweep.fit, "residual_rmse": sweep.residual_rmse,
+                        "seed_noise": {k: sweep.seed_noise[k] for k in ("sd", "n_groups", "n_runs")},
+                        "cpu_rate": sweep.cpu_rate}
+    unit, why = executor_unit(grid, cost_unit)
+    core_s, rate_source = None, None
+    if unit == "cpu_hours":
+        if cpu_gflops is not None:
+            core_s, rate_source = 1e-9 / cpu_gflops, f"--cpu-gflops {cpu_gflops:g}"
+        elif sweep is not None and sweep.cpu_rate is not None:
+            r = sweep.cpu_rate
+            core_s = r["core_s_per_flop"]
+            rate_source = (f"measured on sweep:{sweep.path}: {r['gflops_per_core']:.3g} GFLOP/s per core over its "
+                           f"{r['runs']} CPU runs (wall time × threads, evaluation and start-up included)")
+        else:
+            core_s = 1e-9 / DEFAULT_CPU_GFLOPS
+            rate_source = (f"default {DEFAULT_CPU_GFLOPS:g} GFLOP/s per core (bench/train_throughput.py and "
+                           "grids/tiny.yaml on the 2-core dev machine; --cpu-gflops to change, --from SWEEP to measure)")
+    cost = cost_summary(runs, peak_tflops, mfu, unit=unit, core_s_per_flop=core_s, layout=executor_layout(grid, unit))
+    cost["unit_reason"] = why
+    if rate_source:
+        cost["rate_source"] = rate_source
+    doc.update({"total_flops": cost["total_flops"], unit: cost[unit], "cost": cost})
 
     with single_threaded_blas():
         # φ on the baseline (probe none) runs
@@ -583,7 +894,8 @@ def plan_grid(grid, law: Law, *, law_source: str = "paper", noise: float = 0.01,
             picks[0]["simulated"] = check_pick(target, picks[0], t_law, noise, seed, delta=delta)
             say("check top pick", 1, 1)
         for pick in picks:
-            pick["gpu_hours"] = float(gpu_hours(pick["flops"], peak_tflops, mfu))
+            pick["hours"] = pick[unit] = float(gpu_hours(pick["flops"], peak_tflops, mfu) if unit == "gpu_hours"
+                                               else cpu_hours(pick["flops"], core_s))
         doc["suggestions"] = picks
         doc["low_information"] = (low_information_runs(target, t_law, noise, suggest, delta, among=runs["run_id"])
                                   if suggest > 0 else [])
@@ -592,8 +904,34 @@ def plan_grid(grid, law: Law, *, law_source: str = "paper", noise: float = 0.01,
     return PlanReport(doc, notes)
 
 
+def check_grid(grid, base: pd.DataFrame | None = None) -> None:
+    """Refuse a grid that cannot measure φ (UserError): no looped run, or fewer runs than parameters."""
+    if base is None:
+        base = baseline_and_probes(grid)[0]
+    if not fit_data(base).phi_identifiable:
+        raise UserError(f"{grid.name}: no run loops a block (all r = 1): phi cannot be measured on this grid")
+    if len(base) < 6:
+        raise UserError(f"{grid.name}: {len(base)} runs, fewer than the 6 parameters of the law")
+
+
+def check_plan_args(*, noise=None, replicates=100, bootstrap=200, seed=0, starts=8,
+                    peak_tflops=H100_BF16_DENSE_TFLOPS, mfu=0.4, suggest=5, delta=HUBER_DELTA, workers=None,
+                    probe_delta=0.07, cpu_gflops=None, cost_unit="auto") -> None:
+    """Refuse settings :func:`plan_grid` cannot run with (UserError, named by their flags); ``noise``
+    None: not known yet (measured by --from)."""
+    _check_args(noise, replicates, bootstrap, seed, starts, peak_tflops, mfu, suggest, delta)
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    if not math.isfinite(probe_delta):
+        raise UserError(f"--probe-delta must be a finite number, got {probe_delta}")
+    if cpu_gflops is not None and not (cpu_gflops > 0 and math.isfinite(cpu_gflops)):
+        raise UserError(f"--cpu-gflops must be a positive number of GFLOP/s per core, got {cpu_gflops}")
+    if cost_unit not in ("auto", "gpu", "cpu"):
+        raise UserError(f"--cost-unit must be auto, gpu or cpu, got {cost_unit!r}")
+
+
 def _check_args(noise, replicates, bootstrap, seed, starts, peak_tflops, mfu, suggest, delta) -> None:
-    if not (noise > 0 and math.isfinite(noise)):
+    if noise is not None and not (noise > 0 and math.isfinite(noise)):
         raise UserError(f"--noise must be a positive number of nats, got {noise}")
     if replicates < 10:
         raise UserError(f"--replicates must be at least 10, got {replicates}")

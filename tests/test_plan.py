@@ -7,12 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from loopscale.counting import flops_per_token
 from loopscale.fit import bootstrap_fits, bootstrap_plan, unit_labels
-from loopscale.grid import load_grid
-from loopscale.law import PAPER_LAW
+from loopscale.grid import grid_from_dict, load_grid
+from loopscale.law import PAPER_LAW, Law
 from loopscale.plan import (
+    DEFAULT_CPU_GFLOPS,
     baseline_and_probes,
     bootstrap_many,
     candidate_cells,
@@ -25,6 +27,7 @@ from loopscale.plan import (
     point_fits,
     simulate_losses,
 )
+from sweep_fixtures import fake_result
 
 SMALL = """\
 name: small
@@ -141,9 +144,11 @@ def test_cli_json_keys_and_fit_json_law(tmp_path, capsys):
                            "--bootstrap", 20, "--suggest", 1, "--workers", 1], capsys)
     assert code == 0, err
     doc = json.loads(out)  # stdout is the JSON and nothing else
-    for key in ("phi_mean", "phi_ci_width", "total_flops", "gpu_hours", "phi_ci_width_spread", "phi_ci_width_fisher",
-                "p_ci_excludes_0", "p_ci_excludes_1", "cost", "suggestions", "low_information", "probes"):
+    for key in ("phi_mean", "phi_ci_width", "total_flops", "phi_ci_width_spread", "phi_ci_width_fisher",
+                "p_ci_excludes_0", "p_ci_excludes_1", "cost", "suggestions", "low_information", "probes", "diagnostics",
+                "law_source", "noise_source", doc["cost"]["unit"]):
         assert key in doc, key
+    assert doc["law_source"] == str(fit_json) and doc["noise_source"].startswith("default 0.01")
     assert doc["phi_true"] == 0.7 and abs(doc["phi_mean"] - 0.7) < 0.05
     assert doc["suggestions"][0]["simulated"]["replicates"] == 1000
 
@@ -151,13 +156,15 @@ def test_cli_json_keys_and_fit_json_law(tmp_path, capsys):
 def test_cli_prints_tables(tmp_path, capsys):
     small_grid(tmp_path, "hyperconn")
     code, out, err = _cli(["plan", tmp_path / "small-hyperconn.yaml", "--replicates", 10, "--bootstrap", 20,
-                           "--suggest", 2, "--workers", 1], capsys)
+                           "--suggest", 2, "--workers", 1, "--cost-unit", "gpu"], capsys)
     assert code == 0, err
     for text in ("95% CI width", "GPU-hours", "hyperconn", "cells to add", "checked by simulation"):
         assert text in out, text
 
 
-@pytest.mark.parametrize("case", ["no-grid", "noise", "law", "mfu", "replicates", "only-r1", "bad-yaml"])
+@pytest.mark.parametrize("case", ["no-grid", "noise", "law", "mfu", "replicates", "only-r1", "bad-yaml", "law-and-from",
+                                  "from-missing", "from-not-a-sweep", "from-no-finished", "from-too-few",
+                                  "cpu-gflops", "cost-unit"])
 def test_cli_errors_exit_2_with_one_line(tmp_path, capsys, case):
     grid = small_grid(tmp_path).path
     argv = ["plan", grid, "--replicates", 10, "--bootstrap", 0, "--suggest", 0, "--workers", 1]
@@ -177,6 +184,132 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, capsys, case):
     elif case == "bad-yaml":
         argv[1] = tmp_path / "bad.yaml"
         argv[1].write_text("flops: [1, 2\n")
+    elif case == "law-and-from":
+        argv += ["--law", "paper", "--from", tmp_path]
+    elif case == "from-missing":
+        argv += ["--from", tmp_path / "no-sweep"]
+    elif case == "from-not-a-sweep":
+        argv += ["--from", tmp_path]
+    elif case in ("from-no-finished", "from-too-few"):
+        sweep = tmp_path / "sweep"
+        for i in range(3 if case == "from-too-few" else 2):
+            run = sweep / "runs" / f"run{i}"
+            if case == "from-too-few":
+                fake_result(run, f"run{i}", loss=3.0 + i)
+            else:
+                run.mkdir(parents=True)  # submitted, never finished
+        argv += ["--from", sweep]
+    elif case == "cpu-gflops":
+        argv += ["--cpu-gflops", -1, "--cost-unit", "cpu"]
+    elif case == "cost-unit":
+        argv += ["--cost-unit", "tpu"]
     code, out, err = _cli(argv, capsys)
     assert code == 2
     assert err.startswith("error:") and len(err.strip().splitlines()) == 1, err
+    want = {"law-and-from": "give --law or --from, not both", "from-missing": "no such sweep folder",
+            "from-not-a-sweep": "not a sweep folder", "from-no-finished": "no finished runs to fit",
+            "from-too-few": "cannot fit the law (3 usable runs, fewer than the 6", "cpu-gflops": "--cpu-gflops",
+            "cost-unit": "--cost-unit must be auto, gpu or cpu"}.get(case)
+    assert want is None or want in err, err
+
+
+# --- regime: does each iso-FLOP cell bracket its compute-optimal width under the law? ----------------
+
+CONSTRUCTED = Law(E=1.6, A=28.0, alpha=0.2, B=900.0, beta=0.37, phi=0.5)
+FAMILY = """model: {n_layers_eff: 10, n_prelude: 1, n_coda: 1, head_dim: 32}
+train: {seq_len: 128, batch_tokens: 2048, device: cpu}
+vocab_size: 4096
+r: [1, 2]
+"""
+
+
+def _optimal_widths(law: Law, budgets) -> dict:
+    """Compute-optimal width per budget by brute force: the law on every width 32..1024 (step 32)."""
+    raw = yaml.safe_load(FAMILY)
+    raw["flops"] = {c: list(range(32, 1025, 32)) for c in budgets}
+    d = design_table(grid_from_dict(raw, "scan").runs)
+    d["loss"] = law.predict(d["n_once"], d["n_rec"], d["r"], d["tokens"])
+    best = {}
+    for (c, r), rows in d.groupby(["budget_flops", "r"]):
+        best.setdefault(c, set()).add(int(rows.loc[rows["loss"].idxmin(), "width"]))
+    assert all(len(v) == 1 for v in best.values())  # one optimum per budget, whatever r
+    return {c: v.pop() for c, v in best.items()}
+
+
+def _grid_file(tmp_path, name: str, flops: dict):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(FAMILY + yaml.safe_dump({"flops": {f"{c:.1e}": w for c, w in flops.items()}}))
+    return path
+
+
+def test_plan_warns_when_the_grid_misses_the_compute_optimal_widths(tmp_path, capsys):
+    fit_json = tmp_path / "fit.json"
+    fit_json.write_text(json.dumps({"params": CONSTRUCTED.to_dict()}))
+    best = _optimal_widths(CONSTRUCTED, (1e14, 1e15))
+    assert all(d >= 64 for d in best.values()), best
+    around = _grid_file(tmp_path, "around", {c: [d - 32, d, d + 32] for c, d in best.items()})
+    wide = _grid_file(tmp_path, "wide", {c: [d + 384, d + 512, d + 640] for c, d in best.items()})
+    args = ["--law", fit_json, "--replicates", 10, "--bootstrap", 0, "--suggest", 0, "--workers", 1]
+    docs = {}
+    for path in (around, wide):
+        code, out, err = _cli(["plan", path, "--json", *args], capsys)
+        assert code == 0, err
+        docs[path.stem] = (json.loads(out), err)
+    good, good_err = docs["around"]
+    bad, bad_err = docs["wide"]
+    for doc in (good, bad):
+        diag = doc["diagnostics"]
+        assert diag["n_cells"] == 4 and len(diag["cells"]) == 4  # 2 budgets × 2 r, 3 widths each
+        assert {(c["budget"], c["r"]) for c in diag["cells"]} == {(c, r) for c in (1e14, 1e15) for r in (1, 2)}
+    assert good["diagnostics"]["cells_bracketed"] == 4 and good["warnings"] == [] and "warning" not in good_err
+    assert all(c["where"] == "inside" and c["n_min"] < c["n_star"] < c["n_max"] for c in good["diagnostics"]["cells"])
+    assert bad["diagnostics"]["cells_bracketed"] == 0
+    assert all(c["where"] in ("below", "flat") for c in bad["diagnostics"]["cells"])
+    text = bad["diagnostics"]["warning"]
+    assert bad["warnings"] == [text] and text.startswith(f"under the {fit_json} law only 0 of 4 iso-FLOP cells")
+    assert "bracket their compute-optimal width" in text and "add narrower widths" in text
+    assert bad_err.startswith("warning: under the") and bad_err.count("warning:") == 1  # before the simulation
+    code, out, err = _cli(["plan", wide, *args], capsys)  # the tables say it too
+    assert code == 0 and "0/4 with ≥ 3 widths bracket" in out and "below smallest N" in out
+    assert err.startswith("warning:") and "warning: under the" in out
+
+
+# --- cost in the executor's unit ---------------------------------------------------------------------
+
+
+def test_cpu_grid_costs_core_hours_and_wall_time(tmp_path, capsys):
+    best = _optimal_widths(CONSTRUCTED, (1e14,))
+    path = _grid_file(tmp_path, "cpu", {1e14: [best[1e14] - 32, best[1e14], best[1e14] + 32], 3e14: [96, 128, 160]})
+    path.write_text(path.read_text() + "executor: {kind: local, local_jobs: 3, threads_per_job: 2}\n")
+    grid = load_grid(path)
+    args = ["plan", path, "--replicates", 10, "--bootstrap", 0, "--suggest", 1, "--workers", 1]
+    code, out, err = _cli([*args, "--json", "--cpu-gflops", 5], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    cost = doc["cost"]
+    assert cost["unit"] == "cpu_hours" and "gpu_hours" not in doc and "gpu_hours" not in cost
+    assert cost["unit_reason"] == "train.device is cpu" and cost["rate_source"] == "--cpu-gflops 5"
+    expected = grid.total_flops / 5e9 / 3600
+    assert doc["cpu_hours"] == cost["cpu_hours"] == cost["hours"] == pytest.approx(expected, rel=1e-12) and expected > 0
+    assert sum(row["cpu_hours"] for row in cost["per_r"]) == pytest.approx(expected, rel=1e-12)
+    # wall clock: runs in grid order on 3 jobs of 2 cores each
+    slots = [0.0, 0.0, 0.0]
+    for s in grid.runs:
+        i = slots.index(min(slots))
+        slots[i] += s.flops / 5e9 / 2 / 3600
+    assert (cost["parallel_jobs"], cost["per_job"]) == (3, 2)
+    assert cost["wall_hours"] == pytest.approx(max(slots), rel=1e-12)
+    assert expected / 6 <= cost["wall_hours"] < expected / 2
+    assert doc["suggestions"][0]["cpu_hours"] == pytest.approx(doc["suggestions"][0]["flops"] / 5e9 / 3600)
+    # the default rate, and the tables: core-hours, never GPU-hours
+    code, out, err = _cli(args, capsys)
+    assert code == 0, err
+    assert "CPU core-hours" in out and "GPU-h" not in out and "0.0 CPU" not in out
+    assert f"default {DEFAULT_CPU_GFLOPS:g} GFLOP/s per core" in out and "wall clock ≈" in out
+    # the same grid on GPUs (train.device cuda) costs GPU-hours at peak × MFU
+    path.write_text(path.read_text().replace("device: cpu", "device: cuda"))
+    code, out, err = _cli([*args, "--json"], capsys)
+    assert code == 0, err
+    gpu = json.loads(out)["cost"]
+    assert gpu["unit"] == "gpu_hours" and gpu["unit_reason"] == "train.device is cuda"
+    assert gpu["gpu_hours"] == pytest.approx(grid.total_flops / (989e12 * 0.4) / 3600, rel=1e-12)

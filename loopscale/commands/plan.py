@@ -27,11 +27,86 @@ def _budget(row: dict) -> str:
     return f"C {row['budget_flops']:.3g}" if row.get("budget_flops") is not None else f"D {row['tokens']:.3g}"
 
 
-def _print_plan(doc: dict, out: Console) -> None:
+UNIT_WORDS = {"gpu_hours": ("GPU-hours", "GPU-h"), "cpu_hours": ("CPU core-hours", "core-h")}
+
+
+def _hours(v) -> str:
+    """Hours without rounding small numbers away (never '0.0')."""
+    if v is None:
+        return "—"
+    if v == 0 or v >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.3g}" if v >= 1e-3 else f"{v:.2e}"
+
+
+def _duration(h) -> str:
+    if h is None:
+        return "—"
+    s = h * 3600
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    return f"{h:.1f} h" if h < 48 else f"{h / 24:.1f} days"
+
+
+def _print_prior(doc: dict, out: Console) -> None:
     law = doc["law"]
     out.print(f"[bold]{doc['grid']}[/] ({doc['n_runs']} runs) under the {doc['law_source']} law (φ = {law['phi']:.4g}), "
-              f"noise {doc['noise_nats']:g} nats: {doc['replicates']} replicates, {doc['bootstrap']} bootstrap "
+              f"noise {doc['noise_nats']:.4g} nats: {doc['replicates']} replicates, {doc['bootstrap']} bootstrap "
               "resamples each", highlight=False)
+    sweep = doc.get("sweep")
+    if sweep:
+        f = sweep["fit"]
+        out.print(f"law: fitted to {f['n_runs']} finished runs of {sweep['path']} ({f['starts']} starts, R² "
+                  f"{_f(f['r2'])}{'' if f['converged'] else ', not converged'}"
+                  f"{', at bounds: ' + ', '.join(f['at_bounds']) if f['at_bounds'] else ''})", highlight=False, soft_wrap=True)
+    out.print(f"noise: {doc['noise_nats']:.4g} nats, {doc['noise_source']}", highlight=False, soft_wrap=True)
+
+
+def _print_cells(diag: dict, out: Console) -> None:
+    from loopscale.regime import cell_rows
+
+    if not diag["cells"]:
+        return
+    cols, rows = cell_rows(diag)
+    t = Table(title=f"iso-FLOP cells under the law without noise: {diag['cells_bracketed']}/{diag['n_cells']} "
+                    "with ≥ 3 widths bracket their compute-optimal width")
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("probe", "where") else "right")
+    for row in rows:
+        t.add_row(*row)
+    out.print(t)
+
+
+def _print_cost(cost: dict, out: Console) -> None:
+    name, short = UNIT_WORDS[cost["unit"]]
+    if cost["unit"] == "gpu_hours":
+        title = f"cost at {cost['peak_tflops']:g} TFLOP/s peak × {cost['mfu']:g} MFU"
+    else:
+        title = f"cost at {cost['gflops_per_core']:.3g} GFLOP/s per CPU core"
+    c = Table(title=title)
+    for col in ("r", "runs", "FLOPs", name):
+        c.add_column(col, justify="right")
+    for row in cost["per_r"]:
+        c.add_row(str(row["r"]), str(row["runs"]), f"{row['flops']:.3e}", _hours(row["hours"]))
+    c.add_row("[bold]total[/]", str(cost["runs"]), f"[bold]{cost['total_flops']:.3e}[/]", f"[bold]{_hours(cost['hours'])}[/]")
+    out.print(c)
+    line = f"cost: {_hours(cost['hours'])} {name} ({cost['unit_reason']})"
+    if "wall_hours" in cost:
+        jobs = cost["parallel_jobs"]
+        each = "core" if cost["unit"] == "cpu_hours" else "GPU"
+        on = f"{jobs} job(s) at once" if jobs else "every job at once"
+        line += (f"; wall clock ≈ {_duration(cost['wall_hours'])} on {on} ({cost['jobs_from']}), "
+                 f"{cost['per_job']} {each}(s) each")
+    out.print(line, highlight=False, soft_wrap=True)
+    if cost.get("rate_source"):
+        out.print(f"CPU rate: {cost['rate_source']}", highlight=False, soft_wrap=True)
+
+
+def _print_plan(doc: dict, out: Console) -> None:
+    _print_prior(doc, out)
+    _print_cells(doc["diagnostics"], out)
     t = Table(title=f"φ measured on {doc['n_baseline_runs']} baseline runs")
     t.add_column("")
     t.add_column("value", justify="right")
@@ -47,14 +122,7 @@ def _print_plan(doc: dict, out: Console) -> None:
     t.add_row("P(CI covers true φ)", _pct(doc["p_ci_covers_truth"]))
     out.print(t)
 
-    cost = doc["cost"]
-    c = Table(title=f"cost at {cost['peak_tflops']:g} TFLOP/s peak × {cost['mfu']:g} MFU")
-    for col in ("r", "runs", "FLOPs", "GPU-hours"):
-        c.add_column(col, justify="right")
-    for row in cost["per_r"]:
-        c.add_row(str(row["r"]), str(row["runs"]), f"{row['flops']:.3e}", f"{row['gpu_hours']:,.1f}")
-    c.add_row("[bold]total[/]", str(cost["runs"]), f"[bold]{cost['total_flops']:.3e}[/]", f"[bold]{cost['gpu_hours']:,.1f}[/]")
-    out.print(c)
+    _print_cost(doc["cost"], out)
 
     if doc["probes"]:
         p = Table(title="probes: chance to resolve Δφ (probe at φ + Δ, paired with the baseline)")
@@ -75,14 +143,15 @@ def _print_plan(doc: dict, out: Console) -> None:
             cell["runs"] += 1
         what = "" if doc["suggestions_for"] == "none" else f" ({doc['suggestions_for']} runs at r > 1)"
         s = Table(title=f"cells to add{what}, greedy by fall of φ's CI width per FLOP")
-        for col in ("budget", "width d", "r", "runs", "GPU-h each", ""):
+        short = UNIT_WORDS[doc["cost"]["unit"]][1]
+        for col in ("budget", "width d", "r", "runs", f"{short} each", ""):
             s.add_column(col, justify="right" if col else "left")
         for row in cells.values():
             note = "another seed" if row["exists"] else ("new r" if row["new_r"] else "new cell")
-            s.add_row(_budget(row), str(row["width"]), str(row["r"]), str(row["runs"]), f"{row['gpu_hours']:,.2f}", note)
+            s.add_row(_budget(row), str(row["width"]), str(row["r"]), str(row["runs"]), _hours(row["hours"]), note)
         out.print(s)
-        spent = sum(row["gpu_hours"] for row in picks)
-        out.print(f"all {len(picks)} runs ({spent:,.1f} GPU-h): φ CI width {picks[0]['fisher_width_before']:.3f} → "
+        spent = sum(row["hours"] for row in picks)
+        out.print(f"all {len(picks)} runs ({_hours(spent)} {short}): φ CI width {picks[0]['fisher_width_before']:.3f} → "
                   f"{picks[-1]['fisher_width_after']:.3f} (sandwich)", highlight=False)
         sim = picks[0].get("simulated")
         if sim:
@@ -98,6 +167,8 @@ def _print_plan(doc: dict, out: Console) -> None:
                        f"{100 * max(row['ci_widening'], 0.0):.3f}%")
         out.print(lo)
     out.print(f"phi_ci_width: {doc['phi_ci_width_method']}", highlight=False, soft_wrap=True)
+    for line in doc["warnings"]:
+        out.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
     for note in doc["notes"]:
         out.print(f"note: {note}", highlight=False, soft_wrap=True)
     out.print(f"{doc['seconds']:.1f} s", highlight=False)
@@ -107,34 +178,71 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def plan(
         grid_file: Path = typer.Argument(..., metavar="GRID", help="Grid YAML to plan (e.g. grids/paper.yaml)."),
-        law: str = typer.Option("paper", help="Prior law: 'paper' (the paper's coefficients) or a fit.json / its folder."),
-        noise: float = typer.Option(0.01, help="Gaussian noise on each run's final loss, nats."),
+        law: Optional[str] = typer.Option(None, help="Prior law: 'paper' (default: the paper's coefficients) or a "
+                                          "fit.json / its folder."),
+        from_sweep: Optional[Path] = typer.Option(None, "--from", metavar="SWEEP",
+                                                  help="Prior from a finished sweep: its fitted law (fit's method, "
+                                                       "--fit-starts starts, no bootstrap) and measured noise."),
+        noise: Optional[float] = typer.Option(None, help="Gaussian noise on each run's final loss, nats (default 0.01; "
+                                              "with --from the sweep's measured noise)."),
         replicates: int = typer.Option(100, help="Simulated replicates of the grid."),
         bootstrap: int = typer.Option(200, help="Cell-bootstrap resamples per replicate (0: CI from the replicate spread)."),
         probe_delta: float = typer.Option(0.07, "--probe-delta", help="Δφ a probe is simulated with."),
         seed: int = typer.Option(0, help="Seed of noise, starts and resamples: same seed, same output."),
         starts: int = typer.Option(8, help="Random starts per fit, besides fit's 24 fixed and the true θ."),
+        fit_starts: int = typer.Option(100, "--fit-starts", help="With --from: random starts of the sweep's fit "
+                                       "(`fit` uses 500)."),
         peak_tflops: float = typer.Option(989.0, "--peak-tflops", help="GPU peak TFLOP/s (989: H100 bf16 dense)."),
         mfu: float = typer.Option(0.4, help="Model FLOP utilisation, a fraction of peak."),
+        cost_unit: str = typer.Option("auto", "--cost-unit", help="auto (from the grid's executor and train.device) "
+                                      "| gpu | cpu."),
+        cpu_gflops: Optional[float] = typer.Option(None, "--cpu-gflops", help="CPU training rate, GFLOP/s per core "
+                                                   "(default: the --from sweep's measured rate, else 10)."),
         suggest: int = typer.Option(5, help="Cells to suggest adding (and low-information runs to list)."),
         workers: Optional[int] = typer.Option(None, help="Processes (default: all cores)."),
         json_out: bool = typer.Option(False, "--json", help="Print the prediction as JSON and nothing else."),
     ) -> None:
         """Will this grid measure φ? Simulate it under a prior law, fit every replicate as `fit` does,
         and report φ's expected CI, a probe's chance to resolve Δφ, the cost, and cells worth adding."""
+        from loopscale.errors import UserError
         from loopscale.grid import load_grid
         from loopscale.law import load_law
-        from loopscale.plan import plan_grid
+        from loopscale.plan import bracketing, check_grid, check_plan_args, plan_grid, sweep_prior
 
-        prior = load_law(law, need_phi=True)
+        if law is not None and from_sweep is not None:
+            raise UserError("give --law or --from, not both")
+        if fit_starts < 0:
+            raise UserError(f"--fit-starts must be non-negative, got {fit_starts}")
+        check_plan_args(noise=noise, replicates=replicates, bootstrap=bootstrap, seed=seed, starts=starts,
+                        peak_tflops=peak_tflops, mfu=mfu, suggest=suggest, workers=workers, probe_delta=probe_delta,
+                        cpu_gflops=cpu_gflops, cost_unit=cost_unit)
         grid = load_grid(grid_file)
+        check_grid(grid)
+        prior, law_source, noise_source, sweep = None, law or "paper", None, None
+        if from_sweep is None:
+            prior = load_law(law_source, need_phi=True)
+        if noise is not None:
+            noise_source = "--noise"
+        elif from_sweep is None:
+            noise, noise_source = 0.01, "default 0.01 nats (--noise)"
         with stage_progress() as progress:
-            report = plan_grid(grid, prior, law_source=law, noise=noise, replicates=replicates, bootstrap=bootstrap,
-                               probe_delta=probe_delta, seed=seed, starts=starts, peak_tflops=peak_tflops, mfu=mfu,
-                               suggest=suggest, workers=workers, progress=progress)
+            if from_sweep is not None:
+                sweep = sweep_prior(from_sweep, starts=fit_starts, seed=seed, workers=workers,
+                                    progress=lambda stage, done, total: progress(f"sweep {stage}", done, total))
+                prior, law_source = sweep.law, sweep.law_source
+                if noise is None:
+                    noise, noise_source = sweep.noise, f"measured on {sweep.law_source}: {sweep.noise_source}"
+            diagnostics = bracketing(grid, prior, law_source, probe_delta)
+            if diagnostics["warning"]:
+                Console(stderr=True).print(f"[yellow]warning:[/] {diagnostics['warning']}", highlight=False,
+                                           soft_wrap=True)
+            report = plan_grid(grid, prior, law_source=law_source, noise=noise, noise_source=noise_source,
+                               replicates=replicates, bootstrap=bootstrap, probe_delta=probe_delta, seed=seed,
+                               starts=starts, peak_tflops=peak_tflops, mfu=mfu, suggest=suggest, workers=workers,
+                               cost_unit=cost_unit, cpu_gflops=cpu_gflops, sweep=sweep, diagnostics=diagnostics,
+                               progress=progress)
         doc = report.to_json()
         if json_out:
             sys.stdout.write(json.dumps(doc, allow_nan=False) + "\n")
             return
         _print_plan(doc, Console())
-
