@@ -23,6 +23,109 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
 
+# -- Fused helpers (CPU speed at small widths) ------------------------------------------------
+# At d ≤ 64 a training step is dominated by elementwise passes (norms, RoPE, squared ReLU) rather
+# than matmuls, so these few ops get hand-written backwards that touch each tensor fewer times.
+# They compute the same functions as the plain forms in their docstrings (to float rounding);
+# tests/test_model.py checks them against those forms, forward and gradients.
+
+
+def _rms_scale(x: torch.Tensor) -> torch.Tensor:
+    """rsqrt(mean(x²) + eps) over the last dim, in at least fp32, keepdim."""
+    n = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.promote_types(x.dtype, torch.float32))
+    return n.square_().div_(x.size(-1)).add_(NORM_EPS).rsqrt_()
+
+
+def _rms_backward(g: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Gradient of y = x·s(x) (s = _rms_scale) given y, s and g = dL/dy: s·(g − y·mean(g·y))."""
+    dot = (g * y).mean(-1, keepdim=True)
+    return torch.addcmul(g, y, dot, value=-1).mul_(s)
+
+
+class _RMSNormalize(torch.autograd.Function):
+    """F.rms_norm(x, (d,), eps=NORM_EPS) without a weight."""
+
+    @staticmethod
+    def forward(ctx, x):
+        s = _rms_scale(x)
+        y = (x * s).to(x.dtype)
+        ctx.save_for_backward(y, s)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        y, s = ctx.saved_tensors
+        return _rms_backward(g, y, s)
+
+
+def rms_normalize(x: torch.Tensor) -> torch.Tensor:
+    """Parameter-free RMSNorm over the last dim (eps 1e-6)."""
+    return _RMSNormalize.apply(x)
+
+
+class _SquaredReLU(torch.autograd.Function):
+    """relu(x)², saving relu(x) alone; backward 2·relu(x)·g."""
+
+    @staticmethod
+    def forward(ctx, x):
+        r = torch.relu(x)
+        ctx.save_for_backward(r)
+        return r * r
+
+    @staticmethod
+    def backward(ctx, g):
+        (r,) = ctx.saved_tensors
+        return (g * r).mul_(2)
+
+
+def squared_relu(x: torch.Tensor) -> torch.Tensor:
+    return _SquaredReLU.apply(x)
+
+
+def _rotate_into(out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """out = RoPE(x) on (first half, second half) pairs; sin → −sin gives the inverse rotation."""
+    h = x.size(-1) // 2
+    x1, x2, o1, o2 = x[..., :h], x[..., h:], out[..., :h], out[..., h:]
+    torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=-1)
+    torch.mul(x2, cos, out=o2).addcmul_(x1, sin)
+
+
+class _QKVHeads(torch.autograd.Function):
+    """Fused projections (B, T, 3d) → q, k, v of shape (B, H, T, hd), with q and k each
+    ``F.rms_norm(apply_rope(·, cos, sin), (hd,), eps=NORM_EPS)`` (QK-norm) and v as is.
+
+    RoPE is a rotation, so it keeps the RMS: the norm scale is taken before rotating, and the
+    backward uses mean(g·y) for the norm's projection term."""
+
+    @staticmethod
+    def forward(ctx, qkv, cos, sin, n_head: int):
+        B, T, _ = qkv.shape
+        x = qkv.unflatten(-1, (3, n_head, -1)).permute(2, 0, 3, 1, 4)  # (3, B, H, T, hd) view
+        s = _rms_scale(x[:2])
+        z = torch.empty(x[:2].shape, dtype=qkv.dtype, device=qkv.device)
+        torch.mul(x[:2], s, out=z)
+        qk = torch.empty_like(z)
+        _rotate_into(qk, z, cos, sin)
+        ctx.save_for_backward(qk, s, cos, sin)
+        return qk[0], qk[1], x[2].contiguous()
+
+    @staticmethod
+    def backward(ctx, gq, gk, gv):
+        qk, s, cos, sin = ctx.saved_tensors
+        B, H, T, hd = gv.shape
+        grad = torch.empty(B, T, 3, H, hd, dtype=gv.dtype, device=gv.device)
+        gx = grad.permute(2, 0, 3, 1, 4)  # (3, B, H, T, hd) view
+        gx[2].copy_(gv)
+        g = _rms_backward(torch.stack((gq, gk)), qk, s)  # still rotated: rotate back into place
+        _rotate_into(gx[:2], g, cos, -sin)
+        return grad.view(B, T, 3 * H * hd), None, None, None
+
+
+def qkv_heads(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_head: int):
+    """(B, T, 3d) → RoPE'd, QK-normed q, k and plain v, each (B, H, T, hd)."""
+    return _QKVHeads.apply(qkv, cos.to(qkv.dtype), sin.to(qkv.dtype), n_head)
+
+
 class RMSNorm(nn.Module):
     """RMSNorm with a learnable scale (eps 1e-6)."""
 
@@ -31,7 +134,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.size(-1),), self.weight, NORM_EPS)
+        return rms_normalize(x) * self.weight
 
 
 def rope_tables(seq_len: int, head_dim: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,7 +145,9 @@ def rope_tables(seq_len: int, head_dim: int, device=None) -> tuple[torch.Tensor,
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (first half, second half) of the head dimension. x: (B, H, T, hd)."""
+    """Rotate pairs (first half, second half) of the head dimension. x: (B, H, T, hd).
+
+    The plain form; the model applies it fused with QK-norm in ``qkv_heads``."""
     x1, x2 = x.chunk(2, dim=-1)
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
@@ -57,13 +162,12 @@ class Attention(nn.Module):
         self.v = nn.Linear(d, d, bias=False)
         self.o = nn.Linear(d, d, bias=False)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], in_scale: torch.Tensor) -> torch.Tensor:
+        """x: normalised input; ``in_scale``: the pre-norm's scale, folded into the q/k/v weights."""
         B, T, d = x.shape
-        q, k, v = (p(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
-        cos, sin = rope[0][:T], rope[1][:T]
+        w = torch.cat((self.q.weight, self.k.weight, self.v.weight)) * in_scale  # one matmul for q, k, v
         # RoPE, then parameter-free RMSNorm on q and k (QK-norm).
-        q = F.rms_norm(apply_rope(q, cos, sin), (self.head_dim,), eps=NORM_EPS)
-        k = F.rms_norm(apply_rope(k, cos, sin), (self.head_dim,), eps=NORM_EPS)
+        q, k, v = qkv_heads(F.linear(x, w), rope[0][:T], rope[1][:T], self.n_head)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.o(y.transpose(1, 2).reshape(B, T, d))
 
@@ -76,8 +180,9 @@ class MLP(nn.Module):
         self.up = nn.Linear(d, 4 * d, bias=False)
         self.down = nn.Linear(4 * d, d, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.relu(self.up(x)).square())
+    def forward(self, x: torch.Tensor, in_scale: torch.Tensor) -> torch.Tensor:
+        """x: normalised input; ``in_scale``: the pre-norm's scale, folded into the up weight."""
+        return self.down(squared_relu(F.linear(x, self.up.weight * in_scale)))
 
 
 class Block(nn.Module):
@@ -91,8 +196,9 @@ class Block(nn.Module):
         self.mlp = MLP(d)
 
     def forward(self, x: torch.Tensor, rope) -> torch.Tensor:
-        x = x + self.attn(self.norm_attn(x), rope)
-        return x + self.mlp(self.norm_mlp(x))
+        # norm(x) = rms_normalize(x)·w; each scale w is folded into the next projection's weight.
+        x = x + self.attn(rms_normalize(x), rope, self.norm_attn.weight)
+        return x + self.mlp(rms_normalize(x), self.norm_mlp.weight)
 
 
 # -- Injection: how the prelude output e enters each recurrence ------------------------------
