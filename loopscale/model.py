@@ -5,6 +5,7 @@ Read ``LoopedLM.forward`` top to bottom: it is the paper's architecture in a doz
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -24,10 +25,33 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 # -- Fused helpers (CPU speed at small widths) ------------------------------------------------
-# At d ≤ 64 a training step is dominated by elementwise passes (norms, RoPE, squared ReLU) rather
-# than matmuls, so these few ops get hand-written backwards that touch each tensor fewer times.
-# They compute the same functions as the plain forms in their docstrings (to float rounding);
-# tests/test_model.py checks them against those forms, forward and gradients.
+# At d ≤ 64 a CPU training step is dominated by elementwise passes (norms, RoPE, squared ReLU)
+# rather than matmuls, so these few ops get hand-written backwards that touch each tensor fewer
+# times. They compute the same functions as the plain forms in their docstrings (to float
+# rounding); tests/test_model.py checks the two paths against each other, forward and gradients.
+# On CUDA the plain forms run instead (PyTorch's fused kernels, one launch each, and what
+# torch.compile knows): ``use_fast_path`` decides per call, ``fast_path`` overrides it.
+
+FAST_PATH = "auto"  # "auto": fast path on non-CUDA tensors, plain forms on CUDA | "on" | "off"
+FAST_PATH_MODES = ("auto", "on", "off")
+
+
+def use_fast_path(x: torch.Tensor) -> bool:
+    """Whether the model runs the hand-written fast path on ``x`` (else the plain PyTorch forms)."""
+    return FAST_PATH == "on" or (FAST_PATH == "auto" and not x.is_cuda)
+
+
+@contextlib.contextmanager
+def fast_path(mode: str):
+    """Set ``FAST_PATH`` to "auto", "on" or "off" inside the block (tests, benches)."""
+    global FAST_PATH
+    if mode not in FAST_PATH_MODES:
+        raise ValueError(f"fast_path: expected one of {', '.join(FAST_PATH_MODES)}, got {mode!r}")
+    before, FAST_PATH = FAST_PATH, mode
+    try:
+        yield
+    finally:
+        FAST_PATH = before
 
 
 def _rms_scale(x: torch.Tensor) -> torch.Tensor:
@@ -134,7 +158,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_normalize(x) * self.weight
+        if use_fast_path(x):
+            return rms_normalize(x) * self.weight
+        return F.rms_norm(x, (x.size(-1),), self.weight, NORM_EPS)
 
 
 def rope_tables(seq_len: int, head_dim: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,7 +173,7 @@ def rope_tables(seq_len: int, head_dim: int, device=None) -> tuple[torch.Tensor,
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate pairs (first half, second half) of the head dimension. x: (B, H, T, hd).
 
-    The plain form; the model applies it fused with QK-norm in ``qkv_heads``."""
+    The plain form (CUDA); the CPU fast path applies it fused with QK-norm in ``qkv_heads``."""
     x1, x2 = x.chunk(2, dim=-1)
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
@@ -162,12 +188,20 @@ class Attention(nn.Module):
         self.v = nn.Linear(d, d, bias=False)
         self.o = nn.Linear(d, d, bias=False)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], in_scale: torch.Tensor) -> torch.Tensor:
-        """x: normalised input; ``in_scale``: the pre-norm's scale, folded into the q/k/v weights."""
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                in_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """x: the normalised input. Fast path: ``in_scale`` is the pre-norm's scale (x is normalised
+        without it), folded into one q/k/v matmul, with RoPE and QK-norm fused."""
         B, T, d = x.shape
-        w = torch.cat((self.q.weight, self.k.weight, self.v.weight)) * in_scale  # one matmul for q, k, v
-        # RoPE, then parameter-free RMSNorm on q and k (QK-norm).
-        q, k, v = qkv_heads(F.linear(x, w), rope[0][:T], rope[1][:T], self.n_head)
+        cos, sin = rope[0][:T], rope[1][:T]
+        if in_scale is not None:
+            w = torch.cat((self.q.weight, self.k.weight, self.v.weight)) * in_scale
+            q, k, v = qkv_heads(F.linear(x, w), cos, sin, self.n_head)
+        else:
+            q, k, v = (p(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
+            # RoPE, then parameter-free RMSNorm on q and k (QK-norm).
+            q = F.rms_norm(apply_rope(q, cos, sin), (self.head_dim,), eps=NORM_EPS)
+            k = F.rms_norm(apply_rope(k, cos, sin), (self.head_dim,), eps=NORM_EPS)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.o(y.transpose(1, 2).reshape(B, T, d))
 
@@ -180,9 +214,12 @@ class MLP(nn.Module):
         self.up = nn.Linear(d, 4 * d, bias=False)
         self.down = nn.Linear(4 * d, d, bias=False)
 
-    def forward(self, x: torch.Tensor, in_scale: torch.Tensor) -> torch.Tensor:
-        """x: normalised input; ``in_scale``: the pre-norm's scale, folded into the up weight."""
-        return self.down(squared_relu(F.linear(x, self.up.weight * in_scale)))
+    def forward(self, x: torch.Tensor, in_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """x: the normalised input. Fast path: ``in_scale`` is the pre-norm's scale, folded into the
+        up weight, and relu(·)² has its own backward."""
+        if in_scale is not None:
+            return self.down(squared_relu(F.linear(x, self.up.weight * in_scale)))
+        return self.down(F.relu(self.up(x)).square())
 
 
 class Block(nn.Module):
@@ -196,9 +233,11 @@ class Block(nn.Module):
         self.mlp = MLP(d)
 
     def forward(self, x: torch.Tensor, rope) -> torch.Tensor:
-        # norm(x) = rms_normalize(x)·w; each scale w is folded into the next projection's weight.
-        x = x + self.attn(rms_normalize(x), rope, self.norm_attn.weight)
-        return x + self.mlp(rms_normalize(x), self.norm_mlp.weight)
+        if use_fast_path(x):  # norm(x) = rms_normalize(x)·w, each w folded into the next weight
+            x = x + self.attn(rms_normalize(x), rope, self.norm_attn.weight)
+            return x + self.mlp(rms_normalize(x), self.norm_mlp.weight)
+        x = x + self.attn(self.norm_attn(x), rope)
+        return x + self.mlp(self.norm_mlp(x))
 
 
 # -- Injection: how the prelude output e enters each recurrence ------------------------------

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from loopscale.counting import Arch, n_once, n_rec
-from loopscale.model import SOFTCAP, LinearInjection, LoopedLM
+from loopscale.model import SOFTCAP, LinearInjection, LoopedLM, fast_path
 
 
 @pytest.mark.parametrize(
@@ -79,7 +79,8 @@ def plain_transformer_logits(m: LoopedLM, idx):
     return SOFTCAP * torch.tanh(z / SOFTCAP)
 
 
-def test_r1_is_plain_transformer_of_l_eff_layers():
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_r1_is_plain_transformer_of_l_eff_layers(mode):
     torch.manual_seed(0)
     a = Arch(d_model=32, r=1, n_layers_eff=5, n_prelude=2, n_coda=2, head_dim=16)
     m = LoopedLM(a, 61, 12)
@@ -87,7 +88,9 @@ def test_r1_is_plain_transformer_of_l_eff_layers():
     with torch.no_grad():  # make the head non-trivial so logits differ meaningfully
         m.lm_head.weight.normal_()
     idx = torch.randint(0, 61, (2, 12))
-    torch.testing.assert_close(m(idx), plain_transformer_logits(m, idx), atol=2e-5, rtol=1e-5)
+    with fast_path(mode):
+        out = m(idx)
+    torch.testing.assert_close(out, plain_transformer_logits(m, idx), atol=2e-5, rtol=1e-5)
 
 
 def test_init_distributions():
@@ -203,64 +206,111 @@ def test_hyperconn_cyclic_init_and_counts():
 
 
 # -- The fused fast path (loopscale.model's hand-written backwards) against the plain forms ----------
+# The model has both: the fast path (CPU) and the plain PyTorch forms (CUDA); FAST_PATH overrides.
+
+FUSED_NODES = {"_RMSNormalizeBackward", "_QKVHeadsBackward", "_SquaredReLUBackward"}
 
 
-def _plain_block_forward(blk, x, rope):
-    """The block as plain eager ops: F.rms_norm with weights, three q/k/v linears, apply_rope
-    then QK-norm, SDPA, relu(·)²."""
-    from loopscale.model import apply_rope
-
-    B, T, d = x.shape
-    attn, hd = blk.attn, blk.attn.head_dim
-    y = F.rms_norm(x, (d,), blk.norm_attn.weight, 1e-6)
-    q, k, v = (p(y).view(B, T, attn.n_head, hd).transpose(1, 2) for p in (attn.q, attn.k, attn.v))
-    cos, sin = rope[0][:T], rope[1][:T]
-    q = F.rms_norm(apply_rope(q, cos, sin), (hd,), eps=1e-6)
-    k = F.rms_norm(apply_rope(k, cos, sin), (hd,), eps=1e-6)
-    a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    x = x + attn.o(a.transpose(1, 2).reshape(B, T, d))
-    y = F.rms_norm(x, (d,), blk.norm_mlp.weight, 1e-6)
-    return x + blk.mlp.down(F.relu(blk.mlp.up(y)).square())
+def _graph_nodes(out: torch.Tensor) -> set[str]:
+    """Class names of the autograd nodes behind ``out``."""
+    names, seen, stack = set(), set(), [out.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.add(type(fn).__name__)
+        stack.extend(f for f, _ in fn.next_functions)
+    return names
 
 
-def _plain_path(m: LoopedLM) -> LoopedLM:
-    """Swap the fused block and model-level norms for the plain forms (same parameters)."""
-    import types
-
-    from loopscale.model import Block, RMSNorm
-
-    for mod in m.modules():
-        if isinstance(mod, Block):
-            mod.forward = types.MethodType(_plain_block_forward, mod)
-        elif isinstance(mod, RMSNorm):
-            mod.forward = types.MethodType(lambda self, x: F.rms_norm(x, (x.size(-1),), self.weight, 1e-6), mod)
+def _moved_from_init(a: Arch, vocab: int, seq: int) -> LoopedLM:
+    torch.manual_seed(0)
+    m = LoopedLM(a, vocab, seq)
+    with torch.no_grad():  # move away from init: norm scales ≠ 1, injection mixes h, head non-trivial
+        for n, p in m.named_parameters():
+            if "norm" in n:
+                p.mul_(1 + 0.3 * torch.randn_like(p))
+        if a.r > 1:
+            m.injection.proj.weight.add_(0.1 * torch.randn_like(m.injection.proj.weight))
+        m.lm_head.weight.normal_(0, 0.3)
     return m
+
+
+def _logits_and_grads(m: LoopedLM, idx, tgt, mode: str):
+    """Logits, their autograd node names and every parameter's gradient, on path ``mode``."""
+    m.zero_grad(set_to_none=True)
+    with fast_path(mode):
+        out = m(idx)
+    F.cross_entropy(out.view(-1, out.size(-1)), tgt.view(-1)).backward()
+    return out.detach(), _graph_nodes(out), {n: p.grad.clone() for n, p in m.named_parameters()}
 
 
 @pytest.mark.parametrize("d, hd", [(16, 8), (16, 16), (32, 16)])
 @pytest.mark.parametrize("r", [1, 4])
 def test_fast_path_matches_plain_forward_and_gradients(d, hd, r):
-    torch.manual_seed(0)
-    a = Arch(d_model=d, r=r, n_layers_eff=6, n_prelude=1, n_coda=1, head_dim=hd, injection="linear")
-    fast = LoopedLM(a, 64, 24)
-    with torch.no_grad():  # move away from init: norm scales ≠ 1, injection mixes h, head non-trivial
-        for n, p in fast.named_parameters():
-            if "norm" in n:
-                p.mul_(1 + 0.3 * torch.randn_like(p))
-        if r > 1:
-            fast.injection.proj.weight.add_(0.1 * torch.randn_like(fast.injection.proj.weight))
-        fast.lm_head.weight.normal_(0, 0.3)
-    plain = _plain_path(LoopedLM(a, 64, 24))
-    plain.load_state_dict(fast.state_dict())
-    assert list(fast.state_dict()) == list(plain.state_dict())
+    """The model's own two paths on CPU: same logits and every gradient to 1e-5."""
+    m = _moved_from_init(Arch(d_model=d, r=r, n_layers_eff=6, n_prelude=1, n_coda=1, head_dim=hd, injection="linear"), 64, 24)
     idx, tgt = torch.randint(0, 64, (3, 24)), torch.randint(0, 64, (3, 24))
-    out_fast, out_plain = fast(idx), plain(idx)
+    out_fast, nodes_fast, g_fast = _logits_and_grads(m, idx, tgt, "on")
+    out_plain, nodes_plain, g_plain = _logits_and_grads(m, idx, tgt, "off")
+    assert FUSED_NODES <= nodes_fast and not FUSED_NODES & nodes_plain  # each ran the path it says
     torch.testing.assert_close(out_fast, out_plain, atol=1e-5, rtol=1e-5)
-    F.cross_entropy(out_fast.view(-1, 64), tgt.view(-1)).backward()
-    F.cross_entropy(out_plain.view(-1, 64), tgt.view(-1)).backward()
-    for (n, p), q in zip(fast.named_parameters(), plain.parameters()):
-        scale = q.grad.abs().max().clamp_min(1e-12)
-        torch.testing.assert_close(p.grad / scale, q.grad / scale, atol=1e-5, rtol=0, msg=n)
+    for n, g in g_plain.items():
+        scale = g.abs().max().clamp_min(1e-12)
+        torch.testing.assert_close(g_fast[n] / scale, g / scale, atol=1e-5, rtol=0, msg=n)
+
+
+def test_fast_path_dispatch_decision():
+    """auto: fast path on CPU tensors, plain forms on CUDA-typed ones; on/off force either."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from loopscale import model
+
+    cpu = torch.zeros(2)
+    with FakeTensorMode():  # a CUDA-typed tensor without a GPU (no kernels run)
+        cuda = torch.empty(2, device="cuda")
+    assert cuda.is_cuda and model.FAST_PATH == "auto"
+    assert model.use_fast_path(cpu) and not model.use_fast_path(cuda)
+    with fast_path("off"):
+        assert not model.use_fast_path(cpu) and not model.use_fast_path(cuda)
+        with fast_path("on"):
+            assert model.use_fast_path(cpu) and model.use_fast_path(cuda)
+        assert model.FAST_PATH == "off"
+    assert model.FAST_PATH == "auto"
+    with pytest.raises(ValueError, match="fast_path"), fast_path("fused"):
+        pass
+
+
+def test_cuda_typed_tensors_run_the_plain_forms(monkeypatch):
+    """Every tensor reports is_cuda (kernels still run on the CPU): auto picks the plain forms,
+    bitwise the path that "off" forces; on real CPU tensors auto is the fast path."""
+    m = _moved_from_init(Arch(d_model=32, r=2, n_layers_eff=4, n_prelude=1, n_coda=1, head_dim=16), 40, 8)
+    idx, tgt = torch.randint(0, 40, (2, 8)), torch.randint(0, 40, (2, 8))
+    out_auto, nodes_auto, _ = _logits_and_grads(m, idx, tgt, "auto")
+    out_off, nodes_off, g_off = _logits_and_grads(m, idx, tgt, "off")
+    assert FUSED_NODES <= nodes_auto and not FUSED_NODES & nodes_off
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    assert idx.is_cuda
+    out, nodes, grads = _logits_and_grads(m, idx, tgt, "auto")
+    monkeypatch.undo()
+    assert not idx.is_cuda
+    assert not FUSED_NODES & nodes and nodes == nodes_off
+    assert torch.equal(out, out_off) and all(torch.equal(grads[n], g) for n, g in g_off.items())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the CUDA-typed dispatch "
+                    "tests above stand in; this one runs the model on a real GPU")
+def test_cuda_runs_plain_forms_and_matches_cpu():
+    m = _moved_from_init(Arch(d_model=32, r=2, n_layers_eff=4, n_prelude=1, n_coda=1, head_dim=16), 40, 8)
+    idx, tgt = torch.randint(0, 40, (2, 8)), torch.randint(0, 40, (2, 8))
+    out_cpu, _, g_cpu = _logits_and_grads(m, idx, tgt, "auto")
+    out, nodes, grads = _logits_and_grads(m.cuda(), idx.cuda(), tgt.cuda(), "auto")
+    assert not FUSED_NODES & nodes
+    torch.testing.assert_close(out.cpu(), out_cpu, atol=1e-4, rtol=1e-4)
+    for n, g in g_cpu.items():
+        scale = g.abs().max().clamp_min(1e-12)
+        torch.testing.assert_close(grads[n].cpu() / scale, g / scale, atol=1e-4, rtol=0, msg=n)
 
 
 def test_fused_functions_gradcheck():
