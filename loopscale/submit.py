@@ -329,7 +329,7 @@ def submit(sweep_dir: str | Path, specs: list[RunSpec], ex: ExecutorConfig, job_
         if kind == "slurm":
             records = _submit_slurm(sweep_dir, run_dirs, ex, job_name)
         elif kind == "local":
-            records = _submit_local(sweep_dir, run_dirs, ex)
+            records = _submit_local(sweep_dir, longest_first(run_dirs, specs), ex)
         else:
             records = _run_debug(sweep_dir, run_dirs, on_finish)
     except UserError:
@@ -429,6 +429,18 @@ def _local_executor(folder: Path):
 
 class _PopenShim:
     Popen = _DetachedPopen
+
+
+# Per-token cost of a small CPU run beyond its FLOPs, in FLOP-equivalents: on the 2-core machine a step's
+# fixed work (norms, attention bookkeeping, optimizer) costs about what 360k FLOPs/token of matmul do.
+PER_TOKEN_OVERHEAD_FLOPS = 360_000
+
+
+def longest_first(run_dirs: list[Path], specs: list[RunSpec]) -> list[Path]:
+    """The local queue, longest expected run first (tokens × (FLOPs/token + a per-token overhead)), so
+    that the last runs to start are short ones and no worker idles long at the end of a sweep."""
+    cost = {s.run_id: s.tokens * (s.flops_per_token + PER_TOKEN_OVERHEAD_FLOPS) for s in specs}
+    return sorted(run_dirs, key=lambda d: -cost.get(d.name, 0))
 
 
 def _submit_local(sweep_dir: Path, run_dirs: list[Path], ex: ExecutorConfig) -> dict[str, dict]:

@@ -253,7 +253,12 @@ def test_cli_compare_sweep_folder_table_and_plot(tmp_path, capsys, monkeypatch):
     assert "Δφ = probe − baseline" in out and "D_probe/D_base" in out and "at matched compute" in out
     assert (sweep / "compare-tbptt.json").exists() and (sweep / "compare-tbptt.png").exists()
     doc = json.loads((sweep / "compare-tbptt.json").read_text())
-    assert doc["n_shared_r1_runs"] == 5 and doc["probe"]["n_runs"] == 20 and doc["baseline"]["n_runs"] == 20
+    tiny, probe = (load_grid(GRIDS / f"{name}.yaml", cwd=REPO) for name in ("tiny", "tiny-tbptt"))
+    budgets = {s.budget_flops for s in probe.runs}
+    baseline = [s for s in tiny.runs if s.budget_flops in budgets]  # seed repeats included
+    shared = [s for s in baseline if s.r == 1]
+    assert doc["n_shared_r1_runs"] == len(shared) and doc["baseline"]["n_runs"] == len(baseline)
+    assert doc["probe"]["n_runs"] == len(shared) + sum(s.r > 1 for s in probe.runs)
     assert doc["token_gain"]["median"] > 1.1
 
 
@@ -285,7 +290,7 @@ def test_cli_compare_errors_exit_2_with_one_line(tmp_path, capsys, paper_runs, c
     assert out == ""
     assert err.strip().startswith("error:") and len(err.strip().splitlines()) == 1
     expect = {"unknown_probe": "unknown probe 'dropout'", "no_probe_runs": "no looped (r > 1) runs with probe 'tbptt'",
-              "not_collected": "have no results yet (15 new)", "too_few_cells": "too few (budget × r) cells",
+              "not_collected": f"have no results yet ({sum(s.r > 1 for s in load_grid(GRIDS / 'tiny-tbptt.yaml', cwd=REPO).runs)} new)", "too_few_cells": "too few (budget × r) cells",
               "same": "are both 'none'", "no_budgets": "needs budget_flops"}[case]
     assert expect in err
 

@@ -181,3 +181,19 @@ def test_a_data_file_missing_on_the_compute_node_fails_the_run_with_the_reason(t
     submit.submit(sweep_dir, grid.runs[:1], ExecutorConfig(kind="debug"))
     (st,) = store.run_states(sweep_dir).values()
     assert st.state == "failed" and "train.bin" in st.detail, st.detail
+
+
+def test_the_local_queue_starts_the_longest_runs_first(tmp_path):
+    """Local workers take runs in queue order: longest expected first, so a sweep does not end with one
+    worker training a long run while the other idles (grid order would put the largest budget last)."""
+    grid = load_grid(GRIDS / "tiny.yaml")
+    dirs = [tmp_path / s.run_id for s in grid.runs]
+    order = submit.longest_first(dirs, grid.runs)
+    assert sorted(order) == sorted(dirs)
+    by_id = {s.run_id: s for s in grid.runs}
+    first, last = by_id[order[0].name], by_id[order[-1].name]
+    assert first.budget_flops == max(s.budget_flops for s in grid.runs)
+    assert last.budget_flops == min(s.budget_flops for s in grid.runs) and last.tokens < first.tokens
+    # a narrow run at a small budget can outlast a wide one at twice the budget (per-token overhead)
+    cost = lambda s: s.tokens * (s.flops_per_token + submit.PER_TOKEN_OVERHEAD_FLOPS)
+    assert [cost(by_id[d.name]) for d in order] == sorted((cost(s) for s in grid.runs), reverse=True)
