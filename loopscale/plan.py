@@ -261,10 +261,11 @@ def cost_summary(design: pd.DataFrame, peak_tflops: float = H100_BF16_DENSE_TFLO
 
 
 # Default CPU rate when no sweep measured one: FLOP/s per core (training FLOPs of counting.py).
-# bench/train_throughput.py with 1 thread on the 2-core dev machine (seq 128, 16 rows, vocab 4096,
-# other jobs loading it): 3-5 GFLOP/s at d 32, 7-12 at d 64, 8-11 at d 96; grids/tiny.yaml end to end
-# (3.2e13 FLOPs, 2 jobs x 1 thread, 20 min, evaluation and start-up included) is 13 GFLOP/s per core.
-DEFAULT_CPU_GFLOPS = 10.0
+# The default grid (grids/tiny.yaml: bytes, d 8-32, seq 64) from a fresh clone on the 2-core dev machine,
+# 2 jobs x 1 thread, evaluation and start-up included: 5.9 GFLOP/s per core (9.4e12 FLOPs, 13.8 min).
+# Wider models run faster per FLOP (the previous default, d 32-96 with vocab 4096: ~13 GFLOP/s per core);
+# `plan --from SWEEP` measures the rate of your own runs instead.
+DEFAULT_CPU_GFLOPS = 6.0
 SWEEP_FIT_STARTS = 100  # random starts of the sweep's fit in `plan --from` (`fit` uses 500; law only)
 
 
@@ -395,7 +396,7 @@ def bracketing(grid, law: Law, law_source: str = "paper", probe_delta: float = 0
     each cell's minimum over N = N_once + N_rec lies (loopscale.regime.cell_minima). ``warning`` is
     set when fewer than 2/3 of the cells with ≥ 3 widths bracket it: the fit would see one side of
     each valley. Token-budget runs belong to no cell."""
-    from loopscale.regime import BRACKETED_SHARE, MIN_WIDTHS, cell_minima
+    from loopscale.regime import BRACKETED_SHARE, MIN_WIDTHS, cell_minima, cells_missed
 
     d = design_table(grid.runs)
     d = d[d["budget_flops"].notna()].drop_duplicates(["budget_flops", "r", "probe", "width"])
@@ -408,20 +409,9 @@ def bracketing(grid, law: Law, law_source: str = "paper", probe_delta: float = 0
     k = int(sum(c.bracketed for c in judged))
     warning = None
     if judged and k < BRACKETED_SHARE * len(judged):
-        where = {w: [c for c in judged if c.where == w] for w in ("below", "above", "flat")}
-        parts = []
-        cells_word = lambda k: "1 cell" if k == 1 else f"{k} cells"  # noqa: E731
-        if where["below"]:
-            parts.append(f"the optimum lies below the narrowest width in {cells_word(len(where['below']))} "
-                         "(add narrower widths)")
-        if where["above"]:
-            parts.append(f"the optimum lies above the widest width in {cells_word(len(where['above']))} "
-                         "(add wider widths)")
-        if where["flat"]:
-            parts.append(f"{cells_word(len(where['flat']))} show no minimum")
         warning = (f"under the {law_source} law only {k} of {len(judged)} iso-FLOP cells with ≥ {MIN_WIDTHS} widths "
                    f"bracket their compute-optimal width (fewer than {BRACKETED_SHARE:.0%}): "
-                   + "; ".join(parts) + ". The fit would see one side of each valley.")
+                   f"{cells_missed(judged)}. The fit would see one side of each valley.")
     return {"law_source": law_source, "cells": [c.to_dict() for c in cells], "n_cells": len(judged),
             "n_cells_all": len(cells), "cells_bracketed": k, "bracketed_share_wanted": BRACKETED_SHARE,
             "warning": warning}
@@ -834,8 +824,8 @@ def plan_grid(grid, law: Law, *, law_source: str = "paper", noise: float = 0.01,
                            f"{r['runs']} CPU runs (wall time × threads, evaluation and start-up included)")
         else:
             core_s = 1e-9 / DEFAULT_CPU_GFLOPS
-            rate_source = (f"default {DEFAULT_CPU_GFLOPS:g} GFLOP/s per core (bench/train_throughput.py and "
-                           "grids/tiny.yaml on the 2-core dev machine; --cpu-gflops to change, --from SWEEP to measure)")
+            rate_source = (f"default {DEFAULT_CPU_GFLOPS:g} GFLOP/s per core (grids/tiny.yaml from a fresh clone "
+                           "on the 2-core dev machine; --cpu-gflops to change, --from SWEEP to measure)")
     cost = cost_summary(runs, peak_tflops, mfu, unit=unit, core_s_per_flop=core_s, layout=executor_layout(grid, unit))
     cost["unit_reason"] = why
     if rate_source:

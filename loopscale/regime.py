@@ -476,6 +476,13 @@ def _cells_reason(cells: list[CellMinimum], judged: list[CellMinimum], bracketed
                     "compute-optimal width")
         return (f"no iso-FLOP cell has {MIN_WIDTHS} or more widths: cannot check that the trained widths bracket "
                 "the compute-optimal width (train more widths per budget)")
+    tail = cells_missed(judged)
+    return f"{bracketed}/{len(judged)} iso-FLOP cells bracket their optimum" + (f": {tail}" if tail else "")
+
+
+def cells_missed(judged: list[CellMinimum]) -> str:
+    """Where the cells that do not bracket their optimum miss it, and what to train instead, in one
+    clause ("" when every cell brackets it). Shared by the fit's verdict and plan's warning."""
     where = {w: sum(c.where == w for c in judged) for w in ("below", "above", "flat")}
     parts = []
     if where["below"]:
@@ -486,8 +493,7 @@ def _cells_reason(cells: list[CellMinimum], judged: list[CellMinimum], bracketed
                      "(train wider models or smaller budgets)")
     if where["flat"]:
         parts.append(f"{_cells(where['flat'])} show no minimum (loss not convex in log N)")
-    tail = "; ".join(parts)
-    return f"{bracketed}/{len(judged)} iso-FLOP cells bracket their optimum" + (f": {tail}" if tail else "")
+    return "; ".join(parts)
 
 
 def _cells(k: int) -> str:

@@ -36,6 +36,19 @@ def cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess
                           cwd=cwd, timeout=timeout, env=env)
 
 
+def cli_in_process(argv, capsys) -> tuple[int, str, str]:
+    """Run the command line in this process (pytest's capsys captures it): (exit code, stdout, stderr)."""
+    from loopscale.cli import main
+
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 def cli_json(*args: str, cwd: Path | None = None, timeout: float = 600):
     out = cli(*args, cwd=cwd, timeout=timeout)
     assert out.returncode == 0, out.stderr + out.stdout

@@ -18,6 +18,7 @@ from loopscale.errors import UserError
 from loopscale.grid import load_grid
 from loopscale.law import PAPER_LAW, Law
 from loopscale.runs_table import PAPER_GRID
+from sweep_fixtures import cli_in_process
 
 REPO = Path(__file__).resolve().parents[1]
 GRIDS = REPO / "grids"
@@ -196,21 +197,9 @@ def test_verdict_says_which_moved():
 # Command line
 
 
-def _cli(argv, capsys):
-    from loopscale.cli import main
-
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_cli_compare_json(tmp_path, capsys, paper_runs):
     paper_runs.to_csv(tmp_path / "runs.csv", index=False)
-    code, out, err = _cli(["compare", tmp_path / "runs.csv", "--probe", "hyperconn", "--json", "--starts", 10,
+    code, out, err = cli_in_process(["compare", tmp_path / "runs.csv", "--probe", "hyperconn", "--json", "--starts", 10,
                            "--bootstrap", 8, "--workers", 1, "--no-plots"], capsys)
     assert code == 0, err
     doc = json.loads(out)  # stdout is the JSON and nothing else
@@ -247,7 +236,7 @@ def test_cli_compare_sweep_folder_table_and_plot(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")  # rich reads the width here: one table row per line
     sweep = tmp_path / "sweep"
     _write_sweep(sweep, grid_specs("tiny", "tiny-tbptt"), {"none": BASE_PHI, "tbptt": 0.38})
-    code, out, err = _cli(["compare", sweep, "--probe", "tbptt", "--starts", 10, "--bootstrap", 6,
+    code, out, err = cli_in_process(["compare", sweep, "--probe", "tbptt", "--starts", 10, "--bootstrap", 6,
                            "--workers", 1], capsys)
     assert code == 0, err
     assert "Δφ = probe − baseline" in out and "D_probe/D_base" in out and "at matched compute" in out
@@ -284,7 +273,7 @@ def test_cli_compare_errors_exit_2_with_one_line(tmp_path, capsys, paper_runs, c
         _write_sweep(source, grid_specs("tiny", "tiny-tbptt"), {"none": BASE_PHI}, finished=lambda s: s.probe == "none")
     else:
         runs.to_csv(source, index=False)
-    code, out, err = _cli(["compare", source, "--probe", probe, "--json", "--no-plots", "--bootstrap", 4,
+    code, out, err = cli_in_process(["compare", source, "--probe", probe, "--json", "--no-plots", "--bootstrap", 4,
                            "--starts", 5, "--workers", 1], capsys)
     assert code == 2, err
     assert out == ""

@@ -31,6 +31,7 @@ from loopscale.fit import (
 )
 from loopscale.law import PAPER_LAW, Law
 from loopscale.runs_table import PAPER_GRID, load_runs, paper_design, select_probe, synthetic_runs, usable_rows
+from sweep_fixtures import cli_in_process
 
 EPOCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "epoch_chinchilla_svg_extracted_data.csv"
 if not EPOCH.exists():
@@ -348,23 +349,11 @@ def test_too_few_rows_is_a_user_error():
 # Command line
 
 
-def _cli(argv, capsys):
-    from loopscale.cli import main
-
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_cli_fit_json(tmp_path, capsys):
     runs = synthetic_runs(PAPER_LAW, 0.01, seed=0)
     runs.loc[0, "loss"] = np.nan
     runs.to_csv(tmp_path / "runs.csv", index=False)
-    code, out, err = _cli(["fit", tmp_path / "runs.csv", "--json", "--starts", 20, "--bootstrap", 4,
+    code, out, err = cli_in_process(["fit", tmp_path / "runs.csv", "--json", "--starts", 20, "--bootstrap", 4,
                            "--workers", 1, "--no-plots", "--seed", 1], capsys)
     assert code == 0, err
     doc = json.loads(out)  # stdout is the JSON and nothing else
@@ -383,7 +372,7 @@ def test_cli_fit_table_plots_and_sweep_folder(tmp_path, capsys, monkeypatch):
     sweep.mkdir()
     # The sweep's results store is another module; a folder source goes through its load_results.
     monkeypatch.setitem(sys.modules, "loopscale.store", types.SimpleNamespace(load_results=lambda path: runs))
-    code, out, err = _cli(["fit", sweep, "--starts", 20, "--bootstrap", 6, "--workers", 1], capsys)
+    code, out, err = cli_in_process(["fit", sweep, "--starts", 20, "--bootstrap", 6, "--workers", 1], capsys)
     assert code == 0, err
     assert "phi" in out and "restricted" in out
     assert (sweep / "fit.json").exists()
@@ -407,7 +396,7 @@ def test_cli_fit_errors_exit_2_with_one_line(tmp_path, capsys, case):
     else:
         runs.to_csv(path, index=False)
         extra = ["--resample", "weeks"] if case == "bad_option" else ["--seed", -1]
-    code, out, err = _cli(["fit", path, "--json", "--no-plots", "--bootstrap", 0, "--starts", 5, *extra], capsys)
+    code, out, err = cli_in_process(["fit", path, "--json", "--no-plots", "--bootstrap", 0, "--starts", 5, *extra], capsys)
     assert code == 2
     assert out == ""
     assert err.strip().startswith("error:") and len(err.strip().splitlines()) == 1

@@ -27,7 +27,7 @@ from loopscale.plan import (
     point_fits,
     simulate_losses,
 )
-from sweep_fixtures import fake_result
+from sweep_fixtures import cli_in_process, fake_result
 
 SMALL = """\
 name: small
@@ -124,23 +124,11 @@ def test_probe_grid_resolves_a_large_delta(tmp_path):
     assert doc["cost"]["runs"] == 36 and any("not in this grid" in n for n in doc["notes"])
 
 
-def _cli(argv, capsys):
-    from loopscale.cli import main
-
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_cli_json_keys_and_fit_json_law(tmp_path, capsys):
     small_grid(tmp_path)
     fit_json = tmp_path / "fit.json"
     fit_json.write_text(json.dumps({"params": {**PAPER_LAW.to_dict(), "phi": 0.7}}))
-    code, out, err = _cli(["plan", tmp_path / "small-none.yaml", "--law", fit_json, "--json", "--replicates", 10,
+    code, out, err = cli_in_process(["plan", tmp_path / "small-none.yaml", "--law", fit_json, "--json", "--replicates", 10,
                            "--bootstrap", 20, "--suggest", 1, "--workers", 1], capsys)
     assert code == 0, err
     doc = json.loads(out)  # stdout is the JSON and nothing else
@@ -155,7 +143,7 @@ def test_cli_json_keys_and_fit_json_law(tmp_path, capsys):
 
 def test_cli_prints_tables(tmp_path, capsys):
     small_grid(tmp_path, "hyperconn")
-    code, out, err = _cli(["plan", tmp_path / "small-hyperconn.yaml", "--replicates", 10, "--bootstrap", 20,
+    code, out, err = cli_in_process(["plan", tmp_path / "small-hyperconn.yaml", "--replicates", 10, "--bootstrap", 20,
                            "--suggest", 2, "--workers", 1, "--cost-unit", "gpu"], capsys)
     assert code == 0, err
     for text in ("95% CI width", "GPU-hours", "hyperconn", "cells to add", "checked by simulation"):
@@ -203,7 +191,7 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, capsys, case):
         argv += ["--cpu-gflops", -1, "--cost-unit", "cpu"]
     elif case == "cost-unit":
         argv += ["--cost-unit", "tpu"]
-    code, out, err = _cli(argv, capsys)
+    code, out, err = cli_in_process(argv, capsys)
     assert code == 2
     assert err.startswith("error:") and len(err.strip().splitlines()) == 1, err
     want = {"law-and-from": "give --law or --from, not both", "from-missing": "no such sweep folder",
@@ -252,7 +240,7 @@ def test_plan_warns_when_the_grid_misses_the_compute_optimal_widths(tmp_path, ca
     args = ["--law", fit_json, "--replicates", 10, "--bootstrap", 0, "--suggest", 0, "--workers", 1]
     docs = {}
     for path in (around, wide):
-        code, out, err = _cli(["plan", path, "--json", *args], capsys)
+        code, out, err = cli_in_process(["plan", path, "--json", *args], capsys)
         assert code == 0, err
         docs[path.stem] = (json.loads(out), err)
     good, good_err = docs["around"]
@@ -267,9 +255,9 @@ def test_plan_warns_when_the_grid_misses_the_compute_optimal_widths(tmp_path, ca
     assert all(c["where"] in ("below", "flat") for c in bad["diagnostics"]["cells"])
     text = bad["diagnostics"]["warning"]
     assert bad["warnings"] == [text] and text.startswith(f"under the {fit_json} law only 0 of 4 iso-FLOP cells")
-    assert "bracket their compute-optimal width" in text and "add narrower widths" in text
+    assert "bracket their compute-optimal width" in text and "train narrower models" in text
     assert bad_err.startswith("warning: under the") and bad_err.count("warning:") == 1  # before the simulation
-    code, out, err = _cli(["plan", wide, *args], capsys)  # the tables say it too
+    code, out, err = cli_in_process(["plan", wide, *args], capsys)  # the tables say it too
     assert code == 0 and "0/4 with ≥ 3 widths bracket" in out and "below smallest N" in out
     assert err.startswith("warning:") and "warning: under the" in out
 
@@ -283,7 +271,7 @@ def test_cpu_grid_costs_core_hours_and_wall_time(tmp_path, capsys):
     path.write_text(path.read_text() + "executor: {kind: local, local_jobs: 3, threads_per_job: 2}\n")
     grid = load_grid(path)
     args = ["plan", path, "--replicates", 10, "--bootstrap", 0, "--suggest", 1, "--workers", 1]
-    code, out, err = _cli([*args, "--json", "--cpu-gflops", 5], capsys)
+    code, out, err = cli_in_process([*args, "--json", "--cpu-gflops", 5], capsys)
     assert code == 0, err
     doc = json.loads(out)
     cost = doc["cost"]
@@ -302,13 +290,13 @@ def test_cpu_grid_costs_core_hours_and_wall_time(tmp_path, capsys):
     assert expected / 6 <= cost["wall_hours"] < expected / 2
     assert doc["suggestions"][0]["cpu_hours"] == pytest.approx(doc["suggestions"][0]["flops"] / 5e9 / 3600)
     # the default rate, and the tables: core-hours, never GPU-hours
-    code, out, err = _cli(args, capsys)
+    code, out, err = cli_in_process(args, capsys)
     assert code == 0, err
     assert "CPU core-hours" in out and "GPU-h" not in out and "0.0 CPU" not in out
     assert f"default {DEFAULT_CPU_GFLOPS:g} GFLOP/s per core" in out and "wall clock ≈" in out
     # the same grid on GPUs (train.device cuda) costs GPU-hours at peak × MFU
     path.write_text(path.read_text().replace("device: cpu", "device: cuda"))
-    code, out, err = _cli([*args, "--json"], capsys)
+    code, out, err = cli_in_process([*args, "--json"], capsys)
     assert code == 0, err
     gpu = json.loads(out)["cost"]
     assert gpu["unit"] == "gpu_hours" and gpu["unit_reason"] == "train.device is cuda"

@@ -19,6 +19,7 @@ from loopscale.regime import (
     seed_noise,
 )
 from loopscale.runs_table import paper_design, synthetic_runs
+from sweep_fixtures import cli_in_process
 
 NO_FLOOR = Law(E=1e-3, A=28.0, alpha=0.2, B=900.0, beta=0.37, phi=0.5)  # no loss floor: E goes to its bound
 ZERO_WIDTH = re.compile(r"\[(-?[0-9.]+), \1\]")  # "[0.0498, 0.0498]"
@@ -187,7 +188,7 @@ def test_fit_json_dict_criteria_r2_phi_ci_split_half_and_bounds():
 def test_no_floor_puts_e_on_its_bound_and_the_verdict_says_so(tmp_path, capsys):
     runs = synthetic_runs(NO_FLOOR, 0.0)
     runs.to_csv(tmp_path / "runs.csv", index=False)
-    code, out, err = _cli(["fit", tmp_path / "runs.csv", "--json", "--starts", 20, "--bootstrap", 4,
+    code, out, err = cli_in_process(["fit", tmp_path / "runs.csv", "--json", "--starts", 20, "--bootstrap", 4,
                            "--workers", 1, "--no-plots"], capsys)
     assert code == 0, err
     doc = json.loads(out)
@@ -202,7 +203,7 @@ def test_no_floor_puts_e_on_its_bound_and_the_verdict_says_so(tmp_path, capsys):
     assert all(set(c) >= {"budget", "r", "n_widths", "n_star", "loss_star", "where", "bracketed"} for c in diag["cells"])
     assert doc["ci"]["E"] is not None and "E" in doc["ci_degenerate"]  # the CI stays, flagged
     # The human output leads with the verdict, shows the cells and never a zero-width CI.
-    code, out, err = _cli(["fit", tmp_path / "runs.csv", "--starts", 20, "--bootstrap", 4, "--workers", 1,
+    code, out, err = cli_in_process(["fit", tmp_path / "runs.csv", "--starts", 20, "--bootstrap", 4, "--workers", 1,
                            "--no-plots"], capsys)
     assert code == 0, err
     assert out.index("NOT trustworthy") < out.index("E is at its lower bound") < out.index("iso-FLOP cells: parabola") \
@@ -279,13 +280,3 @@ def paper_design_grid():
     return PAPER_GRID
 
 
-def _cli(argv, capsys):
-    from loopscale.cli import main
-
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from loopscale.commands.cells import print_cells
 from loopscale.commands.stages import stage_progress
 from loopscale.errors import UserError
 from loopscale.fmt import num as _fmt
@@ -32,17 +33,7 @@ def _print_diagnostics(diag: dict, out: Console, title: str = "verdict") -> None
 
 
 def _print_cells(diag: dict, out: Console) -> None:
-    from loopscale.regime import cell_rows
-
-    if not diag["cells"]:
-        return
-    cols, rows = cell_rows(diag)
-    t = Table(title="iso-FLOP cells: parabola in log N, its minimum N* and L* (N = N_once + N_rec)")
-    for col in cols:
-        t.add_column(col, justify="left" if col in ("probe", "where") else "right")
-    for row in rows:
-        t.add_row(*row)
-    out.print(t)
+    print_cells(diag, "iso-FLOP cells: parabola in log N, its minimum N* and L* (N = N_once + N_rec)", out)
 
 
 def _print_fit(doc: dict, out: Console) -> None:

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from loopscale.commands.cells import print_cells
 from loopscale.commands.stages import stage_progress
 
 
@@ -65,18 +66,8 @@ def _print_prior(doc: dict, out: Console) -> None:
 
 
 def _print_cells(diag: dict, out: Console) -> None:
-    from loopscale.regime import cell_rows
-
-    if not diag["cells"]:
-        return
-    cols, rows = cell_rows(diag)
-    t = Table(title=f"iso-FLOP cells under the law without noise: {diag['cells_bracketed']}/{diag['n_cells']} "
-                    "with ≥ 3 widths bracket their compute-optimal width")
-    for col in cols:
-        t.add_column(col, justify="left" if col in ("probe", "where") else "right")
-    for row in rows:
-        t.add_row(*row)
-    out.print(t)
+    print_cells(diag, f"iso-FLOP cells under the law without noise: {diag['cells_bracketed']}/{diag['n_cells']} "
+                "with ≥ 3 widths bracket their compute-optimal width", out)
 
 
 def _print_cost(cost: dict, out: Console) -> None:
@@ -197,7 +188,7 @@ def register(app: typer.Typer) -> None:
         cost_unit: str = typer.Option("auto", "--cost-unit", help="auto (from the grid's executor and train.device) "
                                       "| gpu | cpu."),
         cpu_gflops: Optional[float] = typer.Option(None, "--cpu-gflops", help="CPU training rate, GFLOP/s per core "
-                                                   "(default: the --from sweep's measured rate, else 10)."),
+                                                   "(default: the --from sweep's measured rate, else 6)."),
         suggest: int = typer.Option(5, help="Cells to suggest adding (and low-information runs to list)."),
         workers: Optional[int] = typer.Option(None, help="Processes (default: all cores)."),
         json_out: bool = typer.Option(False, "--json", help="Print the prediction as JSON and nothing else."),
