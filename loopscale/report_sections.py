@@ -101,7 +101,7 @@ def summary(rep: Report) -> Section:
         items.append(("φ (95% CI)", "not identifiable" if phi is None else f"{num(phi, 3)} {_ci(f.ci['phi'], 3)}"))
         items.append(("R² (runs fitted)", f"{num(f.fit.r2)} ({f.fit.n_runs})"))
         if f.diagnostics is not None:
-            items.append(("fit verdict", "trustworthy" if f.diagnostics.trustworthy else "NOT trustworthy"))
+            items.append(("fit verdict", _verdict_summary(f.diagnostics)))
     t = rep.cost.iloc[-1]
     items.append(("FLOPs trained", _sci(t["flops"])))
     items.append(("tokens trained", si(float(t["tokens"]))))
@@ -112,6 +112,15 @@ def summary(rep: Report) -> Section:
                                                    f"{_ci(p.doc['delta_phi_ci'], 3, '+')}"))
     return Section("summary", "Summary", [Facts(items)])
 
+
+
+def _verdict_summary(diag) -> str:
+    """The verdict and the first failed check ("NOT trustworthy: the 95% CI of φ is 0.54 wide …")."""
+    if diag.trustworthy:
+        return "trustworthy"
+    failed = sum(v is False for v in diag.checks.values())
+    more = f" (and {failed - 1} more)" if failed > 1 else ""
+    return f"NOT trustworthy: {diag.reasons[0]}{more}" if diag.reasons else "NOT trustworthy"
 
 def status(rep: Report) -> Section:
     blocks: list = []
