@@ -3,10 +3,27 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+
+def json_safe(obj: Any) -> Any:
+    """A copy ``json.dumps(..., allow_nan=False)`` can write: numpy scalars as Python values, tuples as
+    lists, NaN and ±inf (a failed refit, R² of constant losses) as None, through dicts and lists."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

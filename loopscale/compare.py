@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from loopscale.atomic import json_safe
 from loopscale.counting import PROBES
 from loopscale.errors import UserError
 from loopscale.fit import (
@@ -34,7 +35,6 @@ from loopscale.fit import (
     BootstrapDraws,
     FitData,
     LawFit,
-    _finite,
     bootstrap_fits,
     bootstrap_plan,
     fit_law,
@@ -376,16 +376,8 @@ class Comparison:
                 "samples": {"baseline_phi": [float(v) for v in p[0, :, I_PHI]],
                             "probe_phi": [float(v) for v in p[1, :, I_PHI]]},
             }
-        return _finite(_plain(doc))
+        return json_safe(doc)
 
-
-def _plain(obj):
-    """numpy scalars (a fit's np.bool_ ``converged``) as Python values, so json can write them."""
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj.item() if isinstance(obj, np.generic) else obj
 
 
 def compare(df: pd.DataFrame, probe: str, baseline: str = "none", *, starts: int = 500, bootstrap: int = 200,

@@ -29,6 +29,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.optimize import minimize
 
+from loopscale.atomic import json_safe
 from loopscale.errors import UserError
 from loopscale.law import FORMULA, Law
 from loopscale.runs_table import usable_rows
@@ -659,18 +660,8 @@ class FitReport:
                 "n_failed": int(np.sum(~np.isfinite(p[:, 0]))), "n_unconverged": int(np.sum(~ok)),
                 "samples": {n: [float(v) for v in p[:, i]] for i, n in enumerate(NAMES)},
             }
-        return _finite(doc)
+        return json_safe(doc)
 
-
-def _finite(obj):
-    """NaN/inf (a failed refit, R² of constant losses) become null: fit.json stays strict JSON."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
 
 
 def check_settings(*, starts: int, bootstrap: int, seed: int, huber_delta: float, resample: str) -> None:

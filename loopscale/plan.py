@@ -62,6 +62,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import erf
 
+from loopscale.atomic import json_safe
 from loopscale.counting import ArchError, n_once, n_rec
 from loopscale.errors import UserError
 from loopscale.fit import (
@@ -155,6 +156,19 @@ def cpu_hours(flops, core_s_per_flop: float):
     return np.asarray(flops, dtype=float) * core_s_per_flop / 3600.0
 
 
+def unit_hours(flops, unit: str, *, peak_tflops: float = H100_BF16_DENSE_TFLOPS, mfu: float = 0.4,
+               core_s_per_flop: float | None = None):
+    """Cost of ``flops`` training FLOPs in ``unit``: GPU-hours at peak_tflops × mfu, or CPU core-hours
+    at ``core_s_per_flop``."""
+    if unit == "gpu_hours":
+        return gpu_hours(flops, peak_tflops, mfu)
+    if unit == "cpu_hours":
+        if not (core_s_per_flop and core_s_per_flop > 0):
+            raise ValueError("cpu_hours needs a positive core_s_per_flop")
+        return cpu_hours(flops, core_s_per_flop)
+    raise ValueError(f"unknown cost unit {unit!r}")
+
+
 def executor_unit(grid, hint: str = "auto") -> tuple[str, str]:
     """Does the grid train on GPUs or CPUs? Returns ("gpu_hours" | "cpu_hours", why).
 
@@ -204,7 +218,7 @@ def executor_layout(grid, unit: str) -> dict:
         return {"kind": kind, "jobs": 1, "per_job": per_job, "jobs_from": "the debug executor runs one at a time"}
     lay = local_layout(ex)
     per_job = 1 if unit == "gpu_hours" else (fixed_threads or lay.threads)
-    return {"kind": kind, "jobs": lay.n, "per_job": per_job,
+    return {"kind": kind, "jobs": lay.n, "per_job": per_job, "longest_first": True,  # as submit's local queue
             "jobs_from": "executor.local_jobs" if ex.local_jobs else "this machine's GPUs/cores"}
 
 
@@ -229,15 +243,11 @@ def cost_summary(design: pd.DataFrame, peak_tflops: float = H100_BF16_DENSE_TFLO
 
     gpu_hours: at peak_tflops × mfu per GPU. cpu_hours: core-hours at ``core_s_per_flop``.
     ``layout`` (:func:`executor_layout`): also the expected wall-clock hours, each run taking
-    its unit-hours / per_job, runs started in grid order on ``jobs`` slots."""
-    if unit == "cpu_hours":
-        if not (core_s_per_flop and core_s_per_flop > 0):
-            raise ValueError("cpu_hours needs a positive core_s_per_flop")
-        hours = lambda f: cpu_hours(f, core_s_per_flop)  # noqa: E731
-    elif unit == "gpu_hours":
-        hours = lambda f: gpu_hours(f, peak_tflops, mfu)  # noqa: E731
-    else:
-        raise ValueError(f"unknown cost unit {unit!r}")
+    its unit-hours / per_job, runs started on ``jobs`` slots in the executor's order: grid order, or
+    for the local queue longest first (loopscale.submit.queue_cost)."""
+    def hours(f):
+        return unit_hours(f, unit, peak_tflops=peak_tflops, mfu=mfu, core_s_per_flop=core_s_per_flop)
+
     per_r = []
     for r, rows in design.groupby("r"):
         f = float(rows["flops"].sum())
@@ -251,6 +261,11 @@ def cost_summary(design: pd.DataFrame, peak_tflops: float = H100_BF16_DENSE_TFLO
         out.update(core_s_per_flop=core_s_per_flop, gflops_per_core=1e-9 / core_s_per_flop)
     if layout is not None:
         run_hours = np.asarray(hours(design["flops"].to_numpy(dtype=float)), dtype=float) / layout["per_job"]
+        if layout.get("longest_first"):
+            from loopscale.submit import queue_cost
+
+            cost = queue_cost(design["tokens"].to_numpy(dtype=float), design["flops_per_token"].to_numpy(dtype=float))
+            run_hours = run_hours[np.argsort(-cost, kind="stable")]
         out.update(wall_hours=schedule_hours(run_hours, layout["jobs"]), parallel_jobs=layout["jobs"],
                    per_job=layout["per_job"], executor=layout["kind"], jobs_from=layout["jobs_from"])
     return out
@@ -348,42 +363,35 @@ def sweep_prior(sweep_dir, *, starts: int = SWEEP_FIT_STARTS, seed: int = 0, wor
 
 def measured_cpu_rate(sweep_dir, runs: pd.DataFrame) -> dict | None:
     """Core-seconds per training FLOP of a sweep's CPU runs: Σ wall_time_s·threads / Σ flops_total
-    (wall time as result.json records it: training, evaluation and start-up). Threads per run: the
-    config's train.threads, else the worker's (started.json), else this machine's cores. Also the
-    training-only rate, tokens_per_s·flops_per_token/threads. None when no finished run ran on CPU."""
+    (wall time as result.json records it: training, evaluation and start-up), from the runs table
+    `load_runs` read. Threads per run: the config's train.threads, else the worker's (the run's
+    started.json), else this machine's cores. Also the training-only rate,
+    tokens_per_s·flops_per_token/threads. None when no finished run ran on CPU."""
     from loopscale.submit import cpu_count
 
-    root = Path(sweep_dir) / "runs"
-    core_s = flops = train_core_s = 0.0
-    n = 0
-    for _, row in runs.iterrows():
-        try:
-            rec = json.loads((root / str(row["run_id"]) / "result.json").read_text())
-        except (OSError, ValueError, KeyError):
-            continue
-        if not isinstance(rec, dict) or str(rec.get("device", "")) != "cpu":
-            continue
-        wall, f = rec.get("wall_time_s"), rec.get("flops_total")
-        tps, fpt = rec.get("tokens_per_s"), rec.get("flops_per_token")
-        if not (isinstance(wall, (int, float)) and isinstance(f, (int, float)) and wall > 0 and f > 0):
-            continue
-        threads = ((rec.get("config") or {}).get("train") or {}).get("threads") or 0
-        if not threads:
-            try:
-                threads = json.loads((root / str(row["run_id"]) / "started.json").read_text()).get("threads") or 0
-            except (OSError, ValueError, AttributeError):
-                threads = 0
-        threads = int(threads) or cpu_count()
-        core_s += wall * threads
-        flops += f
-        if isinstance(tps, (int, float)) and tps > 0 and isinstance(fpt, (int, float)):
-            train_core_s += f / (tps * fpt) * threads
-        n += 1
-    if not n:
+    def col(name):
+        return pd.to_numeric(runs[name], errors="coerce") if name in runs else pd.Series(np.nan, index=runs.index)
+
+    device = runs["device"].astype(str) if "device" in runs else pd.Series("", index=runs.index)
+    wall, f, tps, fpt = col("wall_time_s"), col("flops_total"), col("tokens_per_s"), col("flops_per_token")
+    cpu = ((device == "cpu") & (wall > 0) & (f > 0)).to_numpy()
+    if not cpu.any():
         return None
+    root = Path(sweep_dir) / "runs"
+    threads = col("train.threads").fillna(0).to_numpy(dtype=float)
+    for i in np.flatnonzero(cpu & (threads <= 0)):
+        try:
+            threads[i] = json.loads((root / str(runs["run_id"].iloc[i]) / "started.json").read_text()).get("threads") or 0
+        except (OSError, ValueError, AttributeError):
+            threads[i] = 0
+    threads = np.where(threads > 0, threads, cpu_count())[cpu]
+    wall, f, tps, fpt = (x.to_numpy(dtype=float)[cpu] for x in (wall, f, tps, fpt))
+    core_s, flops = float(np.sum(wall * threads)), float(np.sum(f))
+    timed = (tps > 0) & np.isfinite(fpt)
+    train_core_s = float(np.sum(f[timed] / (tps[timed] * fpt[timed]) * threads[timed]))
     return {"core_s_per_flop": core_s / flops, "gflops_per_core": flops / core_s / 1e9,
             "train_gflops_per_core": flops / train_core_s / 1e9 if train_core_s > 0 else None,
-            "runs": n, "core_hours": core_s / 3600.0, "flops": flops}
+            "runs": int(cpu.sum()), "core_hours": core_s / 3600.0, "flops": flops}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -768,7 +776,7 @@ class PlanReport:
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return _finite({**self.doc, "notes": self.notes})
+        return json_safe({**self.doc, "notes": self.notes})
 
     @property
     def warnings(self) -> list[str]:
@@ -884,8 +892,8 @@ def plan_grid(grid, law: Law, *, law_source: str = "paper", noise: float = 0.01,
             picks[0]["simulated"] = check_pick(target, picks[0], t_law, noise, seed, delta=delta)
             say("check top pick", 1, 1)
         for pick in picks:
-            pick["hours"] = pick[unit] = float(gpu_hours(pick["flops"], peak_tflops, mfu) if unit == "gpu_hours"
-                                               else cpu_hours(pick["flops"], core_s))
+            pick["hours"] = pick[unit] = float(unit_hours(pick["flops"], unit, peak_tflops=peak_tflops, mfu=mfu,
+                                                          core_s_per_flop=core_s))
         doc["suggestions"] = picks
         doc["low_information"] = (low_information_runs(target, t_law, noise, suggest, delta, among=runs["run_id"])
                                   if suggest > 0 else [])
@@ -1024,17 +1032,3 @@ def check_pick(design: pd.DataFrame, pick: dict, law: Law, noise: float, seed, r
     return {"replicates": int(good.sum()), "phi_sd_before": sd0, "phi_sd_after": sd1, "sd_ratio": sd1 / sd0,
             "sd_ratio_se": float(np.std(ratios, ddof=1)),
             "fisher_ratio": pick["fisher_width_after"] / pick["fisher_width_before"]}
-
-
-def _finite(obj):
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj

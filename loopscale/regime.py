@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from loopscale.atomic import json_safe
 from loopscale.fit import LOWER, NAMES, UPPER
 from loopscale.fmt import si as _si
 
@@ -291,19 +292,8 @@ class Diagnostics:
     thresholds: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return _plain(asdict(self))
+        return json_safe(asdict(self))
 
-
-def _plain(obj):
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def thresholds() -> dict:

@@ -436,10 +436,15 @@ class _PopenShim:
 PER_TOKEN_OVERHEAD_FLOPS = 360_000
 
 
+def queue_cost(tokens, flops_per_token):
+    """A run's expected length for ordering the local queue: tokens × (FLOPs/token + a per-token overhead)."""
+    return tokens * (flops_per_token + PER_TOKEN_OVERHEAD_FLOPS)
+
+
 def longest_first(run_dirs: list[Path], specs: list[RunSpec]) -> list[Path]:
-    """The local queue, longest expected run first (tokens × (FLOPs/token + a per-token overhead)), so
-    that the last runs to start are short ones and no worker idles long at the end of a sweep."""
-    cost = {s.run_id: s.tokens * (s.flops_per_token + PER_TOKEN_OVERHEAD_FLOPS) for s in specs}
+    """The local queue, longest expected run first (:func:`queue_cost`), so that the last runs to start
+    are short ones and no worker idles long at the end of a sweep."""
+    cost = {s.run_id: queue_cost(s.tokens, s.flops_per_token) for s in specs}
     return sorted(run_dirs, key=lambda d: -cost.get(d.name, 0))
 
 

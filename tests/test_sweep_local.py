@@ -196,4 +196,5 @@ def test_the_local_queue_starts_the_longest_runs_first(tmp_path):
     assert last.budget_flops == min(s.budget_flops for s in grid.runs) and last.tokens < first.tokens
     # a narrow run at a small budget can outlast a wide one at twice the budget (per-token overhead)
     cost = lambda s: s.tokens * (s.flops_per_token + submit.PER_TOKEN_OVERHEAD_FLOPS)
+    assert all(submit.queue_cost(s.tokens, s.flops_per_token) == cost(s) for s in grid.runs)
     assert [cost(by_id[d.name]) for d in order] == sorted((cost(s) for s in grid.runs), reverse=True)
