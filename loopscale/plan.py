@@ -175,8 +175,8 @@ def executor_unit(grid, hint: str = "auto") -> tuple[str, str]:
     ``hint`` gpu/cpu decides. Otherwise, in this order: ``train.device`` cuda or cpu; the executor's
     ``gpus_per_node`` > 0; slurm jobs without GPUs; local and debug jobs (``kind: auto`` is slurm where
     sbatch is on PATH, else local, as `sweep` resolves it) use the GPUs this machine shows
-    (loopscale.submit.visible_gpus), else its CPU cores."""
-    from loopscale.submit import resolve_kind, visible_gpus
+    (loopscale.schedule.visible_gpus), else its CPU cores."""
+    from loopscale.schedule import resolve_kind, visible_gpus
 
     if hint not in ("auto", "gpu", "cpu"):
         raise UserError(f"--cost-unit must be auto, gpu or cpu, got {hint!r}")
@@ -201,9 +201,9 @@ def executor_unit(grid, hint: str = "auto") -> tuple[str, str]:
 
 def executor_layout(grid, unit: str) -> dict:
     """How many jobs run at once and how many cores (CPU) or GPUs each uses: the executor's settings,
-    resolved as `sweep` would on this machine (loopscale.submit.local_layout). ``jobs`` None: as many
+    resolved as `sweep` would on this machine (loopscale.schedule.local_layout). ``jobs`` None: as many
     as the scheduler starts at once (slurm without array_parallelism)."""
-    from loopscale.submit import cpu_count, local_layout, resolve_kind
+    from loopscale.schedule import cpu_count, local_layout, resolve_kind
 
     ex = grid.executor
     kind = resolve_kind(ex.kind)
@@ -244,7 +244,7 @@ def cost_summary(design: pd.DataFrame, peak_tflops: float = H100_BF16_DENSE_TFLO
     gpu_hours: at peak_tflops × mfu per GPU. cpu_hours: core-hours at ``core_s_per_flop``.
     ``layout`` (:func:`executor_layout`): also the expected wall-clock hours, each run taking
     its unit-hours / per_job, runs started on ``jobs`` slots in the executor's order: grid order, or
-    for the local queue longest first (loopscale.submit.queue_cost)."""
+    for the local queue longest first (loopscale.schedule.queue_cost)."""
     def hours(f):
         return unit_hours(f, unit, peak_tflops=peak_tflops, mfu=mfu, core_s_per_flop=core_s_per_flop)
 
@@ -262,7 +262,7 @@ def cost_summary(design: pd.DataFrame, peak_tflops: float = H100_BF16_DENSE_TFLO
     if layout is not None:
         run_hours = np.asarray(hours(design["flops"].to_numpy(dtype=float)), dtype=float) / layout["per_job"]
         if layout.get("longest_first"):
-            from loopscale.submit import queue_cost
+            from loopscale.schedule import queue_cost
 
             cost = queue_cost(design["tokens"].to_numpy(dtype=float), design["flops_per_token"].to_numpy(dtype=float))
             run_hours = run_hours[np.argsort(-cost, kind="stable")]
@@ -367,7 +367,7 @@ def measured_cpu_rate(sweep_dir, runs: pd.DataFrame) -> dict | None:
     `load_runs` read. Threads per run: the config's train.threads, else the worker's (the run's
     started.json), else this machine's cores. Also the training-only rate,
     tokens_per_s·flops_per_token/threads. None when no finished run ran on CPU."""
-    from loopscale.submit import cpu_count
+    from loopscale.schedule import cpu_count
 
     def col(name):
         return pd.to_numeric(runs[name], errors="coerce") if name in runs else pd.Series(np.nan, index=runs.index)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from loopscale import submit
+from loopscale import schedule
 from loopscale.counting import flops_per_token
 from loopscale.fit import bootstrap_fits, bootstrap_plan, unit_labels
 from loopscale.grid import grid_from_dict, load_grid
@@ -283,7 +283,7 @@ def test_cpu_grid_costs_core_hours_and_wall_time(tmp_path, capsys):
     assert sum(row["cpu_hours"] for row in cost["per_r"]) == pytest.approx(expected, rel=1e-12)
     # wall clock: runs in the local queue's order (longest first, as submit starts them) on 3 jobs of 2 cores
     by_id = {s.run_id: s for s in grid.runs}
-    queue = [by_id[d.name] for d in submit.longest_first([tmp_path / s.run_id for s in grid.runs], grid.runs)]
+    queue = [by_id[d.name] for d in schedule.longest_first([tmp_path / s.run_id for s in grid.runs], grid.runs)]
     assert queue != list(grid.runs)  # the order matters here
     slots = [0.0, 0.0, 0.0]
     for s in queue:

@@ -13,7 +13,7 @@ import time
 import pytest
 import yaml
 
-from loopscale import store, submit
+from loopscale import schedule, store, submit
 from loopscale.grid import ExecutorConfig, load_grid
 from sweep_fixtures import GRIDS, cli, cli_json, make_tiny_data
 
@@ -188,13 +188,13 @@ def test_the_local_queue_starts_the_longest_runs_first(tmp_path):
     worker training a long run while the other idles (grid order would put the largest budget last)."""
     grid = load_grid(GRIDS / "tiny.yaml")
     dirs = [tmp_path / s.run_id for s in grid.runs]
-    order = submit.longest_first(dirs, grid.runs)
+    order = schedule.longest_first(dirs, grid.runs)
     assert sorted(order) == sorted(dirs)
     by_id = {s.run_id: s for s in grid.runs}
     first, last = by_id[order[0].name], by_id[order[-1].name]
     assert first.budget_flops == max(s.budget_flops for s in grid.runs)
     assert last.budget_flops == min(s.budget_flops for s in grid.runs) and last.tokens < first.tokens
     # a narrow run at a small budget can outlast a wide one at twice the budget (per-token overhead)
-    cost = lambda s: s.tokens * (s.flops_per_token + submit.PER_TOKEN_OVERHEAD_FLOPS)
-    assert all(submit.queue_cost(s.tokens, s.flops_per_token) == cost(s) for s in grid.runs)
+    cost = lambda s: s.tokens * (s.flops_per_token + schedule.PER_TOKEN_OVERHEAD_FLOPS)
+    assert all(schedule.queue_cost(s.tokens, s.flops_per_token) == cost(s) for s in grid.runs)
     assert [cost(by_id[d.name]) for d in order] == sorted((cost(s) for s in grid.runs), reverse=True)
