@@ -42,6 +42,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -69,6 +70,7 @@ RUN_KEYS = ("r", "d_model", "s", "tokens", "budget_flops", "probe", "seed")
 GRID_TRAIN_KEYS = ("lr_rule", "lr_batch_exponent")  # train keys resolved per run at expansion
 LR_RULES = ("fixed", "paper")
 EXECUTOR_KINDS = ("auto", "slurm", "local", "debug")
+SHIPPED_GRIDS = "grids"  # package data: loopscale/grids/*.yaml, found by name (`loopscale sweep tiny`)
 
 
 class GridError(UserError, ValueError):
@@ -172,6 +174,33 @@ class Grid:
 
 
 # --- reading ---------------------------------------------------------------------------------
+
+def shipped_grids() -> dict[str, Path]:
+    """The grids shipped inside the package (``loopscale/grids/*.yaml``), by name, wherever it is installed."""
+    folder = resources.files("loopscale") / SHIPPED_GRIDS
+    if not folder.is_dir():
+        return {}
+    # pip installs the package as plain files (editable or not), so these are real paths load_grid can read.
+    found = {Path(f.name).stem: Path(str(f)) for f in folder.iterdir() if f.name.endswith(".yaml") and f.is_file()}
+    return dict(sorted(found.items()))
+
+
+def find_grid(arg: str | Path) -> Path:
+    """A grid file: ``arg`` itself when that file exists, else the grid named ``arg`` (``tiny``): first
+    ``grids/NAME.yaml`` in the working directory, then the one shipped in the package."""
+    path = Path(arg)
+    if path.is_file():
+        return path
+    name = str(arg)
+    if "/" not in name and not path.suffix:
+        local = Path("grids") / f"{name}.yaml"
+        if local.is_file():
+            return local
+        shipped = shipped_grids()
+        if name in shipped:
+            return shipped[name]
+    raise GridError(f"{arg}: no such grid file (shipped grids: {', '.join(shipped_grids()) or 'none'})")
+
 
 def load_grid(path: str | Path, data_dir: str | Path | None = None, cwd: str | Path | None = None) -> Grid:
     """Read and expand a grid file. ``data_dir`` overrides the grid's ``data.dir``; relative dirs are

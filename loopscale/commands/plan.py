@@ -168,7 +168,8 @@ def _print_plan(doc: dict, out: Console) -> None:
 def register(app: typer.Typer) -> None:
     @app.command()
     def plan(
-        grid_file: Path = typer.Argument(..., metavar="GRID", help="Grid YAML to plan (e.g. grids/paper.yaml)."),
+        grid_file: Path = typer.Argument(..., metavar="GRID", help="Grid YAML file, or a shipped grid's name "
+                                         "(e.g. paper)."),
         law: Optional[str] = typer.Option(None, help="Prior law: 'paper' (default: the paper's coefficients) or a "
                                           "fit.json / its folder."),
         from_sweep: Optional[Path] = typer.Option(None, "--from", metavar="SWEEP",
@@ -196,7 +197,7 @@ def register(app: typer.Typer) -> None:
         """Will this grid measure φ? Simulate it under a prior law, fit every replicate as `fit` does,
         and report φ's expected CI, a probe's chance to resolve Δφ, the cost, and cells worth adding."""
         from loopscale.errors import UserError
-        from loopscale.grid import load_grid
+        from loopscale.grid import find_grid, load_grid
         from loopscale.law import load_law
         from loopscale.plan import bracketing, check_grid, check_plan_args, plan_grid, sweep_prior
 
@@ -207,7 +208,7 @@ def register(app: typer.Typer) -> None:
         check_plan_args(noise=noise, replicates=replicates, bootstrap=bootstrap, seed=seed, starts=starts,
                         peak_tflops=peak_tflops, mfu=mfu, suggest=suggest, workers=workers, probe_delta=probe_delta,
                         cpu_gflops=cpu_gflops, cost_unit=cost_unit)
-        grid = load_grid(grid_file)
+        grid = load_grid(find_grid(grid_file))
         check_grid(grid)
         prior, law_source, noise_source, sweep = None, law or "paper", None, None
         if from_sweep is None:

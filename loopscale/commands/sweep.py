@@ -19,7 +19,6 @@ from loopscale.errors import UserError
 from loopscale.fmt import sci, si
 
 SWEEPS_DIR = Path("sweeps")
-GRIDS_DIR = Path(__file__).resolve().parents[2] / "grids"  # the grids shipped beside the package
 STATE_STYLE = {"done": "green", "diverged": "yellow", "failed": "red", "corrupt": "red", "cancelled": "red",
                "timeout": "red", "lost": "red", "running": "cyan", "pending": "blue", "submitted": "blue",
                "unknown": "magenta", "new": "dim"}
@@ -111,16 +110,10 @@ def state_order(state: str) -> int:
 # --- arguments -----------------------------------------------------------------------------------
 
 def resolve_grid(arg: str) -> Path:
-    """A grid file path, or the name of a shipped grid (``tiny`` → grids/tiny.yaml)."""
-    p = Path(arg)
-    if p.is_file():
-        return p
-    if "/" not in arg and not p.suffix:
-        for folder in (Path("grids"), GRIDS_DIR):
-            if (folder / f"{arg}.yaml").is_file():
-                return folder / f"{arg}.yaml"
-    raise UserError(f"{arg}: no such grid file (shipped grids: "
-                    f"{', '.join(sorted(q.stem for q in GRIDS_DIR.glob('*.yaml'))) or 'none'})")
+    """A grid file path, or the name of a shipped grid (``tiny`` → loopscale/grids/tiny.yaml)."""
+    from loopscale.grid import find_grid
+
+    return find_grid(arg)
 
 
 def resolve_sweep(arg: Optional[Path]) -> Path:
