@@ -33,9 +33,7 @@ from loopscale.law import PAPER_LAW, Law
 from loopscale.runs_table import PAPER_GRID, load_runs, paper_design, select_probe, synthetic_runs, usable_rows
 from sweep_fixtures import cli_in_process
 
-EPOCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "epoch_chinchilla_svg_extracted_data.csv"
-if not EPOCH.exists():
-    EPOCH = Path("/work/shared/data/epoch_chinchilla_svg_extracted_data.csv")
+EPOCH = Path(__file__).resolve().parent / "data" / "epoch_chinchilla_svg_extracted_data.csv"  # tests/data/README.md
 
 
 def law_with(phi: float) -> Law:
@@ -181,7 +179,6 @@ def test_nrec_zero_equals_direct_chinchilla_approach3():
     assert np.allclose([a, b, e, alpha, beta], ref.x, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.skipif(not EPOCH.exists(), reason="shared Epoch/Chinchilla data not present")
 def test_epoch_chinchilla_refit():
     """Besiroglu et al.'s refit of Hoffmann's data: A = 477.8, B = 2143, E = 1.8172, α = 0.3473, β = 0.3672."""
     raw = pd.read_csv(EPOCH, comment=None)  # colour columns start with '#'

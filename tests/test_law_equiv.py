@@ -19,9 +19,7 @@ from loopscale.errors import UserError
 from loopscale.law import PAPER_LAW, Law, load_law
 from loopscale.runs_table import PAPER_GRID
 
-PROJECT_PAGE = Path(__file__).resolve().parents[2] / "shared" / "data" / "project_page_fit_data.json"
-if not PROJECT_PAGE.exists():
-    PROJECT_PAGE = Path("/work/shared/data/project_page_fit_data.json")
+PROJECT_PAGE = Path(__file__).resolve().parent / "data" / "project_page_fit_data.json"  # tests/data/README.md
 R_KEYS = {1: "noloop", 2: "loop2", 4: "loop", 8: "loop8"}
 
 
@@ -39,9 +37,8 @@ def test_law_formula_and_worth():
 
 def test_paper_law_full_precision_matches_project_page():
     assert PAPER_LAW == Law(E=1.56773, A=28.027, alpha=0.19924, B=915.82, beta=0.36863, phi=0.459)
-    if PROJECT_PAGE.exists():
-        fit = json.loads(PROJECT_PAGE.read_text())["FIT"]
-        assert PAPER_LAW.to_dict() == {**{k: fit[k] for k in ("E", "A", "alpha", "B", "beta")}, "phi": fit["phi_fit"]}
+    fit = json.loads(PROJECT_PAGE.read_text())["FIT"]
+    assert PAPER_LAW.to_dict() == {**{k: fit[k] for k in ("E", "A", "alpha", "B", "beta")}, "phi": fit["phi_fit"]}
 
 
 def test_load_law(tmp_path):
@@ -102,7 +99,6 @@ def test_equivalent_rejects_ambiguous_input():
         equivalent(PAPER_LAW, 4, width=1024, tokens=1e9, budget_flops=1e19)
 
 
-@pytest.mark.skipif(not PROJECT_PAGE.exists(), reason="shared project page data not present")
 def test_compute_optimal_matches_project_page_minima():
     """The law's compute-optimal losses sit near the paper's empirical per-cell minima, and the loss
     gaps to r = 1 near the empirical gaps (paper: r=2 0.03–0.06, r=4 0.05–0.08, r=8 0.09–0.12)."""
