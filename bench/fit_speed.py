@@ -22,7 +22,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import huber, logsumexp
 
-from loopscale.fit import (
+from loopscale.analysis.fit import (
     LOWER,
     UPPER,
     FitData,
@@ -34,7 +34,7 @@ from loopscale.fit import (
     single_threaded_blas,
     unit_labels,
 )
-from loopscale.law import PAPER_LAW
+from loopscale.analysis.law import PAPER_LAW
 from loopscale.runs_table import synthetic_runs
 
 

@@ -17,11 +17,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from loopscale.compare import Comparison, compare
+from loopscale.analysis.compare import Comparison, compare
+from loopscale.analysis.fit import FitData, FitReport, check_settings, predict_loss, run_fit
 from loopscale.errors import UserError
-from loopscale.fit import FitData, FitReport, check_settings, predict_loss, run_fit
 from loopscale.runs_table import select_probe, usable_rows
-from loopscale.store import FINISHED, GRID_FILE, STATES, load_results, run_states
+from loopscale.store import FINISHED, GRID_FILE, STATES, load_results
+from loopscale.submit.scheduler import run_states
 
 BASELINE = "none"
 
@@ -137,7 +138,7 @@ def fit_part(runs: pd.DataFrame, *, starts: int, bootstrap: int, seed: int, hube
     part.residuals = pd.DataFrame({"run_id": ids, "r": fitted["r"].to_numpy(), "loss": loss,
                                    "predicted": predicted, "resid": loss - predicted})
     if plots:
-        from loopscale.fit_plots import render
+        from loopscale.analysis.fit_plots import render
 
         part.figures = _staged("figures", render, part.result, progress)
     return part
@@ -155,7 +156,7 @@ def probe_part(runs: pd.DataFrame, probe: str, *, starts: int, bootstrap: int, s
         return part
     part.doc = part.result.to_json()
     if plots:
-        from loopscale.compare_plots import render
+        from loopscale.analysis.compare_plots import render
 
         part.figure = _staged("figure", render, part.result, progress)
     return part

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from loopscale.analysis.regime import cell_rows, ci_text, noise_line, verdict_line
 from loopscale.fmt import num, sci, si
-from loopscale.regime import cell_rows, ci_text, noise_line, verdict_line
 from loopscale.report import BASELINE, FitPart, ProbePart, Report
 
 LAW = "L = E + A·(N_once + r^φ·N_rec)^−α + B·D^−β"

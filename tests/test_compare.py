@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from loopscale.compare import bootstrap_p_value, compare, split_tables, verdict
+from loopscale.analysis.compare import bootstrap_p_value, compare, split_tables, verdict
+from loopscale.analysis.law import PAPER_LAW, Law
 from loopscale.counting import Arch, flops_per_token
 from loopscale.errors import UserError
 from loopscale.grid import load_grid
-from loopscale.law import PAPER_LAW, Law
 from loopscale.runs_table import PAPER_GRID
 from sweep_fixtures import cli_in_process
 

@@ -12,8 +12,7 @@ import pytest
 from scipy.optimize import minimize
 from scipy.special import huber, logsumexp
 
-from loopscale.errors import UserError
-from loopscale.fit import (
+from loopscale.analysis.fit import (
     LOWER,
     UPPER,
     FitData,
@@ -29,7 +28,8 @@ from loopscale.fit import (
     single_threaded_blas,
     unit_labels,
 )
-from loopscale.law import PAPER_LAW, Law
+from loopscale.analysis.law import PAPER_LAW, Law
+from loopscale.errors import UserError
 from loopscale.runs_table import PAPER_GRID, load_runs, paper_design, select_probe, synthetic_runs, usable_rows
 from sweep_fixtures import cli_in_process
 

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from loopscale.counting import Arch, flops_per_token, n_once, n_rec
-from loopscale.equiv import (
+from loopscale.analysis.equiv import (
     compute_optimal,
     equivalent,
     loss_at_budget,
@@ -15,8 +14,9 @@ from loopscale.equiv import (
     size_at_width,
     width_for_params,
 )
+from loopscale.analysis.law import PAPER_LAW, Law, load_law
+from loopscale.counting import Arch, flops_per_token, n_once, n_rec
 from loopscale.errors import UserError
-from loopscale.law import PAPER_LAW, Law, load_law
 from loopscale.runs_table import PAPER_GRID
 
 PROJECT_PAGE = Path(__file__).resolve().parent / "data" / "project_page_fit_data.json"  # tests/data/README.md

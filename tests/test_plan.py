@@ -10,11 +10,9 @@ import pytest
 import yaml
 
 from loopscale import schedule
-from loopscale.counting import flops_per_token
-from loopscale.fit import bootstrap_fits, bootstrap_plan, unit_labels
-from loopscale.grid import grid_from_dict, load_grid
-from loopscale.law import PAPER_LAW, Law
-from loopscale.plan import (
+from loopscale.analysis.fit import bootstrap_fits, bootstrap_plan, unit_labels
+from loopscale.analysis.law import PAPER_LAW, Law
+from loopscale.analysis.plan import (
     DEFAULT_CPU_GFLOPS,
     baseline_and_probes,
     bootstrap_many,
@@ -28,6 +26,8 @@ from loopscale.plan import (
     point_fits,
     simulate_losses,
 )
+from loopscale.counting import flops_per_token
+from loopscale.grid import grid_from_dict, load_grid
 from sweep_fixtures import cli_in_process, fake_result
 
 SMALL = """\

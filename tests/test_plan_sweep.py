@@ -12,8 +12,8 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
+from loopscale.analysis.law import Law
 from loopscale.grid import load_grid
-from loopscale.law import Law
 from sweep_fixtures import cli, cli_json, make_tiny_data
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Regime diagnostics (loopscale/regime.py) and their place in `fit`, `compare` and `report`: constructed
+"""Regime diagnostics (loopscale/analysis/regime.py) and their place in `fit`, `compare` and `report`: constructed
 losses only, no training. Fits use few starts and resamples to stay fast."""
 
 import json
@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from loopscale.fit import run_fit
-from loopscale.law import PAPER_LAW, Law
-from loopscale.regime import (
+from loopscale.analysis.fit import run_fit
+from loopscale.analysis.law import PAPER_LAW, Law
+from loopscale.analysis.regime import (
     BRACKETED_SHARE,
     PAPER_TOKENS_PER_PARAM,
     cell_minima,
@@ -228,7 +228,7 @@ def test_fit_with_seed_repeats_reports_noise(tmp_path):
 
 
 def test_compare_carries_each_sides_diagnostics():
-    from loopscale.compare import compare
+    from loopscale.analysis.compare import compare
 
     design = paper_design(grid={c: w for c, w in list(paper_design_grid().items())[:4]})
     base = synthetic_runs(PAPER_LAW, 0.005, seed=1, design=design).assign(probe="none")

@@ -1,4 +1,4 @@
-"""The iso-FLOP cell table (loopscale.regime's cell minima) as printed by `fit` and `plan`."""
+"""The iso-FLOP cell table (loopscale.analysis.regime's cell minima) as printed by `fit` and `plan`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from rich.table import Table
 
 def print_cells(diag: dict, title: str, out: Console) -> None:
     """One row per (budget, r[, probe]) cell: widths, N trained, the parabola's N* and L*, where N* lies."""
-    from loopscale.regime import cell_rows  # noqa: PLC0415 - keeps the CLI's start-up free of the fit's imports
+    from loopscale.analysis.regime import cell_rows  # noqa: PLC0415 - keeps the CLI's start-up free of the fit's imports
 
     if not diag["cells"]:
         return

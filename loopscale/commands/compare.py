@@ -75,8 +75,9 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print the comparison JSON to stdout and nothing else."),
     ) -> None:
         """Fit baseline and probe with the same law; φ, Δφ with a paired bootstrap CI, loss and token changes."""
+        from loopscale.analysis.compare import check_probe_name
+        from loopscale.analysis.compare import compare as run_compare
         from loopscale.atomic import write_json_atomic
-        from loopscale.compare import check_probe_name, compare as run_compare
         from loopscale.runs_table import load_runs
 
         check_probe_name(probe, "--probe")
@@ -109,6 +110,6 @@ def register(app: typer.Typer) -> None:
 
 
 def _plot(result, out_dir: Path) -> Path:
-    from loopscale.compare_plots import write_plot
+    from loopscale.analysis.compare_plots import write_plot
 
     return write_plot(result, out_dir)

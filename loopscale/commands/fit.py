@@ -22,7 +22,7 @@ PARAMS = ("E", "A", "alpha", "B", "beta", "phi")
 
 def _print_diagnostics(diag: dict, out: Console, title: str = "verdict") -> None:
     """The verdict and its reasons, then context notes (regime.py decides; this prints)."""
-    from loopscale.regime import verdict_line
+    from loopscale.analysis.regime import verdict_line
 
     style = "green" if diag["trustworthy"] else "bold red"
     out.print(f"[{style}]{title}: {verdict_line(diag)}[/]", highlight=False, soft_wrap=True)
@@ -37,7 +37,7 @@ def _print_cells(diag: dict, out: Console) -> None:
 
 
 def _print_fit(doc: dict, out: Console) -> None:
-    from loopscale.regime import ci_text, noise_line
+    from loopscale.analysis.regime import ci_text, noise_line
 
     diag = doc.get("diagnostics")
     if diag:
@@ -125,8 +125,8 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print fit.json to stdout and nothing else."),
     ) -> None:
         """Fit the joint recurrence law L(N_once, N_rec, r, D) with bootstrap CIs; writes fit.json."""
+        from loopscale.analysis.fit import run_fit
         from loopscale.atomic import write_json_atomic
-        from loopscale.fit import run_fit
         from loopscale.runs_table import load_runs, select_probe
 
         if workers is not None and workers < 1:
@@ -172,8 +172,8 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print JSON to stdout and nothing else."),
     ) -> None:
         """Equivalent non-looped size, FLOP-matched model, worth per recurrence, compute-optimal widths."""
-        from loopscale.equiv import Family, compute_optimal, equivalent, parse_amount
-        from loopscale.law import load_law
+        from loopscale.analysis.equiv import Family, compute_optimal, equivalent, parse_amount
+        from loopscale.analysis.law import load_law
 
         given = [v is not None for v in (params, width, s)]
         try:
@@ -210,6 +210,6 @@ def register(app: typer.Typer) -> None:
 
 
 def _plots(report, out_dir: Path) -> list[Path]:
-    from loopscale.fit_plots import write_plots
+    from loopscale.analysis.fit_plots import write_plots
 
     return write_plots(report, out_dir)

@@ -1,5 +1,5 @@
 """`loopscale plan`: simulate a grid under a prior law and say whether it will measure φ (and a
-probe's Δφ), what it costs, and which cells to add or drop. Logic in loopscale/plan.py."""
+probe's Δφ), what it costs, and which cells to add or drop. Logic in loopscale/analysis/plan.py."""
 
 from __future__ import annotations
 
@@ -196,10 +196,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Will this grid measure φ? Simulate it under a prior law, fit every replicate as `fit` does,
         and report φ's expected CI, a probe's chance to resolve Δφ, the cost, and cells worth adding."""
+        from loopscale.analysis.law import load_law
+        from loopscale.analysis.plan import bracketing, check_grid, check_plan_args, plan_grid, sweep_prior
         from loopscale.errors import UserError
         from loopscale.grid import find_grid, load_grid
-        from loopscale.law import load_law
-        from loopscale.plan import bracketing, check_grid, check_plan_args, plan_grid, sweep_prior
 
         if law is not None and from_sweep is not None:
             raise UserError("give --law or --from, not both")

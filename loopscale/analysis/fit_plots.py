@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from loopscale.analysis.fit import NAMES, FitData, FitReport, predict_loss
 from loopscale.atomic import write_bytes_atomic
-from loopscale.fit import NAMES, FitData, FitReport, predict_loss
 
 
 def _pyplot():

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from loopscale.analysis.compare import Comparison
+from loopscale.analysis.fit_plots import _log_x, _pyplot, png_bytes
 from loopscale.atomic import write_bytes_atomic
-from loopscale.compare import Comparison
-from loopscale.fit_plots import _log_x, _pyplot, png_bytes
 
 COLOURS = {"baseline": "C0", "probe": "C3"}
 MARKERS = {1: "o", 2: "s", 4: "^", 8: "D"}

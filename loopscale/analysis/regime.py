@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from loopscale.analysis.fit import LOWER, NAMES, UPPER
 from loopscale.atomic import json_safe
-from loopscale.fit import LOWER, NAMES, UPPER
 from loopscale.fmt import si as _si
 
 # --- thresholds of the verdict ---------------------------------------------------------------------

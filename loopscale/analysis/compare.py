@@ -23,10 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from loopscale.atomic import json_safe
-from loopscale.counting import PROBES
-from loopscale.errors import UserError
-from loopscale.fit import (
+from loopscale.analysis.fit import (
     HUBER_DELTA,
     I_PHI,
     LOWER,
@@ -42,7 +39,10 @@ from loopscale.fit import (
     single_threaded_blas,
     unit_labels,
 )
-from loopscale.law import FORMULA
+from loopscale.analysis.law import FORMULA
+from loopscale.atomic import json_safe
+from loopscale.counting import PROBES
+from loopscale.errors import UserError
 from loopscale.runs_table import BAD_STATUS, usable_rows
 
 MIN_CELLS = 4  # (budget × r) cells per fit for a bootstrap: fewer and most resamples repeat one cell
@@ -439,7 +439,7 @@ def compare(df: pd.DataFrame, probe: str, baseline: str = "none", *, starts: int
                 "bounds_note": "E, A, B bounds are on their logs e, a, b"}
     result = Comparison(probe, baseline, tables, fits, draws, matched, loss_change(tables, matched),
                         token_gain(matched), n_units, settings, warnings, notes)
-    from loopscale.regime import regime_diagnostics
+    from loopscale.analysis.regime import regime_diagnostics
 
     for key in ("baseline", "probe"):
         result.diagnostics[key] = regime_diagnostics(getattr(tables, key), fits[key], ci=result.params_ci(key))

@@ -19,9 +19,9 @@ from functools import cache
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from loopscale.analysis.law import Law
 from loopscale.counting import Arch, flops_per_token, n_once, n_rec
 from loopscale.errors import UserError
-from loopscale.law import Law
 
 
 @dataclass(frozen=True)

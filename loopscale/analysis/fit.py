@@ -29,9 +29,9 @@ from functools import lru_cache
 import numpy as np
 from scipy.optimize import minimize
 
+from loopscale.analysis.law import FORMULA, Law
 from loopscale.atomic import json_safe
 from loopscale.errors import UserError
-from loopscale.law import FORMULA, Law
 from loopscale.runs_table import usable_rows
 
 NAMES = ("E", "A", "alpha", "B", "beta", "phi")  # θ order; E, A, B fitted as their logs
@@ -757,7 +757,7 @@ def _run_fit(table, starts, bootstrap, seed, huber_delta, resample, workers, pro
     report = FitReport(fit=fit, restricted=restricted, per_r=per_r, bootstrap=draws, resample=unit,
                        n_units=n_units, split_half=split, warnings=warnings, notes=notes,
                        settings=settings, runs=runs)
-    from loopscale.regime import regime_diagnostics  # regime reads fit's bounds: imported here, not above
+    from loopscale.analysis.regime import regime_diagnostics  # regime reads fit's bounds: imported here, not above
 
     report.diagnostics = regime_diagnostics(runs, report)
     return report

@@ -5,7 +5,7 @@ law (the paper's coefficients, or a fit.json) the grid is simulated ``replicates
 Gaussian noise of ``noise`` nats on each final loss, and every replicate is analysed as
 `loopscale fit` would (method.md §5):
 
-1. **Point fit**: :func:`loopscale.fit.fit_law` — the same Huber objective, box and multistart, but
+1. **Point fit**: :func:`loopscale.analysis.fit.fit_law` — the same Huber objective, box and multistart, but
    with ``starts`` random starts (default 8, plus fit's fixed grid of 24) and the true θ as a warm
    start, instead of 500 random starts. The true θ is near the optimum, so this finds the same
    optimum at a sixth of the cost.
@@ -33,13 +33,13 @@ Existing runs whose removal would widen the CI least per FLOP they cost are list
 little information.
 
 Prior: the paper's law, a fit.json, or (``--from SWEEP``, :func:`sweep_prior`) a finished sweep's own
-fit, made as `loopscale fit` makes it (loopscale.fit.run_fit, but 100 random starts and no bootstrap:
+fit, made as `loopscale fit` makes it (loopscale.analysis.fit.run_fit, but 100 random starts and no bootstrap:
 only the point estimate is used), with its measured noise: the larger of the pooled seed-to-seed sd
-of runs identical but for the seed (loopscale.regime.seed_noise; the grid's ``repeats:``) and the
+of runs identical but for the seed (loopscale.analysis.regime.seed_noise; the grid's ``repeats:``) and the
 fit's residual RMSE.
 
 Regime (:func:`bracketing`): under the prior law, without noise, does each iso-FLOP (budget, r) cell
-of the grid bracket its compute-optimal width (loopscale.regime.cell_minima)? Fewer than 2/3 of the
+of the grid bracket its compute-optimal width (loopscale.analysis.regime.cell_minima)? Fewer than 2/3 of the
 cells with ≥ 3 widths is a warning: the fit would see one side of each valley.
 
 Units: losses in nats, FLOPs are training FLOPs (counting.py). Cost in the executor's unit
@@ -62,10 +62,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import erf
 
-from loopscale.atomic import json_safe
-from loopscale.counting import ArchError, n_once, n_rec
-from loopscale.errors import UserError
-from loopscale.fit import (
+from loopscale.analysis.fit import (
     HUBER_DELTA,
     I_PHI,
     LOWER,
@@ -80,7 +77,10 @@ from loopscale.fit import (
     single_threaded_blas,
     unit_labels,
 )
-from loopscale.law import Law
+from loopscale.analysis.law import Law
+from loopscale.atomic import json_safe
+from loopscale.counting import ArchError, n_once, n_rec
+from loopscale.errors import UserError
 
 Z95 = 1.959963984540054  # two-sided 95%
 Z80 = 0.8416212335729143  # one-sided 80% power
@@ -291,7 +291,7 @@ class SweepPrior:
     path: str
     law: Law
     fit: dict  # n_runs, r2, converged, params, residual_rmse, starts, warnings
-    seed_noise: dict  # loopscale.regime.seed_noise of the fitted runs
+    seed_noise: dict  # loopscale.analysis.regime.seed_noise of the fitted runs
     residual_rmse: float
     noise: float  # max(seed sd, residual RMSE)
     noise_source: str
@@ -305,12 +305,12 @@ class SweepPrior:
 def sweep_prior(sweep_dir, *, starts: int = SWEEP_FIT_STARTS, seed: int = 0, workers: int | None = None,
                 progress=None) -> SweepPrior:
     """Fit a sweep's finished runs as `loopscale fit SWEEP` does (loopscale.runs_table.load_runs,
-    loopscale.fit.run_fit; ``starts`` random starts and no bootstrap: only the point fit is needed)
+    loopscale.analysis.fit.run_fit; ``starts`` random starts and no bootstrap: only the point fit is needed)
     and measure its noise: the larger of the pooled seed-to-seed sd of runs identical but for the
-    seed (loopscale.regime.seed_noise) and the fit's residual RMSE. A sweep with several probes is
+    seed (loopscale.analysis.regime.seed_noise) and the fit's residual RMSE. A sweep with several probes is
     fitted on its probe-none runs. Bad sweeps raise UserError naming the folder."""
-    from loopscale.fit import run_fit
-    from loopscale.regime import seed_noise
+    from loopscale.analysis.fit import run_fit
+    from loopscale.analysis.regime import seed_noise
     from loopscale.runs_table import load_runs, select_probe, usable_rows
     from loopscale.store import FINISHED
 
@@ -401,10 +401,10 @@ def measured_cpu_rate(sweep_dir, runs: pd.DataFrame) -> dict | None:
 def bracketing(grid, law: Law, law_source: str = "paper", probe_delta: float = 0.0) -> dict:
     """The grid's iso-FLOP (budget, r, probe) cells under ``law`` without noise: the loss the law
     predicts at each design point (probe runs at φ + probe_delta, as they are simulated), and where
-    each cell's minimum over N = N_once + N_rec lies (loopscale.regime.cell_minima). ``warning`` is
+    each cell's minimum over N = N_once + N_rec lies (loopscale.analysis.regime.cell_minima). ``warning`` is
     set when fewer than 2/3 of the cells with ≥ 3 widths bracket it: the fit would see one side of
     each valley. Token-budget runs belong to no cell."""
-    from loopscale.regime import BRACKETED_SHARE, MIN_WIDTHS, cell_minima, cells_missed
+    from loopscale.analysis.regime import BRACKETED_SHARE, MIN_WIDTHS, cell_minima, cells_missed
 
     d = design_table(grid.runs)
     d = d[d["budget_flops"].notna()].drop_duplicates(["budget_flops", "r", "probe", "width"])
@@ -467,7 +467,7 @@ def refit_many(theta0: np.ndarray, data: FitData, log_loss: np.ndarray, weight: 
     Problem p has losses ``log_loss[p]`` (n,), row weights ``weight[p]`` (n,) (bootstrap
     multiplicities) and start ``theta0[p]`` (a nearby optimum: warm start only). Projected
     semismooth Newton steps (:func:`_newton_terms`) with backtracking, on the box as stage 1 of
-    loopscale.fit.multistart.
+    loopscale.analysis.fit.multistart.
     Returns (θ (P, 6), converged (P,))."""
     x = np.clip(np.array(theta0, dtype=float), LOWER, UPPER)
     P = len(x)
