@@ -245,10 +245,11 @@ def test_compare_carries_each_sides_diagnostics():
 
 
 def test_report_fit_section_leads_with_the_verdict_cells_and_seed_spread(tmp_path):
-    from loopscale.report import Report, cost_table, fit_part, status_counts
-    from loopscale.report_html import to_html
-    from loopscale.report_md import to_markdown
-    from loopscale.report_sections import layout
+    from loopscale.report.build import cost_table, fit_part, status_counts
+    from loopscale.report.data import Report
+    from loopscale.report.html import to_html
+    from loopscale.report.md import to_markdown
+    from loopscale.report.sections import layout
 
     runs = synthetic_runs(NO_FLOOR, 0.0).assign(seed=0)
     again = synthetic_runs(NO_FLOOR, 0.002, seed=1).assign(seed=1).head(8)

@@ -147,7 +147,7 @@ def test_cost_table_sums_flops_and_hours_per_r_and_device():
     """Compute spent from result.json fields: FLOPs and tokens of finished runs, wall_time_s split by device."""
     import pandas as pd
 
-    from loopscale.report import cost_table
+    from loopscale.report.build import cost_table
 
     runs = pd.DataFrame({
         "run_id": list("abcde"), "probe": ["none", "none", None, "tbptt", "none"], "r": [1, 2, 2, 2, 1],

@@ -11,13 +11,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from loopscale.commands.fit import _fmt, _print_diagnostics
+from loopscale.commands.diagnostics import print_diagnostics
 from loopscale.commands.stages import stage_progress
 from loopscale.errors import UserError
+from loopscale.fmt import num
 
 
 def _ci(ci) -> str:
-    return "—" if ci is None else f"[{_fmt(ci[0], 3, sign='+')}, {_fmt(ci[1], 3, sign='+')}]"
+    return "—" if ci is None else f"[{num(ci[0], 3, sign='+')}, {num(ci[1], 3, sign='+')}]"
 
 
 def _print_compare(doc: dict, out: Console) -> None:
@@ -28,16 +29,16 @@ def _print_compare(doc: dict, out: Console) -> None:
         t.add_column(col, justify="left" if col == "" else "right")
     for key, side in (("baseline", base), ("probe", probe)):
         p = side["params"]
-        t.add_row(f"{key}: {side['name']}", f"{side['n_runs']} ({side['n_looped_runs']})", _fmt(side["phi"], 3),
-                  "—" if side["ci"] is None else f"[{_fmt(side['ci'][0], 3)}, {_fmt(side['ci'][1], 3)}]", "",
-                  _fmt(side["r2"]), _fmt(p["alpha"]), _fmt(p["beta"]), _fmt(p["E"]), str(side["converged"]))
+        t.add_row(f"{key}: {side['name']}", f"{side['n_runs']} ({side['n_looped_runs']})", num(side["phi"], 3),
+                  "—" if side["ci"] is None else f"[{num(side['ci'][0], 3)}, {num(side['ci'][1], 3)}]", "",
+                  num(side["r2"]), num(p["alpha"]), num(p["beta"]), num(p["E"]), str(side["converged"]))
     p_value = doc["p_value"]
-    t.add_row("Δφ = probe − baseline", "", _fmt(doc["delta_phi"], 3, sign="+"), _ci(doc["delta_phi_ci"]),
+    t.add_row("Δφ = probe − baseline", "", num(doc["delta_phi"], 3, sign="+"), _ci(doc["delta_phi_ci"]),
               "—" if p_value is None else f"{p_value:.3g}", "", "", "", "", "")
     out.print(t)
     for key, side in (("baseline", base), ("probe", probe)):
         if side.get("diagnostics"):
-            _print_diagnostics(side["diagnostics"], out, title=f"{key} {side['name']}")
+            print_diagnostics(side["diagnostics"], out, title=f"{key} {side['name']}")
 
     loss = Table(title="at matched compute (same budget, r and width): probe − baseline")
     for col in ("r", "runs", "cells", "Δloss mean (nats)", "Δloss median", "Δ best loss per cell", "D_probe/D_base"):
@@ -45,8 +46,8 @@ def _print_compare(doc: dict, out: Console) -> None:
     tokens = doc["token_gain"] or {}
     for key, row in doc["loss_change"].items():
         ratio = tokens.get("median") if key == "all" else tokens.get("per_r", {}).get(key)
-        loss.add_row(key, str(row["n_runs"]), str(row["n_cells"]), _fmt(row["mean"], sign="+"),
-                     _fmt(row["median"], sign="+"), _fmt(row["best"], sign="+"), _fmt(ratio, 3))
+        loss.add_row(key, str(row["n_runs"]), str(row["n_cells"]), num(row["mean"], sign="+"),
+                     num(row["median"], sign="+"), num(row["best"], sign="+"), num(ratio, 3))
     out.print(loss)
     out.print(doc["verdict"]["text"], highlight=False, soft_wrap=True)
     boot = doc["bootstrap"]

@@ -12,24 +12,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from loopscale.commands.cells import print_cells
+from loopscale.commands.diagnostics import print_cells, print_diagnostics
 from loopscale.commands.stages import stage_progress
 from loopscale.errors import UserError
-from loopscale.fmt import num as _fmt
+from loopscale.fmt import num
 
 PARAMS = ("E", "A", "alpha", "B", "beta", "phi")
-
-
-def _print_diagnostics(diag: dict, out: Console, title: str = "verdict") -> None:
-    """The verdict and its reasons, then context notes (regime.py decides; this prints)."""
-    from loopscale.analysis.regime import verdict_line
-
-    style = "green" if diag["trustworthy"] else "bold red"
-    out.print(f"[{style}]{title}: {verdict_line(diag)}[/]", highlight=False, soft_wrap=True)
-    for line in diag["reasons"]:
-        out.print(f"  - {line}", highlight=False, soft_wrap=True)
-    for line in diag["notes"]:
-        out.print(f"  note: {line}", highlight=False, soft_wrap=True)
 
 
 def _print_cells(diag: dict, out: Console) -> None:
@@ -41,14 +29,14 @@ def _print_fit(doc: dict, out: Console) -> None:
 
     diag = doc.get("diagnostics")
     if diag:
-        _print_diagnostics(diag, out)
+        print_diagnostics(diag, out)
         _print_cells(diag, out)
     main = Table(title=f"L = E + A·(N_once + r^φ·N_rec)^−α + B·D^−β   ({doc['n_runs']} runs)")
     main.add_column("param")
     main.add_column("fit", justify="right")
     main.add_column("95% CI", justify="right")
     for name in PARAMS:
-        main.add_row(name, _fmt(doc["params"][name]), ci_text(name, doc["params"][name], doc["ci"].get(name), diag, _fmt))
+        main.add_row(name, num(doc["params"][name]), ci_text(name, doc["params"][name], doc["ci"].get(name), diag, num))
     out.print(main)
     if diag:
         out.print(noise_line(diag), highlight=False, soft_wrap=True)
@@ -57,7 +45,7 @@ def _print_fit(doc: dict, out: Console) -> None:
         fits.add_column(col, justify="right" if col != "fit" else "left")
     rows = [("free", doc["fit"])] + list(doc["restricted"].items())
     for name, f in rows:
-        fits.add_row(name, _fmt(f["params"]["phi"], 3), _fmt(f["r2"]), _fmt(f["objective"], 6, "g"),
+        fits.add_row(name, num(f["params"]["phi"], 3), num(f["r2"]), num(f["objective"], 6, "g"),
                      str(f["converged"]), f"{f['n_starts_at_best']}/{f['n_starts']}")
     out.print(fits)
     per_r = Table(title="per r: Chinchilla fits (N = N_once + N_rec) and residuals of the joint fit (nats)")
@@ -66,11 +54,11 @@ def _print_fit(doc: dict, out: Console) -> None:
     for key, res in doc["residuals"].items():
         f = doc["per_r"].get(key)
         p = f["params"] if f else {}
-        per_r.add_row(key, str(res["n"]), _fmt(p.get("E")), _fmt(p.get("alpha")), _fmt(p.get("beta")),
-                      _fmt(f["r2"]) if f else "—", _fmt(res["mean"], sign="+"), _fmt(res["max_abs"]), _fmt(res["rmse"]))
+        per_r.add_row(key, str(res["n"]), num(p.get("E")), num(p.get("alpha")), num(p.get("beta")),
+                      num(f["r2"]) if f else "—", num(res["mean"], sign="+"), num(res["max_abs"]), num(res["rmse"]))
     out.print(per_r)
     if doc["split_half"]:
-        halves = ", ".join(f"{k} ({len(v['budgets'])} budgets, {v['n_runs']} runs) φ = {_fmt(v['phi'], 3)}"
+        halves = ", ".join(f"{k} ({len(v['budgets'])} budgets, {v['n_runs']} runs) φ = {num(v['phi'], 3)}"
                            for k, v in doc["split_half"].items())
         out.print(f"split-half: {halves}", highlight=False)
     boot = doc["bootstrap"]
@@ -81,8 +69,8 @@ def _print_fit(doc: dict, out: Console) -> None:
 
 def _print_equiv(doc: dict, out: Console) -> None:
     law = doc["law"]
-    out.print(f"law: E={_fmt(law['E'])} A={_fmt(law['A'])} α={_fmt(law['alpha'])} B={_fmt(law['B'])} "
-              f"β={_fmt(law['beta'])} φ={_fmt(law['phi'], 3)}", highlight=False)
+    out.print(f"law: E={num(law['E'])} A={num(law['A'])} α={num(law['alpha'])} B={num(law['B'])} "
+              f"β={num(law['beta'])} φ={num(law['phi'], 3)}", highlight=False)
     eq = doc.get("model")
     if eq:
         lp, same, flat = eq["looped"], eq["equivalent_non_looped"], eq["flop_matched_non_looped"]
@@ -90,11 +78,11 @@ def _print_equiv(doc: dict, out: Console) -> None:
         for col in ("model", "width d", "s", "unique params", "FLOPs/token", "loss (nats)"):
             t.add_column(col, justify="right" if col != "model" else "left")
         t.add_row(f"looped (r = {lp['r']})", f"{lp['width']:.0f}", f"{lp['s']:.2f}", f"{lp['n_params'] / 1e6:,.1f}M",
-                  f"{lp['flops_per_token']:.4g}", _fmt(eq["loss"]))
+                  f"{lp['flops_per_token']:.4g}", num(eq["loss"]))
         t.add_row("equivalent non-looped (N_eff)", f"{same['width']:.0f}", f"{same['s']:.2f}",
                   f"{same['n_params'] / 1e6:,.1f}M", f"{same['flops_per_token']:.4g}", "")
         t.add_row("FLOP-matched non-looped (same width)", f"{flat['width']:.0f}", f"{flat['s']:.2f}",
-                  f"{flat['n_params'] / 1e6:,.1f}M", f"{flat['flops_per_token']:.4g}", _fmt(eq["loss_flop_matched"]))
+                  f"{flat['n_params'] / 1e6:,.1f}M", f"{flat['flops_per_token']:.4g}", num(eq["loss_flop_matched"]))
         out.print(t)
         out.print(f"N_eff = {eq['n_eff'] / 1e6:,.1f}M; one recurrence is worth r^φ/r = {eq['recurrence_worth']:.3f} "
                   f"of a unique block; FLOPs/token looped / non-looped = {eq['flops_ratio']:.3f}", highlight=False)
@@ -105,7 +93,7 @@ def _print_equiv(doc: dict, out: Console) -> None:
             t.add_column(col, justify="right")
         for c in co:
             t.add_row(str(c["r"]), f"{c['width']:.0f}", f"{c['s']:.2f}", f"{c['n_params'] / 1e6:,.1f}M",
-                      f"{c['n_eff'] / 1e6:,.1f}M", f"{c['tokens']:.4g}", _fmt(c["loss"]), _fmt(c["gap_to_r1"]))
+                      f"{c['n_eff'] / 1e6:,.1f}M", f"{c['tokens']:.4g}", num(c["loss"]), num(c["gap_to_r1"]))
         out.print(t)
 
 

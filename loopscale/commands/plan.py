@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from loopscale.commands.cells import print_cells
+from loopscale.commands.diagnostics import print_cells
 from loopscale.commands.stages import stage_progress
 
 

@@ -40,7 +40,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Report a sweep: grid and status, compute spent, the fit with CIs and residuals, probe comparisons,
         every run; one HTML file with its figures inside, and the same tables as Markdown."""
-        from loopscale.report import gather, write_report
+        from loopscale.report.build import gather
+        from loopscale.report.write import write_report
 
         sweep_dir = resolve_sweep(sweep_dir)
         html_path = output_path(out, sweep_dir)

@@ -8,8 +8,8 @@ import re
 from html import escape
 
 from loopscale import __version__
-from loopscale.report import Report
-from loopscale.report_sections import Bullets, Code, Facts, Figure, Heading, Para, Section, Table
+from loopscale.report.blocks import Bullets, Code, Facts, Figure, Heading, Para, Section, Table
+from loopscale.report.data import Report
 
 CSS = """
 :root { --fg: #1f2328; --muted: #59636e; --line: #d8dee4; --alt: #f6f8fa; --accent: #0969da; }

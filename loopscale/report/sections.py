@@ -1,6 +1,6 @@
 """The report laid out: sections of headings, text, tables (numbers already rounded), figures.
 
-One layout for both outputs: report_html and report_md render the same sections, so the HTML and the
+One layout for both outputs: report.html and report.md render the same sections, so the HTML and the
 Markdown hold the same tables. Rounding is for reading only; fit.json and compare-<probe>.json keep
 every digit.
 """
@@ -8,14 +8,14 @@ every digit.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from loopscale.analysis.regime import cell_rows, ci_text, noise_line, verdict_line
 from loopscale.fmt import num, sci, si
-from loopscale.report import BASELINE, FitPart, ProbePart, Report
+from loopscale.report.blocks import Bullets, Code, Facts, Figure, Heading, Para, Section, Table
+from loopscale.report.data import BASELINE, FitPart, ProbePart, Report
 
 LAW = "L = E + A·(N_once + r^φ·N_rec)^−α + B·D^−β"
 PARAMS = ("E", "A", "alpha", "B", "beta", "phi")
@@ -27,58 +27,6 @@ FIGURE_CAPTIONS = {
     "fit_residuals.png": "Residuals L − L̂ of the joint fit against N_eff and tokens D (nats).",
     "fit_phi_bootstrap.png": "Bootstrap distribution of φ with the 95% percentile interval (dashed).",
 }
-
-
-@dataclass
-class Heading:
-    text: str
-
-
-@dataclass
-class Para:
-    text: str
-    kind: str = ""  # "" | lead | note | warning | reason (why something is missing)
-
-
-@dataclass
-class Bullets:
-    items: list[str]
-
-
-@dataclass
-class Facts:
-    items: list[tuple[str, str]]
-
-
-@dataclass
-class Table:
-    columns: list[str]
-    rows: list[list[str]]
-    numeric: set[int] = field(default_factory=set)  # right-aligned columns
-    total: bool = False  # the last row sums the others
-    wrap: set[int] = field(default_factory=set)  # columns of long text, wrapped
-    state: int | None = None  # column of run states (coloured in HTML)
-
-
-@dataclass
-class Figure:
-    name: str
-    png: bytes
-    caption: str
-
-
-@dataclass
-class Code:
-    text: str
-    summary: str
-    lang: str = "yaml"
-
-
-@dataclass
-class Section:
-    id: str
-    title: str
-    blocks: list = field(default_factory=list)
 
 
 def layout(report: Report) -> list[Section]:

@@ -3,8 +3,8 @@ only named: they are embedded in the HTML report."""
 
 from __future__ import annotations
 
-from loopscale.report import Report
-from loopscale.report_sections import Bullets, Code, Facts, Figure, Heading, Para, Section, Table
+from loopscale.report.blocks import Bullets, Code, Facts, Figure, Heading, Para, Section, Table
+from loopscale.report.data import Report
 
 PREFIX = {"note": "> Note: ", "warning": "> **Warning:** ", "reason": "> "}
 

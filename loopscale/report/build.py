@@ -1,69 +1,28 @@
-"""`loopscale report`: what one sweep has to say, gathered into one object.
+"""`loopscale report`: what one sweep has to say, gathered into one :class:`~loopscale.report.data.Report`.
 
 :func:`gather` reads the sweep (run states with the scheduler's word, the results store), sums the
-compute spent, fits the law to the baseline runs as `loopscale fit` does (fit.run_fit), compares
-each probe present with the baseline as `loopscale compare` does (compare.compare), and renders
-their figures as PNG bytes. Nothing here formats: report_sections lays the report out as tables,
-report_html and report_md write it (:func:`write_report`).
+compute spent, fits the law to the baseline runs as `loopscale fit` does (analysis.fit.run_fit),
+compares each probe present with the baseline as `loopscale compare` does (analysis.compare.compare),
+and renders their figures as PNG bytes. Nothing here formats: report.sections lays the report out as
+tables, report.html and report.md render it, report.write writes both.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
 
-from loopscale.analysis.compare import Comparison, compare
-from loopscale.analysis.fit import FitData, FitReport, check_settings, predict_loss, run_fit
+from loopscale.analysis.compare import compare
+from loopscale.analysis.fit import FitData, check_settings, predict_loss, run_fit
 from loopscale.errors import UserError
+from loopscale.report.data import BASELINE, FitPart, ProbePart, Report
 from loopscale.runs_table import select_probe, usable_rows
 from loopscale.store import FINISHED, GRID_FILE, STATES, load_results
 from loopscale.submit.scheduler import run_states
-
-BASELINE = "none"
-
-
-@dataclass
-class FitPart:
-    """The fit of the baseline runs, or why there is none (one sentence in ``reason``)."""
-
-    probe: str | None  # the probe whose runs were fitted; None when the sweep holds one probe only
-    n_usable: int  # finished runs with a loss among them
-    result: FitReport | None = None
-    reason: str | None = None
-    notes: list[str] = field(default_factory=list)  # which runs were fitted
-    figures: dict[str, bytes] = field(default_factory=dict)  # fit_*.png by name
-    residuals: pd.DataFrame | None = None  # run_id, predicted, resid (nats), one row per fitted run
-
-
-@dataclass
-class ProbePart:
-    """One probe against the baseline: the comparison (and its JSON document), or why there is none."""
-
-    probe: str
-    result: Comparison | None = None
-    doc: dict | None = None  # Comparison.to_json(): what compare-<probe>.json holds
-    reason: str | None = None
-    figure: bytes | None = None
-
-
-@dataclass
-class Report:
-    sweep_dir: Path
-    name: str
-    description: str
-    grid_text: str | None  # the sweep's grid.yaml, as kept
-    created: str  # local time the report was made
-    runs: pd.DataFrame  # every run (results store columns), ``status`` with the scheduler's word
-    counts: dict[str, int]  # {state: runs}
-    cost: pd.DataFrame  # see :func:`cost_table`
-    fit: FitPart
-    probes: list[ProbePart]  # one per probe with looped runs in the sweep, besides the baseline
-    settings: dict  # fit settings: starts, bootstrap, seed, huber_delta, resample
 
 
 def gather(sweep_dir: str | Path, *, starts: int = 500, bootstrap: int = 200, seed: int = 0,
@@ -204,21 +163,6 @@ def cost_table(runs: pd.DataFrame) -> pd.DataFrame:
     rows = df.groupby(["probe", "r"], as_index=False).agg(agg)
     total = df.agg(agg).to_frame().T.assign(probe="all", r=np.nan)
     return pd.concat([rows, total], ignore_index=True)[["probe", "r"] + list(agg)]
-
-
-def write_report(report: Report, html_path: str | Path) -> tuple[Path, Path]:
-    """Write the HTML report and, next to it, the Markdown tables (same name, .md), atomically."""
-    from loopscale.atomic import write_bytes_atomic
-    from loopscale.report_html import to_html
-    from loopscale.report_md import to_markdown
-    from loopscale.report_sections import layout
-
-    html_path = Path(html_path)
-    md_path = html_path.with_suffix(".md")
-    sections = layout(report)
-    write_bytes_atomic(html_path, to_html(report, sections).encode())
-    write_bytes_atomic(md_path, to_markdown(report, sections).encode())
-    return html_path, md_path
 
 
 def _grid(sweep_dir: Path) -> tuple[str | None, str, str]:
