@@ -31,10 +31,10 @@ from loopscale.analysis.fit import (
     draw_starts,
     fit_law,
     run_fit,
-    single_threaded_blas,
     unit_labels,
 )
 from loopscale.analysis.law import PAPER_LAW
+from loopscale.analysis.parallel import single_threaded_blas
 from loopscale.runs_table import synthetic_runs
 
 

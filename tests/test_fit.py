@@ -25,10 +25,10 @@ from loopscale.analysis.fit import (
     paired_bootstrap,
     percentile_ci,
     run_fit,
-    single_threaded_blas,
     unit_labels,
 )
 from loopscale.analysis.law import PAPER_LAW, Law
+from loopscale.analysis.parallel import single_threaded_blas
 from loopscale.errors import UserError
 from loopscale.runs_table import PAPER_GRID, load_runs, paper_design, select_probe, synthetic_runs, usable_rows
 from sweep_fixtures import cli_in_process

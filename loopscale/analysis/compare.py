@@ -36,10 +36,10 @@ from loopscale.analysis.fit import (
     bootstrap_plan,
     fit_law,
     percentile_ci,
-    single_threaded_blas,
     unit_labels,
 )
 from loopscale.analysis.law import FORMULA
+from loopscale.analysis.parallel import single_threaded_blas
 from loopscale.atomic import json_safe
 from loopscale.counting import PROBES
 from loopscale.errors import UserError

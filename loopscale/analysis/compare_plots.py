@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from loopscale.analysis.compare import Comparison
-from loopscale.analysis.fit_plots import _log_x, _pyplot, png_bytes
+from loopscale.analysis.plots import log_x, png_bytes, pyplot
 from loopscale.atomic import write_bytes_atomic
 
 COLOURS = {"baseline": "C0", "probe": "C3"}
@@ -24,7 +24,7 @@ def write_plot(comparison: Comparison, out_dir: str | Path) -> Path:
 
 def render(comparison: Comparison) -> bytes:
     """The figure as PNG bytes."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_phi, ax_n) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [1, 2.2]})
     _phi_panel(ax_phi, comparison)
     _neff_panel(ax_n, comparison)
@@ -69,7 +69,7 @@ def _neff_panel(ax, c: Comparison) -> None:
         grid = np.geomspace(n_eff.min() / 1.2, n_eff.max() * 1.2, 200)
         ax.plot(grid, p["E"] + p["A"] * grid ** -p["alpha"], color=COLOURS[key], lw=1,
                 label=f"{key} fit, φ = {p['phi']:.3f}, R² = {c.fits[key].r2:.4f}")
-    _log_x(ax)
+    log_x(ax)
     ax.set_xlabel("N_eff = N_once + r^φ·N_rec (each fit's φ)")
     ax.set_ylabel("L − B·D^−β (nats)")
     ax.legend(fontsize=6, ncol=2)

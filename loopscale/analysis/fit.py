@@ -17,22 +17,17 @@ Multistart in two stages:
 
 from __future__ import annotations
 
-import ctypes
-import multiprocessing as mp
-import os
-import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 from scipy.optimize import minimize
 
 from loopscale.analysis.law import FORMULA, Law
+from loopscale.analysis.parallel import parallel_map, single_threaded_blas
 from loopscale.atomic import json_safe
 from loopscale.errors import UserError
 from loopscale.runs_table import usable_rows
+from loopscale.schedule import cpu_count
 
 NAMES = ("E", "A", "alpha", "B", "beta", "phi")  # θ order; E, A, B fitted as their logs
 I_PHI = 5
@@ -533,10 +528,10 @@ def bootstrap_fits(tables, plan: list[list[np.ndarray]], *, starts: int = 500, s
              for k, rows in enumerate(plan) for t in range(len(datas))]
     params = np.full((len(datas), len(plan), 6), np.nan)
     converged = np.zeros((len(datas), len(plan)), dtype=bool)
-    workers = max(1, min(workers or _cores(), len(tasks)))
+    workers = max(1, min(workers or cpu_count(), len(tasks)))
     chunks = [tasks[i::workers * 4] for i in range(min(len(tasks), workers * 4))]
     done = 0
-    for results in _map(_run_chunk, chunks, workers):
+    for results in parallel_map(_run_chunk, chunks, workers):
         for t, k, p, ok in results:
             params[t, k], converged[t, k] = p, ok
         done += len(results)
@@ -561,31 +556,6 @@ def paired_bootstrap(tables, n_resamples: int = 200, *, by: str = "cells", seed:
     warm = [fit_law(d, starts=starts, seed=[seed, 0], huber_delta=huber_delta).theta for d in datas]
     return bootstrap_fits(datas, plan, starts=starts, seed=seed, huber_delta=huber_delta, warm=warm,
                           workers=workers, progress=progress)
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def _map(fn, items, workers: int):
-    """fn over items, in this process or in a pool; yields results as they finish."""
-    if workers <= 1:
-        for item in items:
-            yield fn(item)
-        return
-    # fork is cheap and safe here (numpy/scipy only); after torch was imported, spawn fresh.
-    method = "fork" if sys.platform == "linux" and "torch" not in sys.modules else "spawn"
-    try:
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method))
-    except (OSError, NotImplementedError):  # no process semaphores (some sandboxes): run here
-        yield from _map(fn, items, 1)
-        return
-    with pool:
-        for fut in as_completed([pool.submit(fn, item) for item in items]):
-            yield fut.result()
 
 
 def percentile_ci(samples: np.ndarray, level: float = 0.95) -> list[float] | None:
@@ -789,55 +759,3 @@ def split_half(runs, data: FitData, *, seed: int, notes: list[str], **kw) -> dic
                 notes.append(f"split-half {name}: {e}")
         out[name] = entry
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# BLAS threads
-
-
-@contextmanager
-def single_threaded_blas():
-    """Hold OpenBLAS (numpy's and scipy's) to one thread: every product here is 6×6 or 6×n, where
-    threads only add synchronisation, and on a busy machine they made fits 3× slower. Uses
-    threadpoolctl when installed, else the libraries' own setters; a no-op where neither exists."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        threadpool_limits = None
-    if threadpool_limits is not None:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
-        return
-    saved = [(setter, getter()) for setter, getter in _openblas_controls()]
-    for setter, _ in saved:
-        setter(1)
-    try:
-        yield
-    finally:
-        for setter, n in saved:
-            setter(n)
-
-
-@lru_cache(maxsize=1)
-def _openblas_controls() -> list:
-    """(set_num_threads, get_num_threads) of every OpenBLAS loaded in this process (Linux)."""
-    try:
-        with open("/proc/self/maps") as f:
-            paths = {line.split()[-1] for line in f if "openblas" in line.rsplit("/", 1)[-1].lower()}
-    except OSError:
-        return []
-    controls = []
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""),
-                               ("openblas", "64_"), ("openblas", "")):
-            setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-            getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-            if setter is not None and getter is not None:
-                getter.restype = ctypes.c_int
-                controls.append((lambda n, fn=setter: fn(ctypes.c_int(n)), getter))
-                break
-    return controls

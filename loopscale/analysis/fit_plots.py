@@ -3,28 +3,19 @@ the bootstrap distribution of φ. Losses in nats."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 
 from loopscale.analysis.fit import NAMES, FitData, FitReport, predict_loss
+from loopscale.analysis.plots import log_x, png_bytes, pyplot
 from loopscale.atomic import write_bytes_atomic
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def render(report: FitReport) -> dict[str, bytes]:
     """The figures as PNG bytes by file name (fit_*.png), in a fixed order; a figure that does not
     apply (no FLOP budgets, no bootstrap) is left out."""
-    plt = _pyplot()
+    plt = pyplot()
     pngs = {}
     for name, draw in (("fit_loss_vs_neff.png", _loss_vs_neff), ("fit_isoflop.png", _isoflop),
                        ("fit_residuals.png", _residuals), ("fit_phi_bootstrap.png", _phi_bootstrap)):
@@ -32,14 +23,6 @@ def render(report: FitReport) -> dict[str, bytes]:
         if fig is not None:
             pngs[name] = png_bytes(plt, fig)
     return pngs
-
-
-def png_bytes(plt, fig) -> bytes:
-    """A figure as PNG (120 dpi, tight bounding box), closed afterwards."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def write_plots(report: FitReport, out_dir: str | Path) -> list[Path]:
@@ -50,14 +33,6 @@ def write_plots(report: FitReport, out_dir: str | Path) -> list[Path]:
         write_bytes_atomic(out / name, png)
         written.append(out / name)
     return written
-
-
-def _log_x(ax) -> None:
-    """Log x axis labelled at decades only (minor labels collide over narrow ranges)."""
-    from matplotlib.ticker import NullFormatter
-
-    ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _law_parts(report: FitReport):
@@ -85,7 +60,7 @@ def _loss_vs_neff(plt, report: FitReport):
         m = runs["r"].to_numpy() == r
         ax.plot(grid, p["E"] + p["A"] * grid ** -p["alpha"], color="0.3", lw=1, label="E + A·N_eff^−α")
         ax.scatter(n_eff[m], runs["loss"].to_numpy()[m] - data_term[m], s=14, label="runs")
-        _log_x(ax)
+        log_x(ax)
         ax.set_title(f"r = {r:g}")
         ax.set_xlabel("N_eff = N_once + r^φ·N_rec")
     axes[0, 0].set_ylabel("L − B·D^−β (nats)")
@@ -114,7 +89,7 @@ def _isoflop(plt, report: FitReport):
             curve = _cell_curve(cell, n)
             if curve is not None:
                 ax.plot(curve.n_once + curve.n_rec, predict_loss(theta, curve), color=colour, lw=1)
-        _log_x(ax)
+        log_x(ax)
         ax.set_title(f"r = {r:g}")
         ax.set_xlabel("N = N_once + N_rec")
     axes[0, 0].set_ylabel("loss (nats)")
@@ -149,7 +124,7 @@ def _residuals(plt, report: FitReport):
         axes[1].scatter(runs["tokens"].to_numpy()[m], resid[m], s=12)
     for ax, label in zip(axes, ("N_eff", "tokens D")):
         ax.axhline(0, color="0.4", lw=0.8)
-        _log_x(ax)
+        log_x(ax)
         ax.set_xlabel(label)
     all_ = report.fit.residuals["all"]
     axes[0].set_ylabel("L − L̂ (nats)")

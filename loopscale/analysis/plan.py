@@ -68,19 +68,18 @@ from loopscale.analysis.fit import (
     LOWER,
     UPPER,
     FitData,
-    _cores,
-    _map,
     bootstrap_plan,
     fit_law,
     log_prediction,
     percentile_ci,
-    single_threaded_blas,
     unit_labels,
 )
 from loopscale.analysis.law import Law
+from loopscale.analysis.parallel import parallel_map, single_threaded_blas
 from loopscale.atomic import json_safe
 from loopscale.counting import ArchError, n_once, n_rec
 from loopscale.errors import UserError
+from loopscale.schedule import cpu_count, local_layout, queue_cost, resolve_kind, visible_gpus
 
 Z95 = 1.959963984540054  # two-sided 95%
 Z80 = 0.8416212335729143  # one-sided 80% power
@@ -176,8 +175,6 @@ def executor_unit(grid, hint: str = "auto") -> tuple[str, str]:
     ``gpus_per_node`` > 0; slurm jobs without GPUs; local and debug jobs (``kind: auto`` is slurm where
     sbatch is on PATH, else local, as `sweep` resolves it) use the GPUs this machine shows
     (loopscale.schedule.visible_gpus), else its CPU cores."""
-    from loopscale.schedule import resolve_kind, visible_gpus
-
     if hint not in ("auto", "gpu", "cpu"):
         raise UserError(f"--cost-unit must be auto, gpu or cpu, got {hint!r}")
     if hint != "auto":
@@ -203,8 +200,6 @@ def executor_layout(grid, unit: str) -> dict:
     """How many jobs run at once and how many cores (CPU) or GPUs each uses: the executor's settings,
     resolved as `sweep` would on this machine (loopscale.schedule.local_layout). ``jobs`` None: as many
     as the scheduler starts at once (slurm without array_parallelism)."""
-    from loopscale.schedule import cpu_count, local_layout, resolve_kind
-
     ex = grid.executor
     kind = resolve_kind(ex.kind)
     threads = {s.config.train.threads for s in grid.runs}
@@ -262,8 +257,6 @@ def cost_summary(design: pd.DataFrame, peak_tflops: float = H100_BF16_DENSE_TFLO
     if layout is not None:
         run_hours = np.asarray(hours(design["flops"].to_numpy(dtype=float)), dtype=float) / layout["per_job"]
         if layout.get("longest_first"):
-            from loopscale.schedule import queue_cost
-
             cost = queue_cost(design["tokens"].to_numpy(dtype=float), design["flops_per_token"].to_numpy(dtype=float))
             run_hours = run_hours[np.argsort(-cost, kind="stable")]
         out.update(wall_hours=schedule_hours(run_hours, layout["jobs"]), parallel_jobs=layout["jobs"],
@@ -367,8 +360,6 @@ def measured_cpu_rate(sweep_dir, runs: pd.DataFrame) -> dict | None:
     `load_runs` read. Threads per run: the config's train.threads, else the worker's (the run's
     started.json), else this machine's cores. Also the training-only rate,
     tokens_per_s·flops_per_token/threads. None when no finished run ran on CPU."""
-    from loopscale.schedule import cpu_count
-
     def col(name):
         return pd.to_numeric(runs[name], errors="coerce") if name in runs else pd.Series(np.nan, index=runs.index)
 
@@ -598,9 +589,9 @@ def _point_fit_chunk(tasks):
 
 def _parallel(fn, tasks, workers):
     """fn over interleaved chunks of tasks in ``workers`` processes (fit's pool); yields results."""
-    workers = max(1, min(workers or _cores(), len(tasks)))
+    workers = max(1, min(workers or cpu_count(), len(tasks)))
     n_chunks = min(len(tasks), workers * 4) if workers > 1 else 1
-    yield from _map(fn, [tasks[i::n_chunks] for i in range(n_chunks)], workers)
+    yield from parallel_map(fn, [tasks[i::n_chunks] for i in range(n_chunks)], workers)
 
 
 def bootstrap_many(design_list: list[pd.DataFrame], losses_list: list[np.ndarray], thetas_list: list[np.ndarray],
