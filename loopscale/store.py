@@ -12,8 +12,9 @@ A sweep folder::
     <sweep>/jobs/                     submitit's pickles, submission scripts and logs
     <sweep>/results.db                SQLite, one row per run (``collect``)
 
-A run's state comes from its own files first, the scheduler only for detail on runs in flight
-(``run_states`` is the one place states are derived):
+The store reads files and SQLite only. A run's state comes from its own files; for runs in flight
+the caller may pass the scheduler's word (``loopscale.submit.scheduler.states``) into ``run_states``,
+the one place states are derived:
 
 - finished: ``done``, ``diverged`` (result.json)
 - retryable: ``failed`` (error.json, or the scheduler says it failed), ``corrupt`` (result.json
@@ -25,16 +26,13 @@ A run's state comes from its own files first, the scheduler only for detail on r
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
-import socket
 import sqlite3
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 
@@ -51,6 +49,9 @@ NEW = "new"
 STATES = FINISHED + RETRYABLE + IN_FLIGHT + (NEW,)
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+# The scheduler's word on runs in flight: (sweep_dir, {run_id: job record}) → {run_id: (state, detail)}.
+SchedulerStates = Callable[[Path, dict[str, dict[str, Any]]], dict[str, tuple[str, str]]]
 
 
 @dataclass
@@ -78,7 +79,7 @@ def run_ids(sweep_dir: str | Path) -> list[str]:
         return []
 
 
-def _read_json(path: Path) -> tuple[Any, str | None]:
+def read_json(path: Path) -> tuple[Any, str | None]:
     """(object, None), or (None, why) when the file is missing ("missing") or unreadable."""
     try:
         with open(path, "rb") as f:
@@ -110,7 +111,7 @@ def check_result(rec: Any, run_id: str) -> str | None:
 def file_state(run_dir: Path) -> RunState:
     """A run's state from its own files alone (in flight = ``submitted``)."""
     run_id = run_dir.name
-    rec, why = _read_json(run_dir / RESULT_FILE)
+    rec, why = read_json(run_dir / RESULT_FILE)
     if why is None:
         bad = check_result(rec, run_id)
         if bad:
@@ -119,9 +120,9 @@ def file_state(run_dir: Path) -> RunState:
         return RunState(run_id, rec["status"], detail, result=rec)
     if why != "missing":
         return RunState(run_id, "corrupt", why)
-    job, _ = _read_json(run_dir / JOB_FILE)
+    job, _ = read_json(run_dir / JOB_FILE)
     job = job if isinstance(job, dict) else None
-    err, why = _read_json(run_dir / ERROR_FILE)
+    err, why = read_json(run_dir / ERROR_FILE)
     if why != "missing":
         line = err.get("error", "") if isinstance(err, dict) else why
         return RunState(run_id, "failed", str(line).splitlines()[0] if line else "error.json", job=job)
@@ -131,166 +132,23 @@ def file_state(run_dir: Path) -> RunState:
 
 
 def run_states(sweep_dir: str | Path, ids: Iterable[str] | None = None,
-               ask_scheduler: bool = True) -> dict[str, RunState]:
-    """States of the given runs (default: every run folder). With ``ask_scheduler``, runs in flight
-    get detail from SLURM (one sacct call for all) or from their local process."""
+               scheduler: SchedulerStates | None = None) -> dict[str, RunState]:
+    """States of the given runs (default: every run folder) from their files; runs in flight read
+    ``submitted``. With ``scheduler`` (``loopscale.submit.scheduler.states``), it is asked once for all
+    runs in flight, ``scheduler(sweep_dir, {run_id: job record})`` → ``{run_id: (state, detail)}``."""
     root = runs_root(sweep_dir)
     present = set(run_ids(sweep_dir))
     ids = sorted(present) if ids is None else list(ids)
     states = {rid: file_state(root / rid) if rid in present else RunState(rid, NEW) for rid in ids}
-    if ask_scheduler:
+    if scheduler is not None:
         flying = {rid: st.job for rid, st in states.items() if st.state == "submitted"}
-        for rid, (state, detail) in scheduler_states(flying, root).items():
+        for rid, (state, detail) in (scheduler(Path(sweep_dir), flying) if flying else {}).items():
             if state in IN_FLIGHT:
                 states[rid] = RunState(rid, state, detail, job=flying[rid])
                 continue
             again = file_state(root / rid)  # the run may have ended between the two looks
             states[rid] = again if again.state != "submitted" else RunState(rid, state, detail, job=flying[rid])
     return states
-
-
-# --- the scheduler, for detail on runs in flight -----------------------------------------------
-
-SLURM_STATES = {
-    "PENDING": "pending", "REQUEUED": "pending", "REQUEUE_HOLD": "pending", "REQUEUE_FED": "pending",
-    "CONFIGURING": "pending", "RESIZING": "pending", "SUSPENDED": "pending",
-    "RUNNING": "running", "COMPLETING": "running", "SIGNALING": "running", "STAGE_OUT": "running",
-    "CANCELLED": "cancelled", "TIMEOUT": "timeout", "COMPLETED": "lost",
-    "FAILED": "failed", "NODE_FAIL": "failed", "OUT_OF_MEMORY": "failed", "BOOT_FAIL": "failed",
-    "DEADLINE": "failed", "PREEMPTED": "failed", "REVOKED": "failed",
-}
-
-
-def scheduler_states(jobs: dict[str, dict[str, Any]], root: Path) -> dict[str, tuple[str, str]]:
-    """{run_id: (state, detail)} for runs in flight, from their job records (job.json) under ``root``."""
-    out: dict[str, tuple[str, str]] = {}
-    slurm = {rid: j for rid, j in jobs.items() if j.get("executor") == "slurm"}
-    if slurm:
-        out.update(_slurm_states(slurm))
-    for rid, j in jobs.items():
-        if rid not in slurm:
-            out[rid] = _process_state(j, root / rid)
-    return out
-
-
-def _slurm_states(jobs: dict[str, dict[str, Any]]) -> dict[str, tuple[str, str]]:
-    """One sacct call through submitit's watcher for all jobs; squeue for jobs sacct does not know."""
-    from submitit.slurm.slurm import SlurmJob
-
-    log = logging.getLogger("submitit")
-    level = log.level
-    log.setLevel(logging.ERROR)  # submitit warns on every sacct hiccup; we report "unknown" instead
-    try:
-        # The watcher is process-wide and keeps old answers: a job that vanished from sacct (a pending array
-        # task removed by scancel) would stay "PENDING" forever in a long `sweep --wait`. Ask afresh each poll.
-        SlurmJob.watcher.clear()
-        handles = {rid: SlurmJob(folder=j.get("folder", "."), job_id=str(j["job_id"])) for rid, j in jobs.items()}
-        SlurmJob.watcher.update()
-        raw = {rid: SlurmJob.watcher.get_state(h.job_id, mode="cache") for rid, h in handles.items()}
-    finally:
-        log.setLevel(level)
-    unknown = [str(jobs[rid]["job_id"]) for rid, s in raw.items() if s.upper() == "UNKNOWN"]
-    queued = _squeue(unknown) if unknown else {}
-    known_arrays = _sacct_arrays({j.split("_")[0] for j in unknown if "_" in j}) if unknown else set()
-    out = {}
-    for rid, s in raw.items():
-        word = s.split()[0].upper() if s.strip() else "UNKNOWN"
-        jid = str(jobs[rid]["job_id"])
-        if word == "UNKNOWN":
-            if queued is None:
-                out[rid] = ("unknown", f"slurm job {jid}: sacct and squeue do not answer")
-                continue
-            if jid not in queued:
-                if jid.split("_")[0] in known_arrays:
-                    # an array task cancelled while pending never gets an accounting record of its own
-                    out[rid] = ("cancelled", f"slurm array task {jid} was removed before it ran (scancel)")
-                else:
-                    out[rid] = ("lost", f"slurm job {jid} is neither in sacct nor in the queue")
-                continue
-            word = queued[jid]
-        state = SLURM_STATES.get(word, "unknown")
-        detail = f"slurm job {jid} {s.strip().lower() or word.lower()}"
-        if state == "lost":
-            detail = f"slurm job {jid} completed without result.json"
-        out[rid] = (state, detail)
-    return out
-
-
-def _sacct_arrays(array_ids: set[str]) -> set[str]:
-    """The array job ids among ``array_ids`` that accounting knows (any of their tasks)."""
-    if not array_ids:
-        return set()
-    try:
-        out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID", "-j", ",".join(sorted(array_ids))],
-                             capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        return set()
-    return {line.split("_")[0] for line in out.stdout.split() if "_" in line} & array_ids
-
-
-def _squeue(job_ids: list[str]) -> dict[str, str] | None:
-    """{job_id: STATE} of queued/running jobs among ``job_ids`` (array tasks as A_a), None if squeue fails."""
-    mains = sorted({j.split("_")[0] for j in job_ids})
-    try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(mains)],
-                             capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0 and "Invalid job id" not in out.stderr:
-        return None
-    states = {}
-    for line in out.stdout.splitlines():
-        jid, _, st = line.partition("|")
-        states[jid.strip()] = st.strip().upper()
-    return states
-
-
-def process_start(pid: int) -> int | None:
-    """Start time of a live, non-zombie process (clock ticks since boot), None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode(errors="replace")
-    except OSError:
-        if not Path("/proc/self/stat").exists():  # no procfs: fall back to a signal-0 probe
-            try:
-                os.kill(pid, 0)
-                return 0
-            except OSError:
-                return None
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
-
-
-def _alive(pid: Any, pid_start: Any) -> bool:
-    """The process is running and is the one recorded (not a later process with a reused pid)."""
-    if not isinstance(pid, int):
-        return False
-    start = process_start(pid)
-    return start is not None and (not pid_start or start in (0, pid_start))
-
-
-def _process_state(job: dict[str, Any], run_dir: Path) -> tuple[str, str]:
-    """Local and debug jobs: the process that took the run (started.json) or, before that, the
-    submission's workers (job.json) decide: alive → running / pending; gone → lost."""
-    kind, jid = job.get("executor", "?"), job.get("job_id")
-    if job.get("host") != socket.gethostname():
-        return "unknown", f"{kind} job on host {job.get('host')}; run status there"
-    started, why = _read_json(run_dir / STARTED_FILE)
-    if isinstance(started, dict) and "pid" in started:
-        if _alive(started.get("pid"), started.get("pid_start")):
-            return "running", f"{kind} job {jid}, pid {started['pid']}"
-        return "lost", f"{kind} job {jid}: its process ended without result.json or error.json"
-    workers = job.get("workers") or []
-    if not workers:  # between writing the run's record and starting the workers
-        if time.time() - float(job.get("submitted_unix") or 0) < 120:
-            return "pending", f"{kind} job {jid} being submitted"
-        return "lost", f"{kind} job {jid}: its submission never started a worker"
-    if any(_alive(w.get("pid"), w.get("pid_start")) for w in workers):
-        return ("running" if why != "missing" else "pending"), f"{kind} job {jid}"
-    return "lost", f"{kind} job {jid}: its workers ended before it started"
 
 
 # --- the results store -------------------------------------------------------------------------
@@ -349,10 +207,10 @@ def run_row(run_dir: Path, st: RunState) -> dict[str, Any]:
     row["width"] = row.get("d_model")
     job = st.job
     if job is None:
-        job, _ = _read_json(run_dir / JOB_FILE)
+        job, _ = read_json(run_dir / JOB_FILE)
     if isinstance(job, dict):
         row.update(executor=job.get("executor"), job_id=job.get("job_id"), submitted_at=job.get("submitted_at"))
-    started, _ = _read_json(run_dir / STARTED_FILE)
+    started, _ = read_json(run_dir / STARTED_FILE)
     if isinstance(started, dict):
         row["started_at"] = started.get("time")
     return row
@@ -366,15 +224,16 @@ class Collected:
     seconds: float
 
 
-def collect(sweep_dir: str | Path, ask_scheduler: bool = True, write: bool = True) -> Collected:
+def collect(sweep_dir: str | Path, scheduler: SchedulerStates | None = None, write: bool = True) -> Collected:
     """Read every run folder into ``results.db`` (upsert by run_id; rows of runs whose folder is gone
-    are kept). Idempotent: the same files give the same table."""
+    are kept). Idempotent: the same files give the same table. ``scheduler``: as for :func:`run_states`
+    (without it, runs in flight read ``submitted``)."""
     t0 = time.perf_counter()
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise UserError(f"{sweep_dir}: no such sweep folder")
     root = runs_root(sweep_dir)
-    states = run_states(sweep_dir, ask_scheduler=ask_scheduler)
+    states = run_states(sweep_dir, scheduler=scheduler)
     rows = [run_row(root / rid, st) for rid, st in states.items()]
     if write:
         upsert(sweep_dir / DB_FILE, rows)
@@ -446,10 +305,10 @@ def load_results(sweep_dir: str | Path, refresh: bool = True) -> "pandas.DataFra
     db = sweep_dir / DB_FILE
     if refresh and runs_root(sweep_dir).is_dir():
         try:
-            collect(sweep_dir, ask_scheduler=False)
+            collect(sweep_dir)
         except UserError:
             if not db.exists():
-                return _frame(pd.DataFrame(collect(sweep_dir, ask_scheduler=False, write=False).rows))
+                return _frame(pd.DataFrame(collect(sweep_dir, write=False).rows))
     if not db.exists():
         raise UserError(f"{sweep_dir}: no results store ({DB_FILE}) and no run folders; run `loopscale sweep` first")
     return _frame(read_db(db))

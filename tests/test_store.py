@@ -16,7 +16,7 @@ import yaml
 from loopscale import store
 from loopscale.errors import UserError
 from loopscale.grid import grid_from_dict
-from loopscale.submit import action_for, archive_attempt, plan, write_config
+from loopscale.submit import action_for, archive_attempt, plan, scheduler, write_config
 from sweep_fixtures import GRIDS, cli, fake_result
 
 
@@ -45,7 +45,7 @@ def sweep(tmp_path):
     (runs / "aaaaaaaaaaa5" / "error.json").write_text(json.dumps({"status": "failed", "error": "ValueError: boom\nmore"}))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    me = {"pid": os.getpid(), "pid_start": store.process_start(os.getpid())}
+    me = {"pid": os.getpid(), "pid_start": scheduler.process_start(os.getpid())}
     job(runs / "aaaaaaaaaaa6", workers=[me])
     (runs / "aaaaaaaaaaa6" / "started.json").write_text(json.dumps({"pid": dead.pid}))  # it died mid-run: lost
     job(runs / "aaaaaaaaaaa7", workers=[me])  # its worker is alive, nobody took it yet: pending
@@ -63,13 +63,13 @@ WANT = {"aaaaaaaaaaa1": "done", "aaaaaaaaaaa2": "diverged", "aaaaaaaaaaa3": "cor
 
 
 def test_states_come_from_the_run_files_first(sweep):
-    states = store.run_states(sweep)
+    states = store.run_states(sweep, scheduler=scheduler.states)
     assert {rid: st.state for rid, st in states.items()} == WANT
     assert states["aaaaaaaaaaa5"].detail == "ValueError: boom"
     assert "belongs to run 'somebodyelse'" in states["aaaaaaaaaaa4"].detail
     assert "unreadable" in states["aaaaaaaaaaa3"].detail
     assert states["aaaaaaaaaaa2"].detail == "diverged at step 7"
-    files_only = store.run_states(sweep, ask_scheduler=False)
+    files_only = store.run_states(sweep)
     assert {rid for rid, st in files_only.items() if st.state == "submitted"} == {
         "aaaaaaaaaaa6", "aaaaaaaaaaa7", "aaaaaaaaaaa8", "aaaaaaaaaaa9", "aaaaaaaaaa11"}
 
@@ -88,11 +88,11 @@ def test_plan_actions_follow_the_states(sweep):
 
 
 def test_collect_is_idempotent_and_load_results_has_the_fit_columns(sweep):
-    got = store.collect(sweep)
+    got = store.collect(sweep, scheduler=scheduler.states)
     assert got.counts == {s: list(WANT.values()).count(s) for s in store.STATES if s in WANT.values()}
     db = sweep / store.DB_FILE
     first = pd.read_sql_query("SELECT * FROM runs ORDER BY run_id", sqlite3.connect(db))
-    store.collect(sweep)
+    store.collect(sweep, scheduler=scheduler.states)
     again = pd.read_sql_query("SELECT * FROM runs ORDER BY run_id", sqlite3.connect(db))
     pd.testing.assert_frame_equal(first, again)
     assert len(again) == 11
@@ -188,8 +188,46 @@ def test_second_sweep_call_is_refused_while_one_submits(tmp_path):
     from loopscale.errors import UserError
     from loopscale.submit import sweep_lock
 
-    first = sweep_lock(tmp_path / "sw")
-    with pytest.raises(UserError, match="another `loopscale sweep` is submitting"):
-        sweep_lock(tmp_path / "sw")
-    first.release()
-    sweep_lock(tmp_path / "sw").release()  # free again once the first caller is done
+    with sweep_lock(tmp_path / "sw"):
+        with pytest.raises(UserError, match="another `loopscale sweep` is submitting"):
+            with sweep_lock(tmp_path / "sw"):
+                pass
+    with sweep_lock(tmp_path / "sw"):  # free again once the first caller is done
+        pass
+    with pytest.raises(RuntimeError, match="midway"):  # released when the block raises, too
+        with sweep_lock(tmp_path / "sw"):
+            raise RuntimeError("midway")
+    with sweep_lock(tmp_path / "sw"):
+        pass
+
+
+def test_the_store_reads_files_and_sqlite_only():
+    """No scheduler, subprocess or process table in the store: runs in flight get the scheduler's word
+    only from a caller that passes it in (loopscale.submit.scheduler.states)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(store))
+    imported = {a.name.split(".")[0] if not a.name.startswith("loopscale") else a.name
+                for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert not imported & {"subprocess", "socket", "signal", "submitit", "loopscale.submit", "loopscale.job"}
+    assert not any(isinstance(node, ast.Attribute) and node.attr in ("kill", "getpid", "sched_getaffinity")
+                   for node in ast.walk(tree))
+    assert "/proc" not in inspect.getsource(store)
+
+
+def test_run_states_asks_the_given_scheduler_once_for_the_runs_in_flight(sweep):
+    asked = []
+
+    def answer(sweep_dir, jobs):
+        asked.append((sweep_dir, sorted(jobs)))
+        return {rid: ("running", "on the moon") for rid in jobs}
+
+    states = store.run_states(sweep, scheduler=answer)
+    flying = ["aaaaaaaaaa11", "aaaaaaaaaaa6", "aaaaaaaaaaa7", "aaaaaaaaaaa8", "aaaaaaaaaaa9"]
+    assert asked == [(sweep, flying)]
+    assert {rid: st.state for rid, st in states.items() if rid in flying} == dict.fromkeys(flying, "running")
+    assert states["aaaaaaaaaaa8"].detail == "on the moon" and states["aaaaaaaaaaa8"].job["executor"] == "local"
+    assert {rid: st.state for rid, st in states.items() if rid not in flying} == {
+        rid: s for rid, s in WANT.items() if rid not in flying}

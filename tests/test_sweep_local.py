@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from loopscale import schedule, store, submit
+from loopscale.errors import UserError
 from loopscale.grid import ExecutorConfig, load_grid
 from sweep_fixtures import GRIDS, cli, cli_json, make_tiny_data
 
@@ -198,3 +199,80 @@ def test_the_local_queue_starts_the_longest_runs_first(tmp_path):
     cost = lambda s: s.tokens * (s.flops_per_token + schedule.PER_TOKEN_OVERHEAD_FLOPS)
     assert all(schedule.queue_cost(s.tokens, s.flops_per_token) == cost(s) for s in grid.runs)
     assert [cost(by_id[d.name]) for d in order] == sorted((cost(s) for s in grid.runs), reverse=True)
+
+
+def one_run_grid(tmp_path, data, **data_keys):
+    """grids/smoke.yaml cut to its smallest run (width 32, r 1), on the tiny data set."""
+    raw = yaml.safe_load((GRIDS / "smoke.yaml").read_text())
+    raw["widths"], raw["r"] = [32], [1]
+    raw["data"] = {"dir": str(data), "eval_tokens": 2048, **data_keys}
+    path = tmp_path / f"one-{len(list(tmp_path.glob('one-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_grid(path)
+
+
+class Recorder(submit.SweepProgress):
+    def __init__(self):
+        self.events = []
+
+    def planned(self, plan):
+        self.events.append(("planned", [r.action for r in plan.rows]))
+
+    def submitting(self, plan):
+        self.events.append(("submitting", [s.run_id for s in plan.todo]))
+
+    def run_ended(self, run_id, state):
+        self.events.append(("run_ended", run_id, state.state))
+
+    def submitted(self, outcome):
+        self.events.append(("submitted", sorted(outcome.records)))
+
+    def polled(self, states):
+        self.events.append(("polled", sorted(st.state for st in states.values())))
+
+
+def test_run_sweep_is_a_library_call(tmp_path, data):
+    """run_sweep without the command line: lock, plan, data check, folder, submit, keep the grid, end states;
+    a second call skips the finished run and submits nothing."""
+    grid = one_run_grid(tmp_path, data)
+    (rid,) = [s.run_id for s in grid.runs]
+    sweep_dir = tmp_path / "sweep"
+    seen = Recorder()
+    got = submit.run_sweep(grid, sweep_dir, ExecutorConfig(kind="debug"), progress=seen)
+    assert seen.events == [("planned", ["submit"]), ("submitting", [rid]), ("run_ended", rid, "done"),
+                           ("submitted", [rid])]
+    assert got.plan.kind == "debug" and list(got.records) == [rid] and got.records[rid]["executor"] == "debug"
+    assert {r: st.state for r, st in got.final.items()} == {rid: "done"}
+    assert (sweep_dir / "grid.yaml").read_text() == grid.text
+    with submit.sweep_lock(sweep_dir):  # released on return
+        pass
+    again = submit.run_sweep(grid, sweep_dir, ExecutorConfig(kind="debug"))
+    assert [r.action for r in again.plan.rows] == ["skip"] and again.records == {}
+
+
+def test_run_sweep_waits_for_local_runs_and_reports_each_poll(tmp_path, data):
+    grid = one_run_grid(tmp_path, data)
+    seen = Recorder()
+    got = submit.run_sweep(grid, tmp_path / "sweep", ExecutorConfig(kind="local", local_jobs=1, threads_per_job=1),
+                           wait=True, poll_s=0.2, progress=seen)
+    assert {st.state for st in got.final.values()} == {"done"}
+    polls = [e for e in seen.events if e[0] == "polled"]
+    assert polls and polls[-1] == ("polled", ["done"])
+    assert [e[0] for e in seen.events[:3]] == ["planned", "submitting", "submitted"]  # the runs end elsewhere
+
+
+def test_run_sweep_releases_the_lock_when_it_fails_midway(tmp_path, data):
+    """A call that fails after taking the lock (the data check, the submission) leaves the sweep unlocked:
+    the next call on the same folder plans and submits. A first submission that fails leaves no folder."""
+    sweep_dir = tmp_path / "sweep"
+    bad_data = one_run_grid(tmp_path, data, eval_tokens=10**9)  # more than the validation split
+    with pytest.raises(UserError, match="exceeds the") as data_failure:
+        submit.run_sweep(bad_data, sweep_dir, ExecutorConfig(kind="debug"))
+    grid = one_run_grid(tmp_path, data)
+    with pytest.raises(UserError, match="unknown executor") as submit_failure:
+        submit.run_sweep(grid, sweep_dir, ExecutorConfig(kind="nonesuch"))
+    assert not sweep_dir.exists()
+    # the failures' tracebacks are still alive here: the lock must not depend on their frames being freed
+    assert data_failure.traceback and submit_failure.traceback
+    got = submit.run_sweep(grid, sweep_dir, ExecutorConfig(kind="debug"))
+    assert {st.state for st in got.final.values()} == {"done"}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from rich.table import Table
 
 from loopscale.errors import UserError
 from loopscale.fmt import sci, si
+from loopscale.submit import SweepProgress
 
 SWEEPS_DIR = Path("sweeps")
 STATE_STYLE = {"done": "green", "diverged": "yellow", "failed": "red", "corrupt": "red", "cancelled": "red",
@@ -176,9 +176,9 @@ def register(app: typer.Typer) -> None:
         poll: float = typer.Option(5.0, help="Seconds between status polls with --wait."),
     ) -> None:
         """Expand a grid and submit its runs (skips finished runs and leaves runs in flight alone)."""
-        from loopscale import submit as sub
         from loopscale.grid import load_grid
-        from loopscale.store import RETRYABLE, run_ids, run_states
+        from loopscale.store import RETRYABLE, counts
+        from loopscale.submit import plan_sweep, run_sweep
 
         console = make_console(stderr=as_json)
         grid = load_grid(resolve_grid(grid_arg), data_dir=data)
@@ -187,72 +187,32 @@ def register(app: typer.Typer) -> None:
                                 mem_gb=mem_gb, constraint=constraint, array_parallelism=array_parallelism,
                                 local_jobs=jobs, threads_per_job=threads_per_job)
         sweep_dir = out or SWEEPS_DIR / grid.name
-        lock = None if dry_run else sub.sweep_lock(sweep_dir)  # planning + submission: one caller at a time
-        ids = [s.run_id for s in grid.runs]
-        changes = sub.sweep_changes(sweep_dir, grid)
-        if changes:
-            console.print(f"[yellow]the grid changed since {sweep_dir / 'grid.yaml'} was kept:[/]", highlight=False)
-            for line in changes:
-                console.print(f"  {line}", highlight=False, soft_wrap=True)
-        existing = set(run_ids(sweep_dir))
-        states = run_states(sweep_dir, ids)
-        rows = sub.plan(grid.runs, states, retry_failed)
-        outside = existing - set(ids)
-        if outside:
-            console.print(f"{len(outside)} run folder(s) in {sweep_dir / 'runs'} are not in this grid (left alone)")
-        totals = sub.plan_totals(rows)
-        kind = sub.resolve_kind(ex.kind)
         if dry_run:
+            p = plan_sweep(grid, sweep_dir, ex, retry_failed)
+            print_plan_notes(console, p)
             if as_json:
-                print(json.dumps(plan_json(rows, grid.runs), indent=1))
+                print(json.dumps(plan_json(p.rows, grid.runs), indent=1))
                 return
-            console.print(plan_table(rows, f"plan: {grid.name} ({sweep_dir}), executor {kind}", grid.runs))
-            print_totals(console, grid, totals)
+            console.print(plan_table(p.rows, f"plan: {grid.name} ({sweep_dir}), executor {p.kind}", grid.runs))
+            print_totals(console, grid, p.totals)
             console.print(lr_line(grid), highlight=False)
             return
 
-        todo = [s for s, r in zip(grid.runs, rows) if r.action in ("submit", "resubmit")]
-        if todo:
-            sub.check_data(grid)
-        created = not sweep_dir.exists()
-        sub.make_sweep_dir(sweep_dir)
-        on_finish = None
-        if kind == "debug":
-            on_finish = lambda rid, st: console.print(  # noqa: E731
-                f"  {rid}  {styled(st.state)}  {loss_text(st)}", highlight=False)
-            if todo:
-                console.print(f"running {len(todo)} run(s) in this process (debug executor)")
-        t0 = time.perf_counter()
+        progress = ConsoleProgress(console, as_json)
         try:
-            records = sub.submit(sweep_dir, todo, dataclasses.replace(ex, kind=kind),
-                                 job_name=f"loopscale-{grid.name}", on_finish=on_finish)
-        except UserError:
-            if created:  # a failed first submission leaves no sweep folder behind
-                shutil.rmtree(sweep_dir, ignore_errors=True)
-            raise
-        sub.record_grid(sweep_dir, grid)
-        if lock is not None:
-            lock.release()
-        held = sum(1 for r in rows if r.action == "hold")
-        console.print(submit_summary(kind, records, totals, time.perf_counter() - t0), highlight=False)
-        if held:
-            console.print(f"{held} failed run(s) held back; `--retry-failed` resubmits them", highlight=False)
-        if as_json:
-            print(json.dumps([{**r.to_dict(), "job_id": records.get(r.run_id, {}).get("job_id")} for r in rows],
-                             indent=1))
-        if kind == "debug" or wait:
-            info = {r.run_id: r for r in rows}
-            try:
-                final = follow(sweep_dir, ids, info, console, poll) if kind != "debug" else run_states(sweep_dir, ids)
-            except KeyboardInterrupt:
-                if kind == "debug":
-                    raise
-                console.print(f"stopped following; the submitted runs go on (`loopscale status {sweep_dir}`)")
-                raise typer.Exit(130) from None
-            bad = [rid for rid, st in final.items() if st.state in RETRYABLE]
-            from loopscale.store import counts
-
-            console.print(f"sweep {sweep_dir}: {counts_line(counts(final.values()))}", highlight=False)
+            got = run_sweep(grid, sweep_dir, ex, retry_failed=retry_failed, wait=wait, poll_s=poll,
+                            progress=progress)
+        except KeyboardInterrupt:
+            progress.close()
+            if progress.outcome is None or progress.outcome.plan.kind == "debug":
+                raise
+            console.print(f"stopped following; the submitted runs go on (`loopscale status {sweep_dir}`)")
+            raise typer.Exit(130) from None
+        finally:
+            progress.close()
+        if got.final is not None:
+            bad = [rid for rid, st in got.final.items() if st.state in RETRYABLE]
+            console.print(f"sweep {sweep_dir}: {counts_line(counts(got.final.values()))}", highlight=False)
             if bad:
                 console.print(f"[red]{len(bad)} run(s) did not finish[/]; see `loopscale status {sweep_dir}`, "
                               f"then `loopscale sweep {grid_arg} --retry-failed`", highlight=False)
@@ -265,7 +225,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print counts and each run's state as JSON."),
     ) -> None:
         """Show the state of every run of a sweep (from its files; the scheduler for runs in flight)."""
-        from loopscale.store import counts, run_row, run_states, runs_root
+        from loopscale.store import counts, run_row, runs_root
+        from loopscale.submit.scheduler import run_states
 
         sweep_dir = resolve_sweep(sweep_dir)
         states = run_states(sweep_dir)
@@ -288,12 +249,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Gather every run of a sweep into its results store (results.db; idempotent)."""
         from loopscale import store
+        from loopscale.submit import scheduler
 
         sweep_dir = resolve_sweep(sweep_dir)
         if export is not None and export.suffix.lower() not in (".csv", ".parquet", ".pq"):
             raise UserError(f"{export}: unknown export format {export.suffix or '(no extension)'!r}; "
                             f"use .csv or .parquet")
-        got = store.collect(sweep_dir)
+        got = store.collect(sweep_dir, scheduler=scheduler.states)
         console = make_console()
         console.print(f"collected {len(got.rows)} runs into {sweep_dir / store.DB_FILE} in {got.seconds:.2f} s: "
                       f"{counts_line(got.counts)}", highlight=False)
@@ -342,14 +304,67 @@ def submit_summary(kind: str, records: dict[str, dict], totals: dict[str, Any], 
     return f"submitted {len(records)} run(s) {where} in {seconds:.1f} s ({totals['submit_flops']:.3g} FLOPs)"
 
 
-def follow(sweep_dir: Path, ids: list[str], info: dict, console: Console, poll: float):
-    """Poll until no run is in flight: a live table on a terminal, a line per change otherwise."""
-    from rich.live import Live
+def print_plan_notes(console: Console, p) -> None:
+    """What a plan finds beside its rows: how the grid changed since it was kept, run folders outside it."""
+    if p.changes:
+        console.print(f"[yellow]the grid changed since {p.sweep_dir / 'grid.yaml'} was kept:[/]", highlight=False)
+        for line in p.changes:
+            console.print(f"  {line}", highlight=False, soft_wrap=True)
+    if p.outside:
+        console.print(f"{len(p.outside)} run folder(s) in {p.sweep_dir / 'runs'} are not in this grid (left alone)")
 
-    from loopscale import submit as sub
-    from loopscale.store import counts
 
-    def render(states) -> Table:
+class ConsoleProgress(SweepProgress):
+    """Prints what `loopscale sweep` does as run_sweep reports it; while waiting, a live table on a
+    terminal, a line per change otherwise. ``close()`` ends the live table."""
+
+    def __init__(self, console: Console, as_json: bool):
+        self.console, self.as_json = console, as_json
+        self.outcome = None
+        self.live = None
+        self.last_line: str | None = None
+
+    def planned(self, plan) -> None:
+        print_plan_notes(self.console, plan)
+
+    def submitting(self, plan) -> None:
+        if plan.kind == "debug" and plan.todo:
+            self.console.print(f"running {len(plan.todo)} run(s) in this process (debug executor)")
+
+    def run_ended(self, run_id: str, state) -> None:
+        self.console.print(f"  {run_id}  {styled(state.state)}  {loss_text(state)}", highlight=False)
+
+    def submitted(self, outcome) -> None:
+        self.outcome = outcome
+        p = outcome.plan
+        self.console.print(submit_summary(p.kind, outcome.records, p.totals, outcome.seconds), highlight=False)
+        if p.held:
+            self.console.print(f"{p.held} failed run(s) held back; `--retry-failed` resubmits them", highlight=False)
+        if self.as_json:
+            print(json.dumps([{**r.to_dict(), "job_id": outcome.records.get(r.run_id, {}).get("job_id")}
+                              for r in p.rows], indent=1))
+
+    def polled(self, states) -> None:
+        from loopscale.store import counts
+
+        if self.console.is_terminal:
+            if self.live is None:
+                from rich.live import Live
+
+                self.live = Live(console=self.console, refresh_per_second=2, transient=False)
+                self.live.start()
+            self.live.update(self.render(states))
+            return
+        text = counts_line(counts(states.values()))
+        if text != self.last_line:
+            self.last_line = text
+            self.console.print(f"{time.strftime('%H:%M:%S')}  {text}", highlight=False)
+            sys.stderr.flush()
+
+    def render(self, states) -> Table:
+        from loopscale.store import counts
+
+        info = {r.run_id: r for r in self.outcome.plan.rows}
         entries = []
         for rid, st in states.items():
             p = info.get(rid)
@@ -357,19 +372,10 @@ def follow(sweep_dir: Path, ids: list[str], info: dict, console: Console, poll: 
             entries.append({"run_id": rid, "r": p and p.r, "d_model": p and p.d_model, "probe": p and p.probe,
                             "tokens": p and p.tokens, "state": st.state, "detail": st.detail, "loss": loss})
         entries.sort(key=lambda e: (state_order(e["state"]), e["r"] or 0, e["d_model"] or 0))
-        return states_table(entries, f"{sweep_dir}  {counts_line(counts(states.values()))}  "
+        return states_table(entries, f"{self.outcome.plan.sweep_dir}  {counts_line(counts(states.values()))}  "
                                      f"[dim]{time.strftime('%H:%M:%S')}[/]")
 
-    if console.is_terminal:
-        with Live(console=console, refresh_per_second=2, transient=False) as live:
-            return sub.wait(sweep_dir, ids, lambda s: live.update(render(s)), poll)
-    last: list[str] = []
-
-    def line(states) -> None:
-        text = counts_line(counts(states.values()))
-        if text != (last[0] if last else None):
-            last[:] = [text]
-            console.print(f"{time.strftime('%H:%M:%S')}  {text}", highlight=False)
-            sys.stderr.flush()
-
-    return sub.wait(sweep_dir, ids, line, poll)
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None

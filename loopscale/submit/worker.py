@@ -1,0 +1,100 @@
+"""Inside the job: train one run (``run_job``, the debug executor's callable) or a local worker's queue
+of runs (``run_queue``), each run taken at most once (started.json) and recorded in its own folder."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from loopscale.atomic import write_json_atomic
+from loopscale.schedule import LocalLayout
+from loopscale.store import ERROR_FILE, JOB_FILE, STARTED_FILE
+from loopscale.submit.scheduler import process_start
+
+
+def _claim(run_dir: Path, token: str | None) -> bool:
+    """Take a run for this process: it must still belong to this submission and not have started."""
+    if token is not None:
+        try:
+            with open(run_dir / JOB_FILE) as f:
+                if json.load(f).get("submission") != token:
+                    return False  # resubmitted since: no longer ours
+        except (OSError, ValueError):
+            return False
+    try:
+        os.close(os.open(run_dir / STARTED_FILE, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _captured(run_dir: Path):
+    """stdout/stderr into job.out/job.err of the run folder (for runs sharing a process)."""
+    with open(run_dir / "job.out", "a") as out, open(run_dir / "job.err", "a") as err:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield
+
+
+def _use_threads(threads: int | None) -> None:
+    if threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(threads)
+
+
+def run_job(run_dir: str, capture: bool = False, raise_errors: bool = True,
+            info: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Train the run in ``run_dir`` (its config.yaml) in this process and return its result record.
+
+    Writes started.json, then calls ``loopscale.train.train_run``. A failure is recorded in error.json
+    (by the trainer, or here if it never got that far) and re-raised unless ``raise_errors`` is False
+    (debug and local workers: no post-mortem debugger, the next run goes on).
+    """
+    path = Path(run_dir)
+    try:
+        threads = info.get("threads") if info else None
+        write_json_atomic(path / STARTED_FILE, {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "pid": os.getpid(),
+            "pid_start": process_start(os.getpid()), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "threads": threads, "python": sys.executable,
+            **(info or {})})
+        with _captured(path) if capture else contextlib.nullcontext():
+            import torch
+
+            from loopscale.train import train_run
+
+            if threads:
+                torch.set_num_threads(threads)
+            return train_run(path)
+    except BaseException as e:
+        if not (path / ERROR_FILE).exists():  # failed before the trainer could record it
+            write_json_atomic(path / ERROR_FILE, {
+                "status": "failed", "error": (f"{type(e).__name__}: {e}".splitlines() or [type(e).__name__])[0],
+                "traceback": traceback.format_exc(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            })
+        if raise_errors or not isinstance(e, Exception):
+            raise
+        return None
+
+
+def run_queue(run_dirs: list[str], layout: LocalLayout, worker: int, token: str) -> dict[str, int]:
+    """A local worker job: one GPU (if any) and ``layout.threads`` threads; trains every run of the
+    queue that no other worker of the submission has taken, in order. Returns counts of what it did."""
+    if layout.gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = layout.gpus[worker % len(layout.gpus)]
+    _use_threads(layout.threads)
+    done = {"trained": 0, "failed": 0}
+    for d in run_dirs:
+        if not _claim(Path(d), token):
+            continue
+        info = {"worker": worker, "threads": layout.threads, "submission": token}
+        ok = run_job(d, capture=True, raise_errors=False, info=info) is not None
+        done["trained" if ok else "failed"] += 1
+    return done
