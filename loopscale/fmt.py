@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
+
+def finite(v) -> float | None:
+    """``v`` as a float; None when it is missing, not a number, NaN or ±inf."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
 
 def si(x: float | None, unit: str = "") -> str:
     """1234567 → '1.23M'."""

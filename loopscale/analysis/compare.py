@@ -27,7 +27,6 @@ from loopscale.analysis.fit import (
     HUBER_DELTA,
     I_PHI,
     LOWER,
-    NAMES,
     UPPER,
     BootstrapDraws,
     FitData,
@@ -38,7 +37,7 @@ from loopscale.analysis.fit import (
     percentile_ci,
     unit_labels,
 )
-from loopscale.analysis.law import FORMULA
+from loopscale.analysis.law import FORMULA, PARAM_NAMES
 from loopscale.analysis.parallel import single_threaded_blas
 from loopscale.atomic import json_safe
 from loopscale.counting import PROBES
@@ -326,8 +325,8 @@ class Comparison:
     def params_ci(self, key: str) -> dict[str, list[float] | None]:
         t = 0 if key == "baseline" else 1
         if self.draws is None:
-            return {n: None for n in NAMES}
-        return {n: percentile_ci(self.draws.params[t, :, i]) for i, n in enumerate(NAMES)}
+            return {n: None for n in PARAM_NAMES}
+        return {n: percentile_ci(self.draws.params[t, :, i]) for i, n in enumerate(PARAM_NAMES)}
 
     def side(self, key: str) -> dict:
         fit = self.fits[key]
@@ -435,7 +434,7 @@ def compare(df: pd.DataFrame, probe: str, baseline: str = "none", *, starts: int
         notes.append("no looped runs match by budget and width: loss change by cells' best runs only, no token ratio")
     settings = {"starts": starts, "bootstrap": bootstrap, "seed": seed, "huber_delta": huber_delta,
                 "resample": "cells (paired)", "min_cells": MIN_CELLS,
-                "bounds": {n: [float(LOWER[i]), float(UPPER[i])] for i, n in enumerate(NAMES)},
+                "bounds": {n: [float(LOWER[i]), float(UPPER[i])] for i, n in enumerate(PARAM_NAMES)},
                 "bounds_note": "E, A, B bounds are on their logs e, a, b"}
     result = Comparison(probe, baseline, tables, fits, draws, matched, loss_change(tables, matched),
                         token_gain(matched), n_units, settings, warnings, notes)

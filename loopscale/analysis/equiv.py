@@ -22,6 +22,7 @@ from scipy.optimize import minimize_scalar
 from loopscale.analysis.law import Law
 from loopscale.counting import Arch, flops_per_token, n_once, n_rec
 from loopscale.errors import UserError
+from loopscale.grid import WIDTH_UNIT
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Family:
     head_dim: int = 128
     seq_len: int = 2048
     vocab: int = 32064
-    width_step: int = 64  # d = width_step · s
+    width_step: int = WIDTH_UNIT  # d = width_step · s
 
     def arch(self, d_model: int, r: int) -> Arch:
         return Arch(d_model=d_model, r=r, n_layers_eff=self.n_layers_eff, n_prelude=self.n_prelude,

@@ -22,15 +22,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import minimize
 
-from loopscale.analysis.law import FORMULA, Law
+from loopscale.analysis.law import FORMULA, PARAM_NAMES, Law
 from loopscale.analysis.parallel import parallel_map, single_threaded_blas
 from loopscale.atomic import json_safe
 from loopscale.errors import UserError
 from loopscale.runs_table import usable_rows
 from loopscale.schedule import cpu_count
 
-NAMES = ("E", "A", "alpha", "B", "beta", "phi")  # θ order; E, A, B fitted as their logs
-I_PHI = 5
+LOG_FITTED = ("E", "A", "B")  # fitted as their logs e, a, b: θ = (e, a, α, b, β, φ) in PARAM_NAMES order
+I_PHI = PARAM_NAMES.index("phi")
 LOWER = np.array([-3.0, -5.0, 0.0, -5.0, 0.0, -3.0])
 UPPER = np.array([2.0, 35.0, 2.5, 35.0, 2.5, 3.0])
 HUBER_DELTA = 1e-3
@@ -327,7 +327,7 @@ def multistart(data: FitData, starts: int = 500, seed=0, delta: float = HUBER_DE
         tied = p.objective <= best.objective + tol
         if tied and _distinct(p.theta, best.theta) and all(_distinct(p.theta, t) for t in ties):
             ties.append(p.theta)
-    at_bounds = [NAMES[i] for i in range(6) if free[i] and
+    at_bounds = [PARAM_NAMES[i] for i in range(6) if free[i] and
                  (best.theta[i] <= LOWER[i] + 1e-9 or best.theta[i] >= UPPER[i] - 1e-9)]
     return Optimum(theta=best.theta, objective=best.objective, converged=best.converged,
                    message=best.message, n_starts=len(x0),
@@ -503,7 +503,7 @@ def _refit(task) -> tuple[int, int, np.ndarray, bool]:
     except UserError:  # a resample with fewer distinct runs than parameters: counted as failed
         return t, k, np.full(6, np.nan), False
     p = fit.params
-    return t, k, np.array([np.nan if p[n] is None else p[n] for n in NAMES]), fit.converged
+    return t, k, np.array([np.nan if p[n] is None else p[n] for n in PARAM_NAMES]), fit.converged
 
 
 def _run_chunk(tasks):
@@ -592,9 +592,9 @@ class FitReport:
     @property
     def ci(self) -> dict[str, list[float] | None]:
         if self.bootstrap is None:
-            return {n: None for n in NAMES}
+            return {n: None for n in PARAM_NAMES}
         samples = self.bootstrap.params[0]
-        ci = {n: percentile_ci(samples[:, i]) for i, n in enumerate(NAMES)}
+        ci = {n: percentile_ci(samples[:, i]) for i, n in enumerate(PARAM_NAMES)}
         if not self.fit.phi_fitted:
             ci["phi"] = None
         return ci
@@ -628,7 +628,7 @@ class FitReport:
             doc["bootstrap"] = {
                 "n_resamples": int(p.shape[0]), "resample": self.resample, "n_units": self.n_units,
                 "n_failed": int(np.sum(~np.isfinite(p[:, 0]))), "n_unconverged": int(np.sum(~ok)),
-                "samples": {n: [float(v) for v in p[:, i]] for i, n in enumerate(NAMES)},
+                "samples": {n: [float(v) for v in p[:, i]] for i, n in enumerate(PARAM_NAMES)},
             }
         return json_safe(doc)
 
@@ -722,8 +722,8 @@ def _run_fit(table, starts, bootstrap, seed, huber_delta, resample, workers, pro
             warnings.append(f"{n_failed} of {bootstrap} bootstrap refits failed (too few distinct runs)")
 
     settings = {"starts": starts, "bootstrap": bootstrap, "seed": seed, "huber_delta": huber_delta,
-                "resample": unit, "bounds": {n: [float(LOWER[i]), float(UPPER[i])] for i, n in enumerate(NAMES)},
-                "bounds_note": "E, A, B bounds are on their logs e, a, b"}
+                "resample": unit, "bounds": {n: [float(LOWER[i]), float(UPPER[i])] for i, n in enumerate(PARAM_NAMES)},
+                "bounds_note": f"{', '.join(LOG_FITTED)} bounds are on their logs e, a, b"}
     report = FitReport(fit=fit, restricted=restricted, per_r=per_r, bootstrap=draws, resample=unit,
                        n_units=n_units, split_half=split, warnings=warnings, notes=notes,
                        settings=settings, runs=runs)

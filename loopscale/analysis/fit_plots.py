@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loopscale.analysis.fit import NAMES, FitData, FitReport, predict_loss
+from loopscale.analysis.fit import I_PHI, FitData, FitReport, predict_loss
 from loopscale.analysis.plots import log_x, png_bytes, pyplot
 from loopscale.atomic import write_bytes_atomic
 
@@ -136,7 +136,7 @@ def _residuals(plt, report: FitReport):
 def _phi_bootstrap(plt, report: FitReport):
     if report.bootstrap is None or report.fit.phi is None:
         return None
-    phi = report.bootstrap.params[0][:, NAMES.index("phi")]
+    phi = report.bootstrap.params[0][:, I_PHI]
     phi = phi[np.isfinite(phi)]
     if phi.size == 0:
         return None

@@ -17,8 +17,10 @@ import numpy as np
 
 from loopscale.errors import UserError
 
-FORMULA = "L = E + A*(N_once + r^phi*N_rec)^(-alpha) + B*D^(-beta)"
-PARAM_NAMES = ("E", "A", "alpha", "B", "beta", "phi")
+FORMULA = "L = E + A*(N_once + r^phi*N_rec)^(-alpha) + B*D^(-beta)"  # ASCII, as fit.json records it
+FORMULA_TEXT = "L = E + A·(N_once + r^φ·N_rec)^−α + B·D^−β"  # the same law for people: screen and report
+PARAM_NAMES = ("E", "A", "alpha", "B", "beta", "phi")  # the coefficients, in this order everywhere (θ of the fit)
+FIT_FILE = "fit.json"  # what `loopscale fit` writes and load_law reads
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ def load_law(spec: str | Path, need_phi: bool = False) -> Law:
         return PAPER_LAW
     path = Path(spec)
     if path.is_dir():
-        path = path / "fit.json"
+        path = path / FIT_FILE
     if not path.is_file():
         raise UserError(f"{path}: no such fit file (use --law paper or a fit.json from `loopscale fit`)")
     try:

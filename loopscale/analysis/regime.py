@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from loopscale.analysis.fit import LOWER, NAMES, UPPER
+from loopscale.analysis.fit import LOG_FITTED, LOWER, UPPER
+from loopscale.analysis.law import PARAM_NAMES
 from loopscale.atomic import json_safe
-from loopscale.fmt import si as _si
+from loopscale.fmt import finite, si
 
 # --- thresholds of the verdict ---------------------------------------------------------------------
 MIN_WIDTHS = 3  # widths a cell needs for a parabola
@@ -211,7 +212,7 @@ def _view(fit, ci=None, split_half=None) -> _FitView | None:
         return v
     if hasattr(fit, "theta"):  # LawFit
         rmse = fit.residuals.get("all", {}).get("rmse") if fit.residuals else None
-        return _FitView(np.asarray(fit.theta, dtype=float), bool(fit.phi_fitted), _num(fit.r2), _num(rmse),
+        return _FitView(np.asarray(fit.theta, dtype=float), bool(fit.phi_fitted), finite(fit.r2), finite(rmse),
                         dict(ci or {}), dict(split_half or {}))
     if isinstance(fit, dict):  # fit.json
         p = fit.get("params") or {}
@@ -222,17 +223,9 @@ def _view(fit, ci=None, split_half=None) -> _FitView | None:
             theta = None
         rmse = ((fit.get("residuals") or {}).get("all") or {}).get("rmse")
         free = p.get("phi") is not None and fit.get("phi_identifiable", True) is not False
-        return _FitView(theta, free, _num(fit.get("r2")), _num(rmse), dict(ci or fit.get("ci") or {}),
+        return _FitView(theta, free, finite(fit.get("r2")), finite(rmse), dict(ci or fit.get("ci") or {}),
                         dict(split_half or fit.get("split_half") or {}))
     raise TypeError(f"regime_diagnostics: cannot read a fit from {type(fit).__name__}")
-
-
-def _num(v) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def bounds_hit(theta, phi_free: bool = True) -> dict[str, str]:
@@ -241,7 +234,7 @@ def bounds_hit(theta, phi_free: bool = True) -> dict[str, str]:
     out = {}
     theta = np.asarray(theta, dtype=float)
     tol = AT_BOUND_TOL * (UPPER - LOWER)
-    for i, name in enumerate(NAMES):
+    for i, name in enumerate(PARAM_NAMES):
         if name == "phi" and not phi_free:
             continue
         if theta[i] <= LOWER[i] + tol[i]:
@@ -254,7 +247,7 @@ def bounds_hit(theta, phi_free: bool = True) -> dict[str, str]:
 def degenerate_cis(ci: dict) -> list[str]:
     """Names whose CI has zero width (every resample gave the same value, e.g. pinned at a bound)."""
     out = []
-    for name in NAMES:
+    for name in PARAM_NAMES:
         c = ci.get(name)
         if c is None or c[0] is None or c[1] is None:
             continue
@@ -304,9 +297,9 @@ def thresholds() -> dict:
 
 
 def _bound_value(name: str, side: str) -> float:
-    i = NAMES.index(name)
+    i = PARAM_NAMES.index(name)
     v = float(LOWER[i] if side == "lower" else UPPER[i])
-    return math.exp(v) if name in ("E", "A", "B") else v
+    return math.exp(v) if name in LOG_FITTED else v
 
 
 def _fmt(v: float) -> str:
@@ -344,7 +337,7 @@ def regime_diagnostics(table: pd.DataFrame, fit=None, *, seed_noise=None, train_
     ok_ep = ep[np.isfinite(ep)]
     ids = df["run_id"].astype(str).tolist() if "run_id" in df else [f"row {i}" for i in range(len(df))]
     per_run = [{"run_id": ids[i], "r": float(df["r"].iloc[i]), "n": float(n[i]), "tokens": float(tokens[i]),
-                "tokens_per_param": _num(tpp[i]), "epochs": _num(ep[i])} for i in range(len(df))]
+                "tokens_per_param": finite(tpp[i]), "epochs": finite(ep[i])} for i in range(len(df))]
 
     # noise
     noise = _seed_noise_of(df, seed_noise)
@@ -410,7 +403,7 @@ def regime_diagnostics(table: pd.DataFrame, fit=None, *, seed_noise=None, train_
         cells=[c.to_dict() for c in cells], cells_bracketed=int(bracketed), n_cells=len(judged),
         tokens_per_param=[float(ok_tpp.min()), float(ok_tpp.max())] if ok_tpp.size else None,
         epochs=[float(ok_ep.min()), float(ok_ep.max())] if ok_ep.size else None, per_run=per_run,
-        at_bounds=[k for k in NAMES if k in hit], bounds_hit=hit, bound_values=bound_values, ci_degenerate=deg,
+        at_bounds=[k for k in PARAM_NAMES if k in hit], bounds_hit=hit, bound_values=bound_values, ci_degenerate=deg,
         r2=r2, residual_rmse=rmse, seed_noise=noise, phi_ci_width=phi_w, split_half_consistent=split_ok,
         checks=checks, trustworthy=bool(trustworthy), reasons=reasons, notes=notes, thresholds=thresholds())
 
@@ -532,7 +525,7 @@ def cell_rows(diag: dict, with_probe: bool | None = None) -> tuple[list[str], li
     for c in cells:
         rows.append(([c["probe"]] if with_probe else []) + [
             f"{c['budget']:.3g}".replace("e+", "e"), str(c["r"]), str(c["n_widths"]),
-            f"{_si(c['n_min'])}–{_si(c['n_max'])}", _si(c["n_star"]) if c["n_star"] is not None else "—",
+            f"{si(c['n_min'])}–{si(c['n_max'])}", si(c["n_star"]) if c["n_star"] is not None else "—",
             f"{c['loss_star']:.4f}" if c["loss_star"] is not None else "—", WHERE_WORDS.get(c["where"], c["where"])])
     return cols, rows
 

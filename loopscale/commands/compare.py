@@ -22,9 +22,10 @@ def _ci(ci) -> str:
 
 
 def _print_compare(doc: dict, out: Console) -> None:
+    from loopscale.analysis.law import FORMULA_TEXT
+
     base, probe = doc["baseline"], doc["probe"]
-    t = Table(title=f"probe {probe['name']} vs baseline {base['name']}: "
-                    f"L = E + A·(N_once + r^φ·N_rec)^−α + B·D^−β, same objective and bounds")
+    t = Table(title=f"probe {probe['name']} vs baseline {base['name']}: {FORMULA_TEXT}, same objective and bounds")
     for col in ("", "runs (looped)", "φ", "95% CI", "p (Δφ = 0)", "R²", "α", "β", "E", "converged"):
         t.add_column(col, justify="left" if col == "" else "right")
     for key, side in (("baseline", base), ("probe", probe)):

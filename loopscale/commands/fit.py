@@ -17,25 +17,24 @@ from loopscale.commands.stages import stage_progress
 from loopscale.errors import UserError
 from loopscale.fmt import num
 
-PARAMS = ("E", "A", "alpha", "B", "beta", "phi")
-
 
 def _print_cells(diag: dict, out: Console) -> None:
     print_cells(diag, "iso-FLOP cells: parabola in log N, its minimum N* and L* (N = N_once + N_rec)", out)
 
 
 def _print_fit(doc: dict, out: Console) -> None:
+    from loopscale.analysis.law import FORMULA_TEXT, PARAM_NAMES
     from loopscale.analysis.regime import ci_text, noise_line
 
     diag = doc.get("diagnostics")
     if diag:
         print_diagnostics(diag, out)
         _print_cells(diag, out)
-    main = Table(title=f"L = E + A·(N_once + r^φ·N_rec)^−α + B·D^−β   ({doc['n_runs']} runs)")
+    main = Table(title=f"{FORMULA_TEXT}   ({doc['n_runs']} runs)")
     main.add_column("param")
     main.add_column("fit", justify="right")
     main.add_column("95% CI", justify="right")
-    for name in PARAMS:
+    for name in PARAM_NAMES:
         main.add_row(name, num(doc["params"][name]), ci_text(name, doc["params"][name], doc["ci"].get(name), diag, num))
     out.print(main)
     if diag:
@@ -114,6 +113,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Fit the joint recurrence law L(N_once, N_rec, r, D) with bootstrap CIs; writes fit.json."""
         from loopscale.analysis.fit import run_fit
+        from loopscale.analysis.law import FIT_FILE
         from loopscale.atomic import write_json_atomic
         from loopscale.runs_table import load_runs, select_probe
 
@@ -127,7 +127,7 @@ def register(app: typer.Typer) -> None:
         doc = {"source": str(source), "probe": probe, **report.to_json()}
         out_dir = out or (source if source.is_dir() else source.parent)
         try:
-            write_json_atomic(out_dir / "fit.json", doc)
+            write_json_atomic(out_dir / FIT_FILE, doc)
             plots = [] if no_plots else [str(p) for p in _plots(report, out_dir)]
         except OSError as e:
             raise UserError(f"{out_dir}: cannot write the fit there ({e.strerror or e})") from None
@@ -141,7 +141,7 @@ def register(app: typer.Typer) -> None:
         _print_fit(doc, console)
         for note in report.notes:
             console.print(f"note: {note}", highlight=False, soft_wrap=True)
-        console.print(f"wrote {out_dir / 'fit.json'}" + (f" and {len(plots)} plots" if plots else ""), highlight=False)
+        console.print(f"wrote {out_dir / FIT_FILE}" + (f" and {len(plots)} plots" if plots else ""), highlight=False)
 
     @app.command()
     def equiv(

@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 
 from loopscale.analysis.compare import compare
-from loopscale.analysis.fit import FitData, check_settings, predict_loss, run_fit
+from loopscale.analysis.fit import HUBER_DELTA, FitData, check_settings, predict_loss, run_fit
 from loopscale.errors import UserError
 from loopscale.report.data import BASELINE, FitPart, ProbePart, Report
 from loopscale.runs_table import select_probe, usable_rows
@@ -26,7 +26,7 @@ from loopscale.submit.scheduler import run_states
 
 
 def gather(sweep_dir: str | Path, *, starts: int = 500, bootstrap: int = 200, seed: int = 0,
-           huber_delta: float = 1e-3, resample: str = "cells", workers: int | None = None,
+           huber_delta: float = HUBER_DELTA, resample: str = "cells", workers: int | None = None,
            plots: bool = True, progress=None) -> Report:
     """Everything the report shows for ``sweep_dir``. The fit settings are `loopscale fit`'s (the
     compare uses the same starts, resamples, seed and δ); ``progress(stage, done, total)`` reports work.

@@ -12,13 +12,12 @@ import math
 import numpy as np
 import pandas as pd
 
+from loopscale.analysis.law import FORMULA_TEXT, PARAM_NAMES
 from loopscale.analysis.regime import cell_rows, ci_text, noise_line, verdict_line
-from loopscale.fmt import num, sci, si
+from loopscale.fmt import finite, num, sci, si
 from loopscale.report.blocks import Bullets, Code, Facts, Figure, Heading, Para, Section, Table
 from loopscale.report.data import BASELINE, FitPart, ProbePart, Report
 
-LAW = "L = E + A·(N_once + r^φ·N_rec)^−α + B·D^−β"
-PARAMS = ("E", "A", "alpha", "B", "beta", "phi")
 SYMBOL = {"alpha": "α", "beta": "β", "phi": "φ"}
 FIGURE_CAPTIONS = {
     "fit_loss_vs_neff.png": "The size term alone, L − B·D^−β, against N_eff = N_once + r^φ·N_rec, one panel per r: "
@@ -86,7 +85,7 @@ def status(rep: Report) -> Section:
 def cost(rep: Report) -> Section:
     c = rep.cost
     t = c.iloc[-1]
-    flops, planned = _float(t["flops"]), _float(t["planned_flops"])
+    flops, planned = finite(t["flops"]), finite(t["planned_flops"])
     share = f" ({100 * flops / planned:.1f}% of the {sci(planned)} the grid plans)" if flops and planned else ""
     spent = f"{sci(flops)} FLOPs{share}" if flops is not None else "(FLOPs not recorded)"
     when = f", in {_hours_split(t)} wall-clock" if t["wall_h"] > 0 else "; no wall-clock times recorded"
@@ -114,7 +113,7 @@ def cost(rep: Report) -> Section:
 
 def fit(rep: Report) -> Section:
     part = rep.fit
-    blocks: list = [Para(f"{LAW}, fitted as `loopscale fit` does: log-space Huber objective (δ = "
+    blocks: list = [Para(f"{FORMULA_TEXT}, fitted as `loopscale fit` does: log-space Huber objective (δ = "
                          f"{rep.settings['huber_delta']:g}), {rep.settings['starts']} random starts, "
                          f"{_bootstrap_words(rep.settings)}, seed {rep.settings['seed']}.", "lead")]
     blocks += [Para(n, "note") for n in part.notes]
@@ -130,7 +129,7 @@ def fit(rep: Report) -> Section:
     ci = f.ci
     blocks.append(Table(["parameter", "fit", "95% CI"],
                         [[SYMBOL.get(n, n), _param(f.fit.params[n]), ci_text(n, f.fit.params[n], ci.get(n), diag, _param)]
-                         for n in PARAMS], numeric={1, 2}))
+                         for n in PARAM_NAMES], numeric={1, 2}))
     if diag is not None:
         line = noise_line(diag)
         blocks.append(Para(line[0].upper() + line[1:] + "."))
@@ -145,7 +144,7 @@ def fit(rep: Report) -> Section:
         blocks.append(Para("No restricted fits: φ is not identifiable from these runs.", "note"))
     blocks.append(Heading("Per-r fits (Chinchilla form, N = N_once + N_rec)"))
     if f.per_r:
-        rows = [[key, str(lf.n_runs)] + [_param(lf.params[n]) for n in PARAMS[:5]] + [num(lf.r2), _yes(lf.converged)]
+        rows = [[key, str(lf.n_runs)] + [_param(lf.params[n]) for n in PARAM_NAMES[:5]] + [num(lf.r2), _yes(lf.converged)]
                 for key, lf in f.per_r.items()]
         blocks.append(Table(["r", "runs", "E", "A", "α", "B", "β", "R²", "converged"], rows, numeric=set(range(8))))
     else:
@@ -371,42 +370,34 @@ def _present(v) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v)) and str(v).strip() != ""
 
 
-def _float(v) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _int(v) -> str:
-    f = _float(v)
+    f = finite(v)
     return "—" if f is None else f"{f:g}"
 
 
 def _sci(v) -> str:
-    f = _float(v)
+    f = finite(v)
     return "—" if f is None else sci(f)
 
 
 def _si(v) -> str:
-    f = _float(v)
+    f = finite(v)
     return "—" if f is None else si(f)
 
 
 def _loss(v) -> str:
-    f = _float(v)
+    f = finite(v)
     return "—" if f is None else f"{f:.4f}"
 
 
 def _resid(v) -> str:
-    f = _float(v)
+    f = finite(v)
     return "" if f is None else f"{f:+.4f}"
 
 
 def _duration(hours) -> str:
     """Hours as a readable duration: 42 s, 3.5 min, 7.25 h."""
-    h = _float(hours) or 0.0
+    h = finite(hours) or 0.0
     if h == 0:
         return "—"
     s = h * 3600
