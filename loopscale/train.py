@@ -214,7 +214,7 @@ def train(
                           f"on each of {dist.world_size} processes")
     loader = make_loader(cfg.data.loader, data.train, t.seq_len, rows, t.seed, data)
     first, tokens_seen, prior_train_s, prior_wall_s, resumed_from = 0, 0, 0.0, 0.0, None
-    ckpt = load_latest_checkpoint(run_dir) if run_dir else None
+    ckpt = load_latest_checkpoint(run_dir, report=dist.main) if run_dir else None
     if ckpt is not None:
         if ckpt.get("run_id") != cfg.run_id():
             raise RuntimeError(f"checkpoint in {run_dir} belongs to run {ckpt.get('run_id')}, not {cfg.run_id()}")
@@ -386,7 +386,8 @@ def train_run(run_dir: str | Path, stop: threading.Event | None = None) -> dict[
         device = distributed.local_device(resolve_device(cfg), dist)
         out = train(cfg, run_dir, stop=stop, dist=dist)
         if out.status == "stopped":
-            return {"run_id": cfg.run_id(), "status": "stopped", "step": load_latest_checkpoint(run_dir)["step"]}
+            step = load_latest_checkpoint(run_dir, report=dist.main)["step"]
+            return {"run_id": cfg.run_id(), "status": "stopped", "step": step}
         record = result_record(cfg, out, str(device) if device.type == "cpu" else torch.cuda.get_device_name(device))
         if dist.main:
             write_json_atomic(run_dir / RESULT_FILE, record)
