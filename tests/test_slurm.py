@@ -1,12 +1,11 @@
-"""The slurm executor against a real SLURM cluster (CI starts one with ../shared/slurm/single-node.sh).
-
-Skipped only where `sbatch` is absent and CI is not "true"; under CI=true a missing SLURM fails the test.
+"""The slurm executor against a real SLURM cluster (`bash scripts/slurm-local.sh` starts a one-node one; CI
+does). Outside CI these tests skip, naming the reason, when no controller answers `scontrol ping`; with CI
+set they fail instead (conftest.py, `slurm_controller`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,12 +17,8 @@ from loopscale import store
 from sweep_fixtures import GRIDS, cli, cli_json, make_tiny_data
 
 HAVE_SLURM = shutil.which("sbatch") is not None
-UNDER_CI = os.environ.get("CI") == "true"
 
-pytestmark = [
-    pytest.mark.slurm,
-    pytest.mark.skipif(not HAVE_SLURM and not UNDER_CI, reason="no sbatch on PATH (CI starts a one-node cluster)"),
-]
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_controller")]
 
 
 def job_ids(sweep_dir):
@@ -31,7 +26,7 @@ def job_ids(sweep_dir):
 
 
 def test_slurm_array_status_collect_rerun_cancel_and_retry(tmp_path):
-    assert HAVE_SLURM, "CI=true but sbatch is not on PATH: start the cluster with ../shared/slurm/single-node.sh"
+    assert HAVE_SLURM, "sbatch is not on PATH: start the cluster with `bash scripts/slurm-local.sh`"
     ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
     assert "UP" in ping.stdout, f"the SLURM controller is not up: {ping.stdout}{ping.stderr}"
     data = make_tiny_data(tmp_path / "data")
@@ -92,7 +87,7 @@ def test_slurm_array_status_collect_rerun_cancel_and_retry(tmp_path):
 
 
 def test_a_rejected_submission_is_one_line_and_leaves_no_sweep(tmp_path):
-    assert HAVE_SLURM, "CI=true but sbatch is not on PATH: start the cluster with ../shared/slurm/single-node.sh"
+    assert HAVE_SLURM, "sbatch is not on PATH: start the cluster with `bash scripts/slurm-local.sh`"
     data = make_tiny_data(tmp_path / "data")
     out = cli("sweep", GRIDS / "smoke.yaml", "--data", data, "--out", tmp_path / "sweep", "--executor", "slurm",
               "--partition", "no-such-partition")
@@ -122,7 +117,7 @@ def _job_state(job_id: str) -> tuple[str, str]:
 def test_slurm_timeout_requeues_and_resumes_to_the_same_loss(tmp_path):
     """A 1-minute time limit hits a longer run: SLURM's warning signal makes it checkpoint at a step boundary,
     submitit requeues it, the requeued job resumes, and the final loss equals an uninterrupted run's, bitwise."""
-    assert HAVE_SLURM, "CI=true but sbatch is not on PATH: start the cluster with ../shared/slurm/single-node.sh"
+    assert HAVE_SLURM, "sbatch is not on PATH: start the cluster with `bash scripts/slurm-local.sh`"
     data = make_tiny_data(tmp_path / "data")
 
     # Calibrate: size the run to ~90 s of training on this machine, longer than the 1-minute limit.
