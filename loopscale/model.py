@@ -26,6 +26,7 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 # -- Fused helpers (CPU speed at small widths) ------------------------------------------------
 # At d ≤ 64 a CPU training step is dominated by elementwise passes (norms, RoPE, squared ReLU)
+# and small attention products
 # rather than matmuls, so these few ops get hand-written backwards that touch each tensor fewer
 # times. They compute the same functions as the plain forms in their docstrings (to float
 # rounding); tests/test_model.py checks the two paths against each other, forward and gradients.
@@ -107,47 +108,81 @@ def squared_relu(x: torch.Tensor) -> torch.Tensor:
 
 
 def _rotate_into(out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
-    """out = RoPE(x) on (first half, second half) pairs; sin → −sin gives the inverse rotation."""
-    h = x.size(-1) // 2
-    x1, x2, o1, o2 = x[..., :h], x[..., h:], out[..., :h], out[..., h:]
+    """out = RoPE(x) on (first half, second half) pairs of the head dim, which is second to last:
+    x (..., hd, T), cos/sin (hd/2, T); sin → −sin gives the inverse rotation."""
+    h = x.size(-2) // 2
+    x1, x2, o1, o2 = x[..., :h, :], x[..., h:, :], out[..., :h, :], out[..., h:, :]
     torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=-1)
     torch.mul(x2, cos, out=o2).addcmul_(x1, sin)
 
 
-class _QKVHeads(torch.autograd.Function):
-    """Fused projections (B, T, 3d) → q, k, v of shape (B, H, T, hd), with q and k each
-    ``F.rms_norm(apply_rope(·, cos, sin), (hd,), eps=NORM_EPS)`` (QK-norm) and v as is.
+_CAUSAL_MASKS: dict[tuple, torch.Tensor] = {}
 
-    RoPE is a rotation, so it keeps the RMS: the norm scale is taken before rotating, and the
-    backward uses mean(g·y) for the norm's projection term."""
+
+def _causal_mask(T: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """(T, T) additive mask: 0 on and below the diagonal, −inf above."""
+    key = (T, dtype, str(device))
+    if key not in _CAUSAL_MASKS:
+        _CAUSAL_MASKS[key] = torch.full((T, T), float("-inf"), dtype=dtype, device=device).triu_(1)
+    return _CAUSAL_MASKS[key]
+
+
+class _CausalAttention(torch.autograd.Function):
+    """Fused projections (B, T, 3d) → causal attention output (B, T, d): the same function as the
+    plain path's q, k, v heads, RoPE, QK-norm (``F.rms_norm(apply_rope(·), (hd,), eps=NORM_EPS)``
+    on q and k) and ``F.scaled_dot_product_attention(q, k, v, is_causal=True)``.
+
+    At head_dim 8 a matmul whose output rows are 8 wide runs several times slower than one whose
+    rows are T wide, and elementwise passes over rows of 4 or 8 barely vectorise. So the heads are
+    kept transposed, (B·H, hd, T): QK-norm and RoPE run along T, every product below has T-wide
+    output rows (oᵀ = vᵀpᵀ, dvᵀ = doᵀp, dqᵀ = kᵀdsᵀ, dkᵀ = qᵀds), and only q and do are also
+    laid out (T, hd) for the two products that need them as the left factor."""
 
     @staticmethod
     def forward(ctx, qkv, cos, sin, n_head: int):
-        B, T, _ = qkv.shape
-        x = qkv.unflatten(-1, (3, n_head, -1)).permute(2, 0, 3, 1, 4)  # (3, B, H, T, hd) view
-        s = _rms_scale(x[:2])
-        z = torch.empty(x[:2].shape, dtype=qkv.dtype, device=qkv.device)
-        torch.mul(x[:2], s, out=z)
-        qk = torch.empty_like(z)
-        _rotate_into(qk, z, cos, sin)
-        ctx.save_for_backward(qk, s, cos, sin)
-        return qk[0], qk[1], x[2].contiguous()
+        B, T, three_d = qkv.shape
+        H, hd = n_head, three_d // (3 * n_head)
+        xt = qkv.view(B, T, 3, H, hd).permute(2, 0, 3, 4, 1).contiguous()  # (3, B, H, hd, T)
+        cos, sin = cos.mT.contiguous(), sin.mT.contiguous()  # (hd/2, T)
+        s = xt[:2].square().sum(-2, keepdim=True).div_(hd).add_(NORM_EPS).rsqrt_()  # (2, B, H, 1, T)
+        qk = torch.empty(xt[:2].shape, dtype=qkv.dtype, device=qkv.device)
+        _rotate_into(qk, xt[:2] * s, cos, sin)  # RoPE keeps the RMS: normalise, then rotate
+        qT, kT, vT = (t.view(B * H, hd, T) for t in (qk[0], qk[1], xt[2]))
+        q = qT.mT.contiguous()
+        scale = 1.0 / math.sqrt(hd)
+        p = torch.bmm(q, kT).mul_(scale).add_(_causal_mask(T, qkv.dtype, qkv.device)).softmax(-1)
+        oT = torch.bmm(vT, p.mT)
+        ctx.save_for_backward(qk, s, xt, p, q, cos, sin)
+        ctx.scale = scale
+        return oT.view(B, H * hd, T).transpose(1, 2).contiguous()
 
     @staticmethod
-    def backward(ctx, gq, gk, gv):
-        qk, s, cos, sin = ctx.saved_tensors
-        B, H, T, hd = gv.shape
-        grad = torch.empty(B, T, 3, H, hd, dtype=gv.dtype, device=gv.device)
-        gx = grad.permute(2, 0, 3, 1, 4)  # (3, B, H, T, hd) view
-        gx[2].copy_(gv)
-        g = _rms_backward(torch.stack((gq, gk)), qk, s)  # still rotated: rotate back into place
-        _rotate_into(gx[:2], g, cos, -sin)
+    def backward(ctx, gy):
+        qk, s, xt, p, q, cos, sin = ctx.saved_tensors
+        _, B, H, hd, T = qk.shape
+        BH = B * H
+        qT, kT, vT = (t.view(BH, hd, T) for t in (qk[0], qk[1], xt[2]))
+        goT = gy.transpose(1, 2).contiguous().view(BH, hd, T)
+        go = gy.view(B, T, H, hd).transpose(1, 2).contiguous().view(BH, T, hd)
+        g = torch.empty(3, BH, hd, T, dtype=gy.dtype, device=gy.device)
+        torch.bmm(goT, p, out=g[2])  # dvᵀ = doᵀ p
+        ds = torch._softmax_backward_data(torch.bmm(go, vT), p, -1, p.dtype).mul_(ctx.scale)
+        torch.bmm(kT, ds.mT, out=g[0])  # dqᵀ = kᵀ dsᵀ
+        torch.bmm(qT, ds, out=g[1])  # dkᵀ = qᵀ ds
+        gqk = g[:2].view(2, B, H, hd, T)  # still rotated: the norm's backward first, then rotate back
+        dot = (gqk * qk).mean(-2, keepdim=True)
+        gn = torch.addcmul(gqk, qk, dot, value=-1).mul_(s)
+        grad = torch.empty(B, T, 3, H, hd, dtype=gy.dtype, device=gy.device)
+        gx = grad.permute(2, 0, 3, 4, 1)  # (3, B, H, hd, T) view
+        _rotate_into(gx[:2], gn, cos, -sin)
+        gx[2].copy_(g[2].view(B, H, hd, T))
         return grad.view(B, T, 3 * H * hd), None, None, None
 
 
-def qkv_heads(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_head: int):
-    """(B, T, 3d) → RoPE'd, QK-normed q, k and plain v, each (B, H, T, hd)."""
-    return _QKVHeads.apply(qkv, cos.to(qkv.dtype), sin.to(qkv.dtype), n_head)
+def causal_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_head: int) -> torch.Tensor:
+    """(B, T, 3d) fused projections → causal self-attention output (B, T, d), with RoPE and
+    QK-norm on q and k (the fast path of ``Attention``; see ``_CausalAttention``)."""
+    return _CausalAttention.apply(qkv, cos.to(qkv.dtype), sin.to(qkv.dtype), n_head)
 
 
 class RMSNorm(nn.Module):
@@ -173,7 +208,7 @@ def rope_tables(seq_len: int, head_dim: int, device=None) -> tuple[torch.Tensor,
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate pairs (first half, second half) of the head dimension. x: (B, H, T, hd).
 
-    The plain form (CUDA); the CPU fast path applies it fused with QK-norm in ``qkv_heads``."""
+    The plain form (CUDA); the CPU fast path applies it fused with QK-norm in ``causal_attention``."""
     x1, x2 = x.chunk(2, dim=-1)
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
@@ -196,12 +231,11 @@ class Attention(nn.Module):
         cos, sin = rope[0][:T], rope[1][:T]
         if in_scale is not None:
             w = torch.cat((self.q.weight, self.k.weight, self.v.weight)) * in_scale
-            q, k, v = qkv_heads(F.linear(x, w), cos, sin, self.n_head)
-        else:
-            q, k, v = (p(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
-            # RoPE, then parameter-free RMSNorm on q and k (QK-norm).
-            q = F.rms_norm(apply_rope(q, cos, sin), (self.head_dim,), eps=NORM_EPS)
-            k = F.rms_norm(apply_rope(k, cos, sin), (self.head_dim,), eps=NORM_EPS)
+            return self.o(causal_attention(F.linear(x, w), cos, sin, self.n_head))
+        q, k, v = (p(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
+        # RoPE, then parameter-free RMSNorm on q and k (QK-norm).
+        q = F.rms_norm(apply_rope(q, cos, sin), (self.head_dim,), eps=NORM_EPS)
+        k = F.rms_norm(apply_rope(k, cos, sin), (self.head_dim,), eps=NORM_EPS)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.o(y.transpose(1, 2).reshape(B, T, d))
 

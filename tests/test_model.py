@@ -208,7 +208,7 @@ def test_hyperconn_cyclic_init_and_counts():
 # -- The fused fast path (loopscale.model's hand-written backwards) against the plain forms ----------
 # The model has both: the fast path (CPU) and the plain PyTorch forms (CUDA); FAST_PATH overrides.
 
-FUSED_NODES = {"_RMSNormalizeBackward", "_QKVHeadsBackward", "_SquaredReLUBackward"}
+FUSED_NODES = {"_RMSNormalizeBackward", "_CausalAttentionBackward", "_SquaredReLUBackward"}
 
 
 def _graph_nodes(out: torch.Tensor) -> set[str]:
@@ -315,7 +315,7 @@ def test_cuda_runs_plain_forms_and_matches_cpu():
 
 def test_fused_functions_gradcheck():
     """The hand-written backwards, in float64 against finite differences."""
-    from loopscale.model import qkv_heads, rms_normalize, rope_tables, squared_relu
+    from loopscale.model import causal_attention, rms_normalize, rope_tables, squared_relu
 
     torch.manual_seed(0)
     x = torch.randn(2, 5, 12, dtype=torch.float64, requires_grad=True)
@@ -323,4 +323,4 @@ def test_fused_functions_gradcheck():
     assert torch.autograd.gradcheck(squared_relu, (x + 0.01 * torch.sign(x),))  # away from the kink
     cos, sin = (t.double() for t in rope_tables(5, 4))
     qkv = torch.randn(2, 5, 3 * 8, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda z: qkv_heads(z, cos, sin, 2), (qkv,))
+    assert torch.autograd.gradcheck(lambda z: causal_attention(z, cos, sin, 2), (qkv,))
