@@ -152,13 +152,13 @@ class _CausalAttention(torch.autograd.Function):
         scale = 1.0 / math.sqrt(hd)
         p = torch.bmm(q, kT).mul_(scale).add_(_causal_mask(T, qkv.dtype, qkv.device)).softmax(-1)
         oT = torch.bmm(vT, p.mT)
-        ctx.save_for_backward(qk, s, xt, p, q, cos, sin)
+        ctx.save_for_backward(qk, s, xt, p, cos, sin)
         ctx.scale = scale
         return oT.view(B, H * hd, T).transpose(1, 2).contiguous()
 
     @staticmethod
     def backward(ctx, gy):
-        qk, s, xt, p, q, cos, sin = ctx.saved_tensors
+        qk, s, xt, p, cos, sin = ctx.saved_tensors
         _, B, H, hd, T = qk.shape
         BH = B * H
         qT, kT, vT = (t.view(BH, hd, T) for t in (qk[0], qk[1], xt[2]))
