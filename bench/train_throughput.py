@@ -7,6 +7,7 @@ whole sweep that follows.
     .venv/bin/python bench/train_throughput.py --rounds 7        # more steps when the machine is busy
     .venv/bin/python bench/train_throughput.py --compile         # also per-Block torch.compile, cold and warm
     .venv/bin/python bench/train_throughput.py --no-jobs         # skip the 2 jobs × 1 thread line
+    .venv/bin/python bench/train_throughput.py --no-heap         # skip the default/kept heap table
 
 The grid is expanded (loopscale.grid) and each distinct model configuration of its runs is timed
 as the sweep trains it: the grid's width, r, probe, layers, head_dim, vocabulary, seq_len, rows
@@ -23,13 +24,18 @@ one warm-up step each. Step times are this process's CPU seconds (with one threa
 on an idle core, and far less disturbed when other jobs share the cores); ``--wall`` times
 wall-clock instead.
 
+The trainer also keeps freed memory in the process heap (``loopscale.heap``), a per-process
+setting, so it cannot alternate within one process: a second table times the new path in worker
+processes with glibc's default heap and with the kept heap, alternating, and multiplies each
+configuration's ratio into the path ratio: the trainer's speed-up over the old path as a whole.
+
 Prints, per configuration: d, r, tokens/s old and new, new/old, the achieved GFLOP/s of each path
 (method accounting, RunConfig.flops_per_token) and the new path's as a share of this machine's
 1-thread fp32 matmul rate (measured first, same clock). Then each configuration's share of the
 grid's training time (its runs' FLOPs / the old path's measured rate), the geometric mean of
 new/old weighted by those shares (the expected speed-up of the whole sweep), and the grid's
 training time at one thread, old → new (its ratio: the same speed-up, exactly, for the training
-steps). Then aggregate tokens/s of 2 jobs × 1 thread against 1 job × 2 threads, and with
+steps). Then the heap table and the trainer's weighted speed-up. Then aggregate tokens/s of 2 jobs × 1 thread against 1 job × 2 threads, and with
 ``--compile`` per-Block torch.compile of the new path, cold and warm; these two lines use the
 configuration with the largest time share and wall-clock. Read the ratios, not the absolute
 rates: the machine may be shared.
@@ -51,6 +57,7 @@ from pathlib import Path
 
 import torch
 
+from loopscale import heap
 from loopscale.config import RunConfig
 from loopscale.grid import grid_from_dict, parse_yaml
 from loopscale.model import LoopedLM, cross_entropy, fast_path
@@ -147,6 +154,16 @@ def matmul_flops_per_s(n: int = 1024, repeats: int = 5) -> float:
 def worker(args) -> None:
     """Run steps of one grid configuration (new path) in this process; print one JSON line."""
     torch.set_num_threads(args.threads)
+    if args.heap == "keep":
+        heap.keep_freed_memory()
+    if args.config < 0:  # every configuration, CPU seconds: the heap comparison
+        rates = []
+        for c in grid_configs(args.grid, args.vocab)[1]:
+            step = make_step(c.cfg, "on")
+            step(), step()
+            rates.append(c.cfg.train.batch_tokens / statistics.median(step() for _ in range(args.steps)))
+        print(json.dumps({"tok_s": rates}))
+        return
     t0 = time.perf_counter()
     cfg = grid_configs(args.grid, args.vocab)[1][args.config].cfg
     step = make_step(cfg, "on", args.compile_blocks)
@@ -164,6 +181,29 @@ def run_workers(n: int, args, extra: list[str], env: dict | None = None) -> list
     if any(p.returncode for p in procs):
         raise RuntimeError(f"worker failed: {' '.join(cmd)}")
     return [json.loads(o.strip().splitlines()[-1]) for o in outs]
+
+
+def heap_report(args, rows, shares) -> None:
+    """The new path in worker processes with glibc's default heap and with ``heap.keep_freed_memory``
+    (what the trainer calls), processes alternating (default, kept, kept, default, ...), each
+    configuration's median step in CPU seconds; then the trainer's whole speed-up over the old path:
+    this table's ratio times the path ratio above, per configuration and weighted by time share."""
+    rates = {"default": [], "keep": []}
+    for i in range(args.heap_rounds):
+        for mode in ("default", "keep") if i % 2 == 0 else ("keep", "default"):
+            rates[mode].append(run_workers(1, args, ["--heap", mode, "--config", "-1"])[0]["tok_s"])
+    default = [statistics.median(r) for r in zip(*rates["default"])]
+    kept = [statistics.median(r) for r in zip(*rates["keep"])]
+    print(f"\nheap: new path, worker processes, {args.heap_rounds} alternating rounds of {args.job_steps} steps")
+    print(f"{'config':>10} {'default tok/s':>14} {'kept tok/s':>11} {'kept/def':>9} {'trainer/old':>12}")
+    total = []
+    for (c, old, new), d, k in zip(rows, default, kept):
+        total.append(new / old * k / d)
+        print(f"{c.label:>10} {d:>14,.0f} {k:>11,.0f} {k / d:>8.2f}× {total[-1]:>11.2f}×")
+    geo_heap = math.exp(sum(w * math.log(k / d) for w, d, k in zip(shares, default, kept)))
+    geo = math.exp(sum(w * math.log(t) for w, t in zip(shares, total)))
+    print(f"kept/default heap over the grid, weighted by time share: {geo_heap:.3f}×")
+    print(f"trainer (new path, kept heap) over the old path (plain path, default heap), weighted: {geo:.3f}×")
 
 
 def jobs_vs_threads(args, label: str) -> None:
@@ -203,15 +243,18 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="also measure per-Block torch.compile")
     p.add_argument("--wall", action="store_true", help="time the table in wall-clock, not CPU seconds")
     p.add_argument("--no-jobs", action="store_true", help="skip 2 jobs × 1 thread vs 1 job × 2 threads")
+    p.add_argument("--no-heap", action="store_true", help="skip the default against the kept heap")
+    p.add_argument("--heap-rounds", type=int, default=4, help="worker processes per heap setting")
     # worker-only flags
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--config", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--steps", type=int, default=5, help=argparse.SUPPRESS)
     p.add_argument("--compile-blocks", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--heap", choices=("default", "keep"), default="default", help=argparse.SUPPRESS)
     args = p.parse_args()
     global CLOCK
-    if args.worker or args.wall:
+    if (args.worker and args.config >= 0) or args.wall:
         CLOCK = time.perf_counter
     if args.worker:
         return worker(args)
@@ -244,6 +287,8 @@ def main() -> None:
     print(f"grid {name} training time at 1 thread ({sum(c.flops for c in configs):.3g} FLOPs): "
           f"old {sum(old_s) / 60:.1f} min → new {sum(new_s) / 60:.1f} min, {sum(old_s) / sum(new_s):.3f}× "
           f"(training steps only)")
+    if not args.no_heap:
+        heap_report(args, rows, shares)
     top = max(range(len(rows)), key=lambda i: shares[i])
     args.config = top
     if not args.no_jobs:

@@ -77,9 +77,13 @@ def orthogonalize(g: Tensor, steps: int = 5, coefficients: str = "quintic", dtyp
     if tall:
         x = x.mT
     x = x / (x.norm(dim=(-2, -1), keepdim=True) * safety + eps)
+    addmm = torch.baddbmm if x.ndim == 3 else torch.addmm  # b·A + c·A² and a·X + (…)·X in one op each
     for a, b, c in coeffs[:steps]:
         gram = x @ x.mT
-        x = a * x + (b * gram + c * (gram @ gram)) @ x
+        if x.ndim > 3:  # more than one batch dim: the plain form
+            x = a * x + (b * gram + c * (gram @ gram)) @ x
+        else:
+            x = addmm(x, addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return x.mT if tall else x
 
 
@@ -127,7 +131,7 @@ class MuonH(torch.optim.Optimizer):
         return loss
 
     def _update_bucket(self, ps: list[Tensor], lr: float, mu: float, ns_steps: int, coeffs: str) -> None:
-        """One step for same-shape matrices, orthogonalised together as a batch."""
+        """One step for same-shape matrices, as one stacked batch (a few ops per bucket, not per matrix)."""
         bufs = []
         for p in ps:
             st = self.state[p]
@@ -136,11 +140,10 @@ class MuonH(torch.optim.Optimizer):
             bufs.append(st["momentum_buffer"])
         grads = [p.grad for p in ps]
         torch._foreach_lerp_(bufs, grads, 1.0 - mu)  # B ← μB + (1−μ)G
-        m = torch.stack([torch.lerp(g, b, mu) for g, b in zip(grads, bufs)])  # M ← (1−μ)G + μB
+        m = torch.lerp(torch.stack(grads), torch.stack(bufs), mu)  # M ← (1−μ)G + μB
         o = orthogonalize(m, ns_steps, coeffs).float()
         c = torch.stack([self.state[p]["init_norm"].float() for p in ps]).view(-1, 1, 1)
         u = o * (c / o.norm(dim=(-2, -1), keepdim=True).clamp_min(1e-10))
-        for i, p in enumerate(ps):
-            w = p.float() - lr * u[i]
-            w = w * (c[i] / w.norm().clamp_min(1e-10))
-            p.copy_(w)
+        w = torch.stack(ps).float().sub_(u, alpha=lr)
+        w.mul_(c / w.norm(dim=(-2, -1), keepdim=True).clamp_min(1e-10))
+        torch._foreach_copy_(ps, list(w.to(ps[0].dtype).unbind(0)))

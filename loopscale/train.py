@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import yaml
 
-from loopscale import distributed, perf
+from loopscale import distributed, heap, perf
 from loopscale.atomic import write_json_atomic
 from loopscale.checkpoint import load_latest_checkpoint, remove_checkpoints, save_checkpoint
 from loopscale.config import ConfigError, RunConfig, check_budget, run_config_from_dict
@@ -196,6 +196,7 @@ def train(
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
+    heap.keep_freed_memory()  # reuse the heap's pages step after step (loopscale/heap.py)
     data = load_data(cfg.data.dir)
     check_data_fits(cfg, data)
     device = distributed.local_device(resolve_device(cfg), dist)
