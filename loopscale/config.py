@@ -106,6 +106,8 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["train"]["betas"] = list(self.train.betas)
+        if d["model"]["probe_settings"] is None:  # only a probe with settings of its own writes them:
+            del d["model"]["probe_settings"]  # the ids of every other run stay as they were
         return d
 
     def semantic_dict(self) -> dict[str, Any]:

@@ -12,9 +12,10 @@ Conventions (the paper's):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from math import ceil
+from dataclasses import dataclass, field, fields
+from typing import Any
 
+from loopscale import probes
 from loopscale.errors import UserError
 
 
@@ -24,7 +25,11 @@ class ArchError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class Arch:
-    """The shape of one looped model. Widths in channels, depths in layers."""
+    """The shape of one looped model. Widths in channels, depths in layers.
+
+    ``probe`` names a registered probe (loopscale.probes); its settings are the fields it declares
+    (tbptt_k, hc_lanes: fields of their own, in every run's id) or entries of ``probe_settings``
+    (any other probe's: only values away from their defaults, only on that probe's runs)."""
 
     d_model: int
     r: int = 1
@@ -33,11 +38,14 @@ class Arch:
     n_coda: int = 2
     head_dim: int = 128
     injection: str = "linear"  # linear | additive
-    probe: str = "none"  # none | tbptt | hyperconn
-    tbptt_k: int | None = None  # recurrences that get gradients under tbptt; None = ceil(r/2)
-    hc_lanes: int = 2  # K, lanes of the hyperconnection probe
+    probe: str = "none"  # a name in loopscale.probes.PROBES
+    tbptt_k: int | None = None  # probe tbptt's setting: recurrences that get gradients; None = ceil(r/2)
+    hc_lanes: int = 2  # probe hyperconn's setting: K, lanes of the hyperconnections
+    probe_settings: dict[str, Any] | None = field(default=None, hash=False)  # other probes' settings
 
     def __post_init__(self) -> None:
+        if isinstance(self.probe_settings, dict):  # canonical: defaults dropped, keys sorted, {} is None
+            object.__setattr__(self, "probe_settings", _canonical_settings(self.probe, self.probe_settings))
         check_arch(self)
 
     # The depth split actually built: r = 1 has no prelude/coda and no injection.
@@ -58,21 +66,47 @@ class Arch:
         return self.d_model // self.head_dim
 
     @property
-    def k_grad(self) -> int:
-        """Recurrences that receive gradients (k in method.md §3)."""
-        if self.probe == "tbptt" and self.r > 1:
-            return self.tbptt_k if self.tbptt_k is not None else ceil(self.r / 2)
-        return self.r
+    def probe_spec(self) -> probes.Probe:
+        """The registered probe this model runs (loopscale.probes)."""
+        return probes.lookup(self.probe)
 
     @property
-    def injection_kind(self) -> str:
-        if self.r == 1:
-            return "none"
-        return "hyperconn" if self.probe == "hyperconn" else self.injection
+    def k_grad(self) -> int:
+        """Recurrences that receive gradients (k in method.md §3)."""
+        return self.probe_spec.k_grad(self)
+
+    def probe_injection(self) -> probes.Injection | None:
+        """The probe's injection replacing the linear (or additive) one, None to keep it; none at r = 1."""
+        return self.probe_spec.injection(self) if self.r > 1 else None
 
 
 INJECTIONS = ("linear", "additive")
-PROBES = ("none", "tbptt", "hyperconn")
+# The probe settings carried as Arch fields of their own; every other probe setting goes in probe_settings.
+PROBE_FIELDS = ("probe", "probe_settings") + tuple(n for n, (s, _) in probes.settings().items() if s.arch_field)
+
+
+def _check_declarations() -> None:
+    """The registry's settings against Arch: fields where they say so, with the same defaults."""
+    arch_fields = {f.name: f for f in fields(Arch)}
+    for name, (s, p) in probes.settings().items():
+        if s.arch_field:
+            assert name in arch_fields and arch_fields[name].default == s.default, (
+                f"probe {p.name}'s setting {name} is declared an Arch field; add it to Arch with default {s.default!r}")
+        else:
+            assert name not in arch_fields and not hasattr(Arch, name), (
+                f"probe {p.name}'s setting {name} would shadow Arch.{name}; rename it")
+
+
+_check_declarations()
+
+
+def _canonical_settings(probe: str, values: dict[str, Any]) -> dict[str, Any] | None:
+    """probe_settings without entries at their default, keys sorted; None when nothing is left."""
+    owner = probes.PROBES.get(probe)
+    declared = {s.name: s for s in owner.settings} if owner else {}
+    kept = {k: values[k] for k in sorted(values, key=str)
+            if not (k in declared and not declared[k].arch_field and values[k] == declared[k].default)}
+    return kept or None
 
 
 def check_arch(a: Arch) -> None:
@@ -107,14 +141,73 @@ def check_arch(a: Arch) -> None:
             )
     if a.injection not in INJECTIONS:
         raise ArchError(f"unknown injection {a.injection!r}; choose one of {', '.join(INJECTIONS)}")
-    if a.probe not in PROBES:
-        raise ArchError(f"unknown probe {a.probe!r}; choose one of {', '.join(PROBES)}")
-    if a.tbptt_k is not None and a.probe == "tbptt" and not (1 <= a.tbptt_k <= a.r):
-        raise ArchError(f"tbptt_k must be in [1, r={a.r}], got {a.tbptt_k}")
-    if a.tbptt_k is not None and a.probe != "tbptt":
-        raise ArchError(f"tbptt_k is set but probe is {a.probe!r}; it only applies to probe tbptt")
-    if a.probe == "hyperconn" and a.hc_lanes < 1:
-        raise ArchError(f"hc_lanes must be at least 1, got {a.hc_lanes}")
+    check_probe_settings(a)
+
+
+def check_probe_settings(a: Arch) -> None:
+    """The probe is registered; its settings have their types and pass its validation; no other probe's
+    setting is set (it would change the run id, not the model)."""
+    try:
+        probe = probes.lookup(a.probe)
+    except probes.UnknownProbe as e:
+        raise ArchError(str(e)) from None
+    extra = a.probe_settings
+    if extra is not None and not isinstance(extra, dict):
+        raise ArchError(f"probe_settings must be a mapping of probe {a.probe}'s settings, got {extra!r}")
+    own = {s.name for s in probe.settings}
+    for name, (s, owner) in probes.settings().items():
+        value = getattr(a, name) if s.arch_field else (extra or {}).get(name, s.default)
+        if name not in own:
+            if value != s.default:
+                raise ArchError(f"{name} is set but probe is {a.probe!r}; it only applies to probe {owner.name}")
+            continue
+        try:
+            s.check(value)
+        except ValueError as e:
+            raise ArchError(f"{name}: {e}") from None
+    for name in extra or {}:
+        if name not in own or probe.setting(name).arch_field:
+            raise ArchError(f"probe_settings: {name!r} is not a setting of probe {a.probe} "
+                            f"(its settings: {', '.join(sorted(own)) or 'none'})")
+    try:
+        probe.validate(a)
+    except ValueError as e:
+        raise ArchError(str(e)) from None
+
+
+def probe_arch(model: dict[str, Any], probe: str, settings: dict[str, Any]) -> Arch:
+    """The model of one run of ``probe``: ``model``'s Arch fields (r included, no probe setting) with the
+    probe's own ``settings`` (by name; settings of other probes are left out).
+
+    Canonical, so that one model has one run id: where the probe does not apply (r = 1) the run is the
+    baseline's, and a setting at its default is the same run as one left unset."""
+    spec = probes.lookup(probe)
+    if not spec.applies(model["r"]):
+        spec = probes.BASELINE
+    kw: dict[str, Any] = {**model, "probe": spec.name}
+    extra = {}
+    for s in spec.settings:
+        if s.name in settings:
+            if s.arch_field:
+                kw[s.name] = settings[s.name]
+            else:
+                extra[s.name] = settings[s.name]
+    if extra:
+        kw["probe_settings"] = extra
+    return Arch(**kw)
+
+
+def split_arch(a: Arch) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """(shape, probe, settings): ``a``'s fields but the probe's, its probe, and its probe's settings (the
+    inverse of probe_arch)."""
+    shape = {f.name: getattr(a, f.name) for f in fields(Arch) if f.name not in PROBE_FIELDS}
+    own = a.probe_spec
+    return shape, a.probe, {s.name: own.value(a, s.name) for s in own.settings}
+
+
+def baseline_arch(a: Arch, **changes: Any) -> Arch:
+    """The probe-none model of ``a``'s shape (with ``changes``): no probe, every probe setting at its default."""
+    return Arch(**{**split_arch(a)[0], **changes})
 
 
 def layer_params(d: int) -> int:
@@ -124,22 +217,19 @@ def layer_params(d: int) -> int:
 
 def injection_params(a: Arch) -> int:
     """n_i: parameters of the injection shared across loops (0 for r = 1)."""
-    kind = a.injection_kind
-    d = a.d_model
-    if kind == "linear":
-        return 2 * d * d
-    if kind == "hyperconn":
-        # Per recurrence: alpha (K), M (K×K), beta (K). Tiny, but real parameters.
-        k = a.hc_lanes
-        return a.r * (k * k + 2 * k)
-    return 0
+    if a.r == 1:
+        return 0
+    replaced = a.probe_injection()
+    if replaced is not None:
+        return replaced.n_params()
+    return 2 * a.d_model * a.d_model if a.injection == "linear" else 0
 
 
 def injection_flops_params(a: Arch) -> int:
     """n_i as charged in the FLOP formula ((K²+2K)·d "equivalent" for hyperconnections)."""
-    if a.injection_kind == "hyperconn":
-        k = a.hc_lanes
-        return (k * k + 2 * k) * a.d_model
+    replaced = a.probe_injection()
+    if replaced is not None:
+        return replaced.flops_params()
     return injection_params(a)
 
 

@@ -3,7 +3,8 @@
 A grid names the model family, the training settings, and the axes of the sweep::
 
     name: tiny                      # optional; default: the file name without .yaml
-    model: {n_layers_eff: 10, n_prelude: 1, n_coda: 1, head_dim: 32}   # Arch fields but d_model/r/probe
+    model: {n_layers_eff: 10, n_prelude: 1, n_coda: 1, head_dim: 32}   # Arch fields but d_model/r/probe,
+                                    #   and the probes' settings (tbptt_k, hc_lanes, ...: loopscale.probes)
     train: {seq_len: 256, batch_tokens: 8192}    # TrainConfig fields but tokens/budget_flops/seed, and:
       # lr_rule: fixed              # default: every run trains at the lr_* keys (or their defaults)
       # lr_rule: paper              # per run, the paper's lr transfer (method.md §4, loopscale.lr_transfer)
@@ -15,7 +16,7 @@ A grid names the model family, the training settings, and the axes of the sweep:
     data: {dir: data/default, eval_tokens: 65536}  # relative dirs are resolved against the working dir
     vocab_size: 4096                # optional; default: read from the data dir's meta.json
     r: [1, 2, 4, 8]                 # recurrences
-    probes: [none]                  # none | tbptt | hyperconn (method.md §6)
+    probes: [none]                  # registered probes (loopscale.probes: none, tbptt, hyperconn, ...)
     seeds: [0]
     # budgets, exactly one of:
     widths: [128, 256]              # d_model (or `s: [2, 4]`, d = 64·s) ...
@@ -30,7 +31,8 @@ A grid names the model family, the training settings, and the axes of the sweep:
     executor: {kind: auto, ...}     # see ExecutorConfig; never part of a run's identity
 
 Identical runs expand once: the r = 1 model is the same for every probe, so a grid with
-``probes: [none, tbptt]`` trains each r = 1 run a single time (its ``probes`` lists both), and a
+``probes: [none, tbptt]`` trains each r = 1 run a single time (its ``probes`` lists both; a probe's
+settings reach only its own looped runs: counting.probe_arch), and a
 repeat that names a run the axis already has (same seed) adds nothing. Repeats come after the
 axis's runs, so they never change the ids or the order of the others.
 Bad input raises ``GridError`` (a ``UserError``) naming the file, the key and the reason.
@@ -57,7 +59,8 @@ from loopscale.config import (
     check_budget,
     check_train,
 )
-from loopscale.counting import PROBES, Arch, ArchError, n_once, n_rec
+from loopscale import probes as probe_registry
+from loopscale.counting import Arch, ArchError, n_once, n_rec, probe_arch
 from loopscale.errors import UserError
 from loopscale.lr_transfer import LR_KEYS, with_paper_lrs
 
@@ -329,7 +332,7 @@ def expand(raw: dict[str, Any], where: str = "grid") -> list[RunSpec]:
     try:
         train = build(TrainConfig, train_raw, "train")
         data = build(DataConfig, _section(raw, "data", where), "data")
-        base_arch = _model_fields(model)
+        base_arch, probe_settings = _model_fields(model)
     except ConfigError as e:
         raise GridError(f"{where}: {e}") from None
     if rules.lr_rule == "paper" and train.optimizer != "muonh":
@@ -367,16 +370,9 @@ def expand(raw: dict[str, Any], where: str = "grid") -> list[RunSpec]:
 
     specs: dict[str, RunSpec] = {}
     for key, d, r, probe, seed, tokens, budget in points:
-        arch_kw = {**base_arch, "d_model": d, "r": r, "probe": probe}
-        if r == 1 or probe != "tbptt":  # canonical shape: fields that do not apply take their defaults,
-            arch_kw.pop("tbptt_k", None)  # so the r = 1 model is one run for every probe
-        if r == 1:
-            arch_kw["probe"] = "none"
-        if arch_kw["probe"] != "hyperconn":
-            arch_kw.pop("hc_lanes", None)
         what = f"{key}, d_model {d}, r {r}" + (f", probe {probe}" if probe != "none" else "")
-        try:
-            arch = Arch(**arch_kw)
+        try:  # canonical: the r = 1 model is one run for every probe, a probe's settings only its own runs'
+            arch = probe_arch({**base_arch, "d_model": d, "r": r}, probe, probe_settings)
             t = dataclasses.replace(train, tokens=tokens, budget_flops=budget, seed=seed,
                                     micro_batch_rows=rules.micro_rows(d, train.micro_batch_rows, where))
             check_train(t)
@@ -460,17 +456,25 @@ def _train_rules(train_raw: dict[str, Any], where: str) -> tuple[dict[str, Any],
     return train_raw, TrainRules(rule, exponent, micro)
 
 
-def _model_fields(model: dict[str, Any]) -> dict[str, Any]:
-    """The grid's model section, keys and types checked once (an Arch at width head_dim, r = 1)."""
-    fixed = {k: v for k, v in model.items() if k != "tbptt_k"}
+def _model_fields(model: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The grid's model section, keys and types checked once: (Arch fields, checked as an Arch at width
+    head_dim, r = 1; the probes' settings, each checked by its own declaration)."""
+    declared = probe_registry.settings()
+    fixed_names = {f.name for f in dataclasses.fields(Arch)} - {"probe_settings"} - set(declared)
+    unknown = [k for k in model if k not in fixed_names and k not in declared]
+    if unknown:
+        allowed = sorted((fixed_names - set(AXIS_MODEL_KEYS)) | set(declared))
+        raise ConfigError(f"model: unknown key {unknown[0]!r} (allowed: {', '.join(allowed)})")
+    fixed = {k: v for k, v in model.items() if k not in declared}
     arch = build(Arch, {**fixed, "d_model": fixed.get("head_dim", Arch.head_dim)}, "model")
-    out = {k: getattr(arch, k) for k in fixed}
-    if "tbptt_k" in model:
-        k = model["tbptt_k"]
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise ConfigError(f"model.tbptt_k: expected a positive integer, got {_show(k)}")
-        out["tbptt_k"] = k
-    return out
+    settings = {}
+    for k, v in model.items():
+        if k in declared:
+            try:
+                settings[k] = declared[k][0].check(v)
+            except ValueError as e:
+                raise ConfigError(f"model.{k}: {e}") from None
+    return {k: getattr(arch, k) for k in fixed}, settings
 
 
 def _section(raw: dict[str, Any], key: str, where: str) -> dict[str, Any]:
@@ -532,8 +536,8 @@ def _int_list(raw: dict, key: str, where: str, default: list[int], minimum: int 
 def _probe_list(raw: dict, where: str) -> list[str]:
     probes = _as_list(raw.get("probes", ["none"]), f"{where}: probes")
     for p in probes:
-        if p not in PROBES:
-            raise GridError(f"{where}: probes: unknown probe {_show(p)}; choose from {', '.join(PROBES)}")
+        if not isinstance(p, str) or p not in probe_registry.PROBES:
+            raise GridError(f"{where}: probes: unknown probe {_show(p)}; choose from {probe_registry.choices(', ')}")
     return list(dict.fromkeys(probes))
 
 

@@ -44,7 +44,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from loopscale.counting import Arch, n_effective_compute
+from loopscale.counting import Arch, baseline_arch, n_effective_compute
 
 if TYPE_CHECKING:
     from loopscale.config import RunConfig
@@ -90,7 +90,7 @@ def reference_arch(arch: Arch, ref_r: int | None = None) -> Arch:
         if arch.r > 1:
             loop_depth = arch.n_layers_eff - arch.n_prelude - arch.n_coda
             ref_r = REF_R_LOOPED if loop_depth % REF_R_LOOPED == 0 else arch.r
-    return dataclasses.replace(arch, d_model=d_ref, r=ref_r, injection="linear", probe="none", tbptt_k=None)
+    return baseline_arch(arch, d_model=d_ref, r=ref_r, injection="linear")
 
 
 def d_ref(arch: Arch, ref_r: int | None = None) -> int:

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from loopscale.counting import Arch
+from loopscale.probes import Injection
 
 SOFTCAP = 15.0
 NORM_EPS = 1e-6
@@ -276,7 +277,8 @@ class Block(nn.Module):
 
 # -- Injection: how the prelude output e enters each recurrence ------------------------------
 # Each kind keeps a loop state, mixes (e, state) into the block input, folds the block output
-# back into the state, and reads the state out for the coda. Probes add kinds here.
+# back into the state, and reads the state out for the coda. A probe brings its own kind
+# (loopscale.probes: a torch-free Injection), which ProbeInjection makes a module.
 
 
 class NoInjection(nn.Module):
@@ -319,19 +321,42 @@ class AdditiveInjection(NoInjection):
         return h + e
 
 
-def make_injection(a: Arch) -> nn.Module:
-    kind = a.injection_kind
-    if kind == "none":
-        return NoInjection()
-    if kind == "linear":
-        return LinearInjection(a.d_model)
-    if kind == "additive":
-        return AdditiveInjection()
-    if kind == "hyperconn":
-        from loopscale.probes import HyperConnections  # noqa: PLC0415 - probe lives with probes
+class ProbeInjection(nn.Module):
+    """A probe's injection (loopscale.probes.Injection): its declared weights as parameters of this module
+    (``injection.<name>``, the optimizer's "lane" group), its forward as the methods of the others."""
 
-        return HyperConnections(a.d_model, a.hc_lanes, a.r)
-    raise ValueError(f"unknown injection {kind!r}")
+    def __init__(self, spec: Injection):
+        super().__init__()
+        self.spec = spec
+        for name, shape in spec.weights().items():
+            self.register_parameter(name, nn.Parameter(torch.empty(shape)))
+        with torch.no_grad():
+            spec.init(self)
+
+    def init_state(self, e):
+        return self.spec.init_state(self, e)
+
+    def mix(self, t, e, h):
+        return self.spec.mix(self, t, e, h)
+
+    def update(self, t, h, s):
+        return self.spec.update(self, t, h, s)
+
+    def readout(self, h):
+        return self.spec.readout(self, h)
+
+
+def make_injection(a: Arch) -> nn.Module:
+    if a.r == 1:
+        return NoInjection()
+    spec = a.probe_injection()
+    if spec is not None:
+        return ProbeInjection(spec)
+    if a.injection == "linear":
+        return LinearInjection(a.d_model)
+    if a.injection == "additive":
+        return AdditiveInjection()
+    raise ValueError(f"unknown injection {a.injection!r}")
 
 
 class LoopedLM(nn.Module):

@@ -93,3 +93,141 @@ def test_every_run_keeps_the_model_keys_of_its_id():
     raw.update(probes=["none", "tbptt", "hyperconn"])
     for s in grid_from_dict(raw, "tiny", path=path, cwd=PIN_DIR).runs:
         assert set(s.config.semantic_dict()["model"]) == keys, s.probe
+
+
+# --- the registry and the plug-in mechanism ---------------------------------------------------------
+
+from loopscale import probes  # noqa: E402
+from loopscale.config import run_config_from_dict  # noqa: E402
+from loopscale.counting import Arch, ArchError, baseline_arch, n_rec, probe_arch, split_arch  # noqa: E402
+from loopscale.grid import GridError  # noqa: E402
+
+
+def test_registry_lists_the_probes_baseline_first():
+    assert probes.names()[:3] == ("none", "tbptt", "hyperconn")
+    assert probes.lookup("tbptt") is probes.PROBES["tbptt"] and probes.lookup("none") is probes.BASELINE
+    with pytest.raises(probes.UnknownProbe, match="unknown probe 'nope'; choose one of none, tbptt, hyperconn"):
+        probes.lookup("nope")
+    for p in probes.REGISTERED:
+        assert p.name and p.description and "\n" not in p.description
+
+
+class GatedSum(probes.Injection):
+    """u = h + g_t·e with h⁰ = 0 and one gain per recurrence, g_t = gain at init."""
+
+    def __init__(self, r: int, gain: float):
+        self.r, self.gain = r, gain
+
+    def weights(self):
+        return {"gate": (self.r,)}
+
+    def init(self, w):
+        w.gate.fill_(self.gain)
+
+    def init_state(self, w, e):
+        return e.new_zeros(e.shape)
+
+    def mix(self, w, t, e, h):
+        return h + w.gate[t].to(e.dtype) * e
+
+
+class Gated(probes.Probe):
+    """A probe with a setting of its own (not an Arch field): what a researcher's plug-in looks like."""
+
+    name = "gated"
+    description = "additive injection with a learned gain per recurrence"
+    settings = (probes.Setting("gate_gain", 1.0, "the gains at init", kind=float, minimum=0.0),)
+
+    def validate(self, arch):
+        if self.value(arch, "gate_gain") > 10:
+            raise ValueError(f"gate_gain must be at most 10, got {self.value(arch, 'gate_gain')}")
+
+    def injection(self, arch):
+        return GatedSum(arch.r, self.value(arch, "gate_gain"))
+
+
+@pytest.fixture
+def gated(monkeypatch):
+    probe = Gated()
+    monkeypatch.setitem(probes.PROBES, probe.name, probe)
+    monkeypatch.setattr(probes, "REGISTERED", probes.REGISTERED + (probe,))
+    return probe
+
+
+def tiny_with(**changes):
+    raw = yaml.safe_load(find_grid("tiny").read_text())
+    model = changes.pop("model", {})
+    raw["model"].update(model)
+    raw.update(changes)
+    return grid_from_dict(raw, "tiny", cwd=PIN_DIR)
+
+
+def test_a_plugin_probe_with_its_own_setting_leaves_every_other_id_alone(gated):
+    base = {s.run_id for s in tiny_with().runs}
+    grid = tiny_with(probes=["none", "gated"], model={"gate_gain": 0.5})
+    mine = [s for s in grid.runs if s.probe == "gated"]
+    assert mine and all(s.r > 1 for s in mine)
+    assert {s.run_id for s in grid.runs if s.probe == "none"} == base  # its setting reaches only its runs
+    for s in grid.runs:
+        model = s.config.semantic_dict()["model"]
+        assert ("probe_settings" in model) == (s.probe == "gated")
+    cfg = mine[0].config
+    assert cfg.model.probe_settings == {"gate_gain": 0.5}
+    assert gated.value(cfg.model, "gate_gain") == 0.5
+    again = run_config_from_dict(cfg.to_dict())  # a run's config.yaml reads back to the same run
+    assert again == cfg and again.run_id() == cfg.run_id()
+    # A setting at its default is the run without it; another value, another run.
+    default = {s.run_id for s in tiny_with(probes=["gated"], model={"gate_gain": 1.0}).runs}
+    unset = {s.run_id for s in tiny_with(probes=["gated"]).runs}
+    assert default == unset and not default & {s.run_id for s in mine}
+
+
+def test_a_plugin_probe_counts_and_builds_its_injection(gated):
+    import torch
+
+    from loopscale.model import LoopedLM
+
+    arch = Arch(d_model=16, r=4, n_layers_eff=6, n_prelude=1, n_coda=1, head_dim=8, probe="gated",
+                probe_settings={"gate_gain": 0.5})
+    plain = baseline_arch(arch)
+    assert plain.probe == "none" and plain.probe_settings is None
+    assert n_rec(arch) == n_rec(plain) - 2 * 16 * 16 + 4  # the linear W replaced by 4 gains
+    assert split_arch(arch) == (split_arch(plain)[0], "gated", {"gate_gain": 0.5})
+    assert probe_arch(split_arch(arch)[0], "gated", {"gate_gain": 0.5}) == arch
+    m = LoopedLM(arch, 40, 8)
+    assert m.n_non_embedding_params() == sum(p.numel() for n, p in m.named_parameters()
+                                             if not n.startswith(("embed.", "lm_head.")))
+    assert m.n_non_embedding_params() - sum(p.numel() for p in m.injection.parameters()) + 2 * 16 * 16 == \
+        LoopedLM(plain, 40, 8).n_non_embedding_params()
+    assert torch.equal(m.injection.gate, torch.full((4,), 0.5))
+    assert [p for p in m.param_groups()["lane"]] == [m.injection.gate]
+    e, h = torch.randn(2, 3, 16), torch.randn(2, 3, 16)
+    assert torch.equal(m.injection.init_state(e), torch.zeros_like(e))
+    torch.testing.assert_close(m.injection.mix(1, e, h), h + 0.5 * e)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(probe="gated", probe_settings={"gate_gain": -1.0}), "gate_gain: expected a number ≥ 0, got -1.0"),
+    (dict(probe="gated", probe_settings={"gate_gain": 11.0}), "gate_gain must be at most 10"),
+    (dict(probe="gated", probe_settings={"lanes": 3}), "'lanes' is not a setting of probe gated"),
+    (dict(probe="gated", probe_settings={"hc_lanes": 3}), "'hc_lanes' is not a setting of probe gated"),
+    (dict(probe="none", probe_settings={"gate_gain": 2.0}), "gate_gain is set but probe is 'none'"),
+    (dict(probe="tbptt", hc_lanes=3), "hc_lanes is set but probe is 'tbptt'; it only applies to probe hyperconn"),
+    (dict(probe="none", tbptt_k=1), "tbptt_k is set but probe is 'none'; it only applies to probe tbptt"),
+    (dict(probe="tbptt", tbptt_k=5), r"tbptt_k must be in \[1, r=4\], got 5"),
+    (dict(probe="hyperconn", hc_lanes=0), "hc_lanes: expected a positive integer, got 0"),
+])
+def test_probe_settings_are_checked(gated, kwargs, words):
+    with pytest.raises(ArchError, match=words):
+        Arch(d_model=16, r=4, n_layers_eff=6, n_prelude=1, n_coda=1, head_dim=8, **kwargs)
+
+
+@pytest.mark.parametrize("model, words", [
+    ({"gate_gain": "high"}, "model.gate_gain: expected a number ≥ 0, got 'high'"),
+    ({"hc_lanes": 2.5}, "model.hc_lanes: expected a positive integer, got 2.5"),
+    ({"tbptt_k": 0}, "model.tbptt_k: expected a positive integer, got 0"),
+    ({"probe_settings": {"gate_gain": 2.0}}, "model: unknown key 'probe_settings'"),
+])
+def test_grid_checks_probe_settings_in_its_model_section(gated, model, words):
+    with pytest.raises(GridError, match=words):
+        tiny_with(probes=["gated"], model=model)

@@ -1,6 +1,6 @@
 """What a training change does to φ (method.md §6): `loopscale compare --probe NAME`.
 
-A probe is a named model/training variant (counting.PROBES) run on the looped cells (r > 1) of an
+A probe is a named model/training variant (loopscale.probes) run on the looped cells (r > 1) of an
 iso-FLOP grid; its r = 1 runs are the baseline's (at r = 1 there is no loop to change). The law is
 fitted twice with the same objective, bounds and number of starts (fit.py): to the baseline runs and to the
 probe runs, each with the same shared r = 1 runs, on the (budget × r) cells both have. Then:
@@ -40,7 +40,7 @@ from loopscale.analysis.fit import (
 from loopscale.analysis.law import FORMULA, PARAM_NAMES
 from loopscale.analysis.parallel import single_threaded_blas
 from loopscale.atomic import json_safe
-from loopscale.counting import PROBES
+from loopscale import probes
 from loopscale.errors import UserError
 from loopscale.runs_table import BAD_STATUS, usable_rows
 
@@ -70,8 +70,10 @@ class Tables:
 
 
 def check_probe_name(name: str, flag: str) -> None:
-    if name not in PROBES:
-        raise UserError(f"{flag}: unknown probe {name!r}; choose one of {', '.join(PROBES)}")
+    try:
+        probes.lookup(name)
+    except probes.UnknownProbe as e:
+        raise UserError(f"{flag}: {e}") from None
 
 
 def split_tables(df: pd.DataFrame, probe: str, baseline: str = "none") -> Tables:

@@ -77,7 +77,7 @@ from loopscale.analysis.fit import (
 from loopscale.analysis.law import Law
 from loopscale.analysis.parallel import parallel_map, single_threaded_blas
 from loopscale.atomic import json_safe
-from loopscale.counting import ArchError, n_once, n_rec
+from loopscale.counting import ArchError, baseline_arch, n_once, n_rec, probe_arch, split_arch
 from loopscale.errors import UserError
 from loopscale.schedule import cpu_count, local_layout, queue_cost, resolve_kind, visible_gpus
 
@@ -111,8 +111,7 @@ def _run_row(cfg, run_id: str, budget) -> dict:
 
 def _plain(cfg):
     """The probe-none version of a run (same width, r, budget, seed)."""
-    model = dataclasses.replace(cfg.model, probe="none", tbptt_k=None)
-    return dataclasses.replace(cfg, model=model)
+    return dataclasses.replace(cfg, model=baseline_arch(cfg.model))
 
 
 def baseline_and_probes(grid) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], int]:
@@ -668,6 +667,8 @@ def candidate_cells(grid, base: pd.DataFrame, probe: str = "none") -> pd.DataFra
     candidates too: another seed there. Looped candidates (r > 1) carry ``probe``; r = 1 ones none."""
     looped = [s.config for s in grid.runs if s.r > 1 and s.probe == probe]
     template = (looped or [grid.runs[0].config])[0]
+    shape, own, settings = split_arch(template.model)
+    settings = settings if own == probe else {}
     iso_flop = base["budget_flops"].notna().all()
     levels = sorted(set(base["budget_flops"] if iso_flop else base["tokens"]))
     widths = sorted(set(int(w) for w in base["width"]))
@@ -678,10 +679,8 @@ def candidate_cells(grid, base: pd.DataFrame, probe: str = "none") -> pd.DataFra
     for level in levels:
         for w in widths:
             for r in range(1, r_max + 1):
-                try:
-                    p = probe if r > 1 else "none"
-                    k = template.model.tbptt_k if p == "tbptt" else None
-                    model = dataclasses.replace(template.model, d_model=int(w), r=r, probe=p, tbptt_k=k)
+                try:  # the template's shape and probe settings at this width and r (r = 1: the plain run)
+                    model = probe_arch({**shape, "d_model": int(w), "r": r}, probe, settings)
                 except ArchError:
                     continue
                 train = dataclasses.replace(template.train, budget_flops=level if iso_flop else None,

@@ -15,6 +15,7 @@ from loopscale.commands.diagnostics import print_diagnostics
 from loopscale.commands.stages import stage_progress
 from loopscale.errors import UserError
 from loopscale.fmt import num
+from loopscale.probes import choices as probe_choices
 
 
 def _ci(ci) -> str:
@@ -64,8 +65,8 @@ def register(app: typer.Typer) -> None:
     def compare(
         source: Path = typer.Argument(..., help="Sweep folder (baseline and probe runs) or a CSV/Parquet runs "
                                       "table with a probe column (baseline rows: none)."),
-        probe: str = typer.Option(..., "--probe", help="The probe to compare: tbptt | hyperconn."),
-        baseline: str = typer.Option("none", "--baseline", help="The probe taken as baseline."),
+        probe: str = typer.Option(..., "--probe", help=f"The probe to compare: {probe_choices(skip_baseline=True)}."),
+        baseline: str = typer.Option("none", "--baseline", help=f"The probe taken as baseline: {probe_choices()}."),
         out: Optional[Path] = typer.Option(None, "--out", help="Folder for compare-<probe>.json and the plot "
                                            "(default: beside the source)."),
         starts: int = typer.Option(500, help="Random starts of each multistart (plus a fixed grid of 24)."),

@@ -16,6 +16,7 @@ from loopscale.commands.diagnostics import print_cells, print_diagnostics
 from loopscale.commands.stages import stage_progress
 from loopscale.errors import UserError
 from loopscale.fmt import num
+from loopscale.probes import choices as probe_choices
 
 
 def _print_cells(diag: dict, out: Console) -> None:
@@ -107,7 +108,7 @@ def register(app: typer.Typer) -> None:
         huber_delta: float = typer.Option(1e-3, "--huber-delta", help="Huber δ on log-loss residuals."),
         resample: str = typer.Option("cells", help="Bootstrap unit: cells ((budget × r) blocks) | runs."),
         workers: Optional[int] = typer.Option(None, help="Processes for the bootstrap (default: all cores)."),
-        probe: Optional[str] = typer.Option(None, help="Fit the runs of this probe (none | tbptt | hyperconn)."),
+        probe: Optional[str] = typer.Option(None, help=f"Fit the runs of this probe ({probe_choices()})."),
         no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG figures."),
         json_out: bool = typer.Option(False, "--json", help="Print fit.json to stdout and nothing else."),
     ) -> None:

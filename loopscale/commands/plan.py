@@ -14,6 +14,7 @@ from rich.table import Table
 
 from loopscale.commands.diagnostics import print_cells
 from loopscale.commands.stages import stage_progress
+from loopscale.probes import choices as probe_choices
 
 
 def _f(v, digits: int = 3, spec: str = "f") -> str:
@@ -179,7 +180,8 @@ def register(app: typer.Typer) -> None:
                                               "with --from the sweep's measured noise)."),
         replicates: int = typer.Option(100, help="Simulated replicates of the grid."),
         bootstrap: int = typer.Option(200, help="Cell-bootstrap resamples per replicate (0: CI from the replicate spread)."),
-        probe_delta: float = typer.Option(0.07, "--probe-delta", help="Δφ a probe is simulated with."),
+        probe_delta: float = typer.Option(0.07, "--probe-delta", help="Δφ each probe of the grid is simulated "
+                                          f"with (probes: {probe_choices(skip_baseline=True)})."),
         seed: int = typer.Option(0, help="Seed of noise, starts and resamples: same seed, same output."),
         starts: int = typer.Option(8, help="Random starts per fit, besides fit's 24 fixed and the true θ."),
         fit_starts: int = typer.Option(100, "--fit-starts", help="With --from: random starts of the sweep's fit "
