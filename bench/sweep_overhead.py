@@ -74,7 +74,7 @@ def main() -> None:
                 d = sweep / "runs" / spec.run_id
                 d.mkdir()
                 write_config(d, spec)
-                (d / "result.json").write_text(json.dumps(fake_result(spec, 3.0 + (i % 97) / 100)))
+                (d / store.RESULT_FILE).write_text(json.dumps(fake_result(spec, 3.0 + (i % 97) / 100)))
 
         timed(f"write {n:,} run folders (config.yaml + fake result.json)", write_all)
         ids = [s.run_id for s in grid.runs]

@@ -154,14 +154,15 @@ def paper_design(rs=PAPER_RS, grid=None, seq_len: int = 2048, vocab: int = 32064
     """The paper's iso-FLOP design: every (budget, width s, r) with n_once, n_rec from counting.py
     and tokens D = C / F (F = training FLOPs per token). 116 rows for the default grid."""
     from loopscale.counting import Arch, flops_per_token, n_once, n_rec
+    from loopscale.grid import WIDTH_UNIT
 
     rows = []
     for budget, widths in (grid or PAPER_GRID).items():
         for r in rs:
             for s in widths:
-                a = Arch(d_model=64 * s, r=r)
+                a = Arch(d_model=WIDTH_UNIT * s, r=r)
                 f = flops_per_token(a, seq_len, vocab)
-                rows.append(dict(budget_flops=float(budget), width=64 * s, r=r, n_once=float(n_once(a)),
+                rows.append(dict(budget_flops=float(budget), width=WIDTH_UNIT * s, r=r, n_once=float(n_once(a)),
                                  n_rec=float(n_rec(a)), tokens=budget / f, run_id=f"C{budget:.3g}-s{s}-r{r}"))
     return pd.DataFrame(rows)
 

@@ -40,7 +40,7 @@ from loopscale.errors import UserError
 
 RUNS_DIR, JOBS_DIR, DB_FILE, GRID_FILE = "runs", "jobs", "results.db", "grid.yaml"
 CONFIG_FILE, RESULT_FILE, ERROR_FILE = "config.yaml", "result.json", "error.json"
-JOB_FILE, STARTED_FILE = "job.json", "started.json"
+JOB_FILE, STARTED_FILE, METRICS_FILE = "job.json", "started.json", "metrics.jsonl"
 
 FINISHED = ("done", "diverged")
 RETRYABLE = ("failed", "corrupt", "cancelled", "timeout", "lost")

@@ -39,11 +39,11 @@ from loopscale.counting import n_once, n_rec
 from loopscale.data import load_data
 from loopscale.distributed import DistEnv
 from loopscale.loaders import make_loader
+from loopscale.store import CONFIG_FILE, ERROR_FILE, METRICS_FILE, RESULT_FILE
 from loopscale.model import LoopedLM, cross_entropy
 from loopscale.optim import build_optimizer, lr_factor
 from loopscale.progress import TrainProgress
 
-RESULT_FILE, ERROR_FILE, CONFIG_FILE, METRICS_FILE = "result.json", "error.json", "config.yaml", "metrics.jsonl"
 
 
 def load_run_config(run_dir: Path) -> RunConfig:

@@ -11,6 +11,8 @@ import yaml
 from rich.console import Console
 
 from loopscale.errors import UserError
+from loopscale.grid import WIDTH_UNIT
+from loopscale.store import RESULT_FILE
 
 
 def _set(d: dict, section: str, key: str, value: Any) -> None:
@@ -87,7 +89,7 @@ def register(app: typer.Typer) -> None:
             raise UserError("give --width or --s, not both")
         lr_keys = ("lr_matrix", "lr_embed", "lr_head", "lr_norm")
         overrides = {
-            ("model", "r"): r, ("model", "d_model"): 64 * s if s is not None else width,
+            ("model", "r"): r, ("model", "d_model"): WIDTH_UNIT * s if s is not None else width,
             ("model", "n_layers_eff"): layers, ("model", "n_prelude"): prelude, ("model", "n_coda"): coda,
             ("model", "head_dim"): head_dim, ("model", "injection"): injection,
             ("train", "tokens"): tokens, ("train", "budget_flops"): budget_flops, ("train", "seq_len"): seq_len,
@@ -102,7 +104,7 @@ def register(app: typer.Typer) -> None:
 
         check_budget(cfg)
         run_dir = out or Path("runs") / cfg.run_id()
-        if (run_dir / "result.json").exists():
+        if (run_dir / RESULT_FILE).exists():
             raise UserError(f"{run_dir} already holds a finished run; choose another --out")
         console = Console(stderr=True)
         console.print(

@@ -16,13 +16,13 @@ from loopscale.store import (
     ERROR_FILE,
     GRID_FILE,
     JOB_FILE,
+    METRICS_FILE,
     RESULT_FILE,
     STARTED_FILE,
 )
 from loopscale.submit.records import LOG_LINKS, replace_file
 
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when present: 10x faster for big sweeps
-METRICS_FILE = "metrics.jsonl"
 ATTEMPT_FILES = (JOB_FILE, ERROR_FILE, RESULT_FILE, STARTED_FILE, METRICS_FILE) + LOG_LINKS
 
 
