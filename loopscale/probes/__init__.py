@@ -7,7 +7,7 @@ that module plus one line in ``REGISTERED`` below. ``none`` is the baseline. Tor
 
 from __future__ import annotations
 
-from loopscale.probes import hyperconn, tbptt
+from loopscale.probes import additive, hyperconn, tbptt
 from loopscale.probes.base import Injection, Probe, Setting
 
 BASELINE = Probe()
@@ -16,6 +16,7 @@ REGISTERED: tuple[Probe, ...] = (
     BASELINE,
     tbptt.PROBE,
     hyperconn.PROBE,
+    additive.PROBE,
 )
 
 PROBES: dict[str, Probe] = {p.name: p for p in REGISTERED}
