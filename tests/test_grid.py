@@ -66,7 +66,7 @@ def test_paper_tokens_are_budget_over_flops_and_total_is_the_sum_of_budgets(pape
 
 def test_shipped_tiny_and_smoke_grids_expand():
     tiny = load_grid(GRIDS / "tiny.yaml")
-    assert 20 <= len(tiny.runs) <= 40
+    assert 20 <= len(tiny.runs) <= 50
     assert {s.r for s in tiny.runs} >= {1, 4}
     assert len({s.budget_flops for s in tiny.runs}) >= 4  # split-half: two budgets a side
     cells: dict[tuple, set] = {}
