@@ -14,7 +14,7 @@ import pytest
 
 from loopscale.analysis.compare import bootstrap_p_value, compare, split_tables, verdict
 from loopscale.analysis.law import PAPER_LAW, Law
-from loopscale.counting import Arch, flops_per_token
+from loopscale.counting import Arch, flops_per_token, injection_params
 from loopscale.errors import UserError
 from loopscale.grid import load_grid
 from loopscale.runs_table import PAPER_GRID
@@ -62,7 +62,7 @@ def paper_runs() -> pd.DataFrame:
 # Grids
 
 
-@pytest.mark.parametrize("probe", ["tbptt", "hyperconn"])
+@pytest.mark.parametrize("probe", ["tbptt", "hyperconn", "additive"])
 def test_paper_probe_grids_expand_to_the_paper_runs(probe):
     paper = {s.run_id: s for s in load_grid(GRIDS / "paper.yaml", cwd=REPO).runs}
     grid = load_grid(GRIDS / f"paper-{probe}.yaml", cwd=REPO)
@@ -78,13 +78,15 @@ def test_paper_probe_grids_expand_to_the_paper_runs(probe):
     assert {(s.budget_flops, s.d_model) for s in r1} == {(c, 64 * w) for c, ws in LOWER4.items() for w in ws}
     if probe == "tbptt":
         assert {(s.r, s.config.model.k_grad) for s in looped} == {(2, 1), (4, 2), (8, 4)}
-    else:
+    elif probe == "hyperconn":
         assert {s.config.model.hc_lanes for s in looped} == {2}
+    else:  # additive: no injection weights, full backprop
+        assert all(injection_params(s.config.model) == 0 and s.config.model.k_grad == s.r for s in looped)
     # The three grids in one folder: 116 + 60 + 60 runs, nothing trained twice.
     assert len(grid_specs("paper", "paper-tbptt", "paper-hyperconn")) == 236
 
 
-@pytest.mark.parametrize("probe", ["tbptt", "hyperconn"])
+@pytest.mark.parametrize("probe", ["tbptt", "hyperconn", "additive"])
 def test_tiny_probe_grids_share_tiny_runs(probe):
     tiny = load_grid(GRIDS / "tiny.yaml", cwd=REPO)
     grid = load_grid(GRIDS / f"tiny-{probe}.yaml", cwd=REPO)
@@ -249,6 +251,24 @@ def test_cli_compare_sweep_folder_table_and_plot(tmp_path, capsys, monkeypatch):
     assert doc["n_shared_r1_runs"] == len(shared) and doc["baseline"]["n_runs"] == len(baseline)
     assert doc["probe"]["n_runs"] == len(shared) + sum(s.r > 1 for s in probe.runs)
     assert doc["token_gain"]["median"] > 1.1
+
+
+def test_cli_compare_additive_probe_on_a_tiny_sweep(tmp_path, capsys):
+    """`loopscale compare SWEEP --probe additive` on tiny + tiny-additive in one folder: the shared r = 1 runs,
+    the probe's own looped runs, and slightly more tokens (no 2d² injection weights to pay for)."""
+    sweep = tmp_path / "sweep"
+    _write_sweep(sweep, grid_specs("tiny", "tiny-additive"), {"none": BASE_PHI, "additive": 0.40})
+    code, out, err = cli_in_process(["compare", sweep, "--probe", "additive", "--json", "--no-plots", "--starts", 10,
+                                     "--bootstrap", 6, "--workers", 1], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["baseline"]["name"] == "none" and doc["probe"]["name"] == "additive"
+    tiny, probe = (load_grid(GRIDS / f"{name}.yaml", cwd=REPO) for name in ("tiny", "tiny-additive"))
+    budgets = {s.budget_flops for s in probe.runs}  # tiny's r = 1 runs there, its seed repeat included
+    assert doc["n_shared_r1_runs"] == sum(s.r == 1 and s.budget_flops in budgets for s in tiny.runs) == 7
+    assert doc["probe"]["n_looped_runs"] == sum(s.r > 1 for s in probe.runs) == 6
+    assert 1.0 < doc["token_gain"]["median"] < 1.1
+    assert json.loads((sweep / "compare-additive.json").read_text()) == doc
 
 
 @pytest.mark.parametrize("case", ["unknown_probe", "no_probe_runs", "not_collected", "too_few_cells", "same",

@@ -305,3 +305,20 @@ def test_cpu_grid_costs_core_hours_and_wall_time(tmp_path, capsys):
     gpu = json.loads(out)["cost"]
     assert gpu["unit"] == "gpu_hours" and gpu["unit_reason"] == "train.device is cuda"
     assert gpu["gpu_hours"] == pytest.approx(grid.total_flops / (989e12 * 0.4) / 3600, rel=1e-12)
+
+
+def test_plan_additive_probe_grid(tmp_path, capsys):
+    """The shipped tiny-additive grid holds the probe's runs and tiny's r = 1 runs: plan builds the baseline's
+    looped counterparts (linear injection, 2d² more weights each), simulates Δφ and suggests cells for the probe."""
+    grid = load_grid(Path(__file__).resolve().parents[1] / "grids" / "tiny-additive.yaml")
+    base, probes, built = baseline_and_probes(grid)
+    assert list(probes) == ["additive"] and built == 6 and len(base) == len(probes["additive"]) == 12
+    looped = probes["additive"][probes["additive"].r > 1].set_index(["budget_flops", "width"])
+    plain = base[base.r > 1].set_index(["budget_flops", "width"]).loc[looped.index]
+    assert ((plain.n_rec - looped.n_rec).to_numpy() == 2 * looped.index.get_level_values("width") ** 2).all()
+    code, out, err = cli_in_process(["plan", grid.path, "--json", "--replicates", 10, "--bootstrap", 20, "--suggest", 1,
+                                     "--workers", 1, "--cost-unit", "cpu"], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert list(doc["probes"]) == ["additive"] and doc["suggestions_for"] == "additive"
+    assert doc["probes"]["additive"]["n_shared_r1"] == 6 and doc["suggestions"]

@@ -27,6 +27,9 @@ PINNED = {  # grid: (runs, sha256 of the expansion)
     "paper-tbptt": (80, "34983f1a1b95ed7c51480d26285503c4d31f9159eb9c1d6e5dbf07be9c3e49b3"),
     "paper-hyperconn": (80, "36c7f29c649923b18c5daec770113cf864a9b67c42c1fafcbda5425c23121b8e"),
     "smoke": (4, "a6c1319d65e1b65885ce158086403992a33619a8d427ce4d966181244913ef4b"),
+    # added with the additive probe, pinned from then on
+    "tiny-additive": (12, "12874838ba4940c0ae30638debf5cbf328ea34d08edde42ee0ea2763f7b69287"),
+    "paper-additive": (80, "97cfbad2bc393d556d0ee01ee293dcb592b621fa1a219b58b6a939c14aacc537"),
 }
 # A few ids spelled out: (grid, position in the expansion) -> (run_id, probe, probes)
 PINNED_RUNS = {
@@ -38,6 +41,10 @@ PINNED_RUNS = {
     ("paper-tbptt", 4): ("b3c627dfc320", "tbptt", ["tbptt"]),
     ("paper-hyperconn", 4): ("d70f9cc8fdb9", "hyperconn", ["hyperconn"]),
     ("smoke", 0): ("a6988dd6a71d", "none", ["none"]),
+    ("tiny-additive", 0): ("8cd1532a50de", "none", ["additive"]),  # tiny's own r = 1 run
+    ("tiny-additive", 3): ("0e2645f68615", "additive", ["additive"]),
+    ("paper-additive", 0): ("bf41c6cd3134", "none", ["additive"]),  # paper's own r = 1 run
+    ("paper-additive", 4): ("0315a0e3f66c", "additive", ["additive"]),
 }
 
 
@@ -104,7 +111,7 @@ from loopscale.grid import GridError  # noqa: E402
 
 
 def test_registry_lists_the_probes_baseline_first():
-    assert probes.names()[:3] == ("none", "tbptt", "hyperconn")
+    assert probes.names() == ("none", "tbptt", "hyperconn", "additive")
     assert probes.lookup("tbptt") is probes.PROBES["tbptt"] and probes.lookup("none") is probes.BASELINE
     with pytest.raises(probes.UnknownProbe, match="unknown probe 'nope'; choose one of none, tbptt, hyperconn"):
         probes.lookup("nope")
@@ -231,3 +238,68 @@ def test_probe_settings_are_checked(gated, kwargs, words):
 def test_grid_checks_probe_settings_in_its_model_section(gated, model, words):
     with pytest.raises(GridError, match=words):
         tiny_with(probes=["gated"], model=model)
+
+
+# --- the additive probe: the authors' injection ablation -------------------------------------------
+
+@pytest.mark.parametrize("d, r", [(640, 2), (640, 4), (768, 8), (1280, 4)])
+def test_additive_probe_has_no_injection_weights(d, r):
+    from loopscale.counting import flops_per_token, injection_flops_params, injection_params, n_once
+
+    probe = Arch(d_model=d, r=r, probe="additive")
+    linear, additive = Arch(d_model=d, r=r), Arch(d_model=d, r=r, injection="additive")
+    assert injection_params(probe) == injection_flops_params(probe) == 0 and probe.k_grad == r
+    assert n_rec(probe) == n_rec(linear) - 2 * d * d == n_rec(additive) and n_once(probe) == n_once(linear)
+    T, V = 2048, 32064
+    assert flops_per_token(probe, T, V) == flops_per_token(additive, T, V) == \
+        flops_per_token(linear, T, V) - 6 * r * 2 * d * d
+    assert probe_arch({"d_model": d, "r": 1}, "additive", {}) == Arch(d_model=d, r=1)  # r = 1: the baseline's run
+
+
+def test_additive_probe_forward_is_h_plus_e_from_zero():
+    """u = h + e with h⁰ = 0: the model is the `injection: additive` one, weight for weight, and not the linear."""
+    import torch
+
+    from loopscale.model import LoopedLM
+
+    shape = dict(d_model=32, r=4, n_layers_eff=6, n_prelude=1, n_coda=1, head_dim=16)
+    torch.manual_seed(0)
+    m = LoopedLM(Arch(**shape, probe="additive"), 40, 8)
+    assert not list(m.injection.parameters()) and not m.param_groups()["lane"]
+    e, h = torch.randn(2, 3, 32), torch.randn(2, 3, 32)
+    assert torch.equal(m.injection.init_state(e), torch.zeros_like(e))
+    assert torch.equal(m.injection.mix(2, e, h), h + e)
+    assert torch.equal(m.injection.update(2, h, e), e) and torch.equal(m.injection.readout(h), h)
+    with torch.no_grad():
+        m.lm_head.weight.normal_()
+    twin = LoopedLM(Arch(**shape, injection="additive"), 40, 8)
+    twin.load_state_dict(m.state_dict())  # the same weights, no injection weight in either
+    idx, tgt = torch.randint(0, 40, (2, 8)), torch.randint(0, 40, (2, 8))
+    m.loss(idx, tgt).backward()
+    twin.loss(idx, tgt).backward()
+    torch.testing.assert_close(m(idx), twin(idx), rtol=0, atol=0)
+    for (name, p), q in zip(m.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0, msg=name)
+    linear = LoopedLM(Arch(**shape), 40, 8)
+    linear.load_state_dict({**m.state_dict(), **{k: v for k, v in linear.state_dict().items() if "injection" in k}})
+    assert not torch.allclose(linear(idx), m(idx))
+
+
+def test_tiny_additive_dry_run_shares_tinys_r1_runs(tmp_path, capsys, monkeypatch):
+    from sweep_fixtures import cli_in_process
+
+    monkeypatch.chdir(tmp_path)
+    runs = {}
+    for name in ("tiny", "tiny-additive"):
+        code, out, err = cli_in_process(["sweep", find_grid(name), "--dry-run", "--json"], capsys)
+        assert code == 0, err
+        runs[name] = json.loads(out)
+    tiny = {r["run_id"]: r for r in runs["tiny"]}
+    r1 = [r for r in runs["tiny-additive"] if r["r"] == 1]
+    looped = [r for r in runs["tiny-additive"] if r["r"] > 1]
+    assert len(r1) == len(looped) == 6 and all(r["run_id"] in tiny and r["probe"] == "none" for r in r1)
+    assert {r["probe"] for r in looped} == {"additive"} and not any(r["run_id"] in tiny for r in looped)
+    plain = {(r["budget_flops"], r["d_model"]): r for r in tiny.values() if r["r"] == 4 and r["seed"] == 0}
+    for r in looped:  # the same design as tiny's r = 4 runs, without the 2d² injection weights
+        twin = plain[(r["budget_flops"], r["d_model"])]
+        assert twin["n_rec"] - r["n_rec"] == 2 * r["d_model"] ** 2 and r["tokens"] > twin["tokens"]
