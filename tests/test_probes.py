@@ -1,9 +1,11 @@
-"""Probes (method.md §6): the run ids of the shipped grids are pinned, so moving a probe onto another
-mechanism can never change a run's identity (a changed id retrains a finished run).
+"""Probes (method.md §6): plug-ins declared in loopscale/probes/, listed by one registry.
 
-Each pin is the sha256 of the grid's expansion as JSON, [[run_id, probe, probes], ...] in expansion order,
-computed from the code before probes became plug-ins. Data dirs resolve against a fixed folder (run ids hold
-the absolute data dir), and smoke, which reads its vocabulary from its data, gets vocab_size 4096.
+The run ids of the shipped grids are pinned: moving a probe onto another mechanism must never change a
+run's identity (a changed id retrains a finished run). tests/data/probe_grid_run_ids.json holds each grid's
+runs as [run_id, probe, probes], expanded by the code before probes became plug-ins (the additive grids: when
+they were added); every one of them must still expand, with the same probe, serving at least those probes
+(a grid may grow: new runs are new). Data dirs resolve against a fixed folder (run ids hold the absolute data
+dir), and smoke, which reads its vocabulary from its data, gets vocab_size 4096.
 """
 
 from __future__ import annotations
@@ -15,37 +17,38 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loopscale.grid import find_grid, grid_from_dict
+from loopscale import probes
+from loopscale.config import run_config_from_dict
+from loopscale.counting import Arch, ArchError, baseline_arch, n_rec, probe_arch, split_arch
+from loopscale.grid import GridError, find_grid, grid_from_dict
 
 PIN_DIR = Path("/loopscale-pin")  # never read: relative data dirs resolve against it
-
-PINNED = {  # grid: (runs, sha256 of the expansion)
-    "tiny": (27, "f55dd5148c2808ffbaf3cd2f5ef7c3cfa23c5ae8c2d165f273e1018e9b0ad507"),
-    "tiny-tbptt": (12, "9e47165e9d3345bc9d50a4254e1b2c81d9ddf0737919a7a5707a088b6a8d60a7"),
-    "tiny-hyperconn": (12, "615c42efb9e3ed97cebfc89bf73cae5f9b365c8cba3ef33678386dde38cd1730"),
-    "paper": (116, "2db90673b9f3cb237db70fc469a213d9791bdd2c56fc7dcfcf2fefeb438b87b6"),
-    "paper-tbptt": (80, "34983f1a1b95ed7c51480d26285503c4d31f9159eb9c1d6e5dbf07be9c3e49b3"),
-    "paper-hyperconn": (80, "36c7f29c649923b18c5daec770113cf864a9b67c42c1fafcbda5425c23121b8e"),
-    "smoke": (4, "a6c1319d65e1b65885ce158086403992a33619a8d427ce4d966181244913ef4b"),
-    # added with the additive probe, pinned from then on
-    "tiny-additive": (12, "12874838ba4940c0ae30638debf5cbf328ea34d08edde42ee0ea2763f7b69287"),
-    "paper-additive": (80, "97cfbad2bc393d556d0ee01ee293dcb592b621fa1a219b58b6a939c14aacc537"),
-}
-# A few ids spelled out: (grid, position in the expansion) -> (run_id, probe, probes)
+PINNED = json.loads((Path(__file__).parent / "data" / "probe_grid_run_ids.json").read_text())
+PINNED.pop("_about")
+# A few spelled out: run_id -> (grid, probe, probes it serves there)
 PINNED_RUNS = {
-    ("tiny", 0): ("8cd1532a50de", "none", ["none"]),
-    ("tiny-tbptt", 0): ("8cd1532a50de", "none", ["tbptt"]),  # tiny's own r = 1 run
-    ("tiny-tbptt", 3): ("1c10072a958f", "tbptt", ["tbptt"]),
-    ("tiny-hyperconn", 3): ("ea978c9b68cb", "hyperconn", ["hyperconn"]),
-    ("paper", 0): ("bf41c6cd3134", "none", ["none"]),
-    ("paper-tbptt", 4): ("b3c627dfc320", "tbptt", ["tbptt"]),
-    ("paper-hyperconn", 4): ("d70f9cc8fdb9", "hyperconn", ["hyperconn"]),
-    ("smoke", 0): ("a6988dd6a71d", "none", ["none"]),
-    ("tiny-additive", 0): ("8cd1532a50de", "none", ["additive"]),  # tiny's own r = 1 run
-    ("tiny-additive", 3): ("0e2645f68615", "additive", ["additive"]),
-    ("paper-additive", 0): ("bf41c6cd3134", "none", ["additive"]),  # paper's own r = 1 run
-    ("paper-additive", 4): ("0315a0e3f66c", "additive", ["additive"]),
+    "8cd1532a50de": ("tiny-tbptt", "none", ["tbptt"]),  # tiny's own r = 1 run
+    "1c10072a958f": ("tiny-tbptt", "tbptt", ["tbptt"]),
+    "ea978c9b68cb": ("tiny-hyperconn", "hyperconn", ["hyperconn"]),
+    "bf41c6cd3134": ("paper-hyperconn", "none", ["hyperconn"]),  # paper's own r = 1 run
+    "b3c627dfc320": ("paper-tbptt", "tbptt", ["tbptt"]),
+    "d70f9cc8fdb9": ("paper-hyperconn", "hyperconn", ["hyperconn"]),
+    "a6988dd6a71d": ("smoke", "none", ["none"]),
+    "0e2645f68615": ("tiny-additive", "additive", ["additive"]),
+    "0315a0e3f66c": ("paper-additive", "additive", ["additive"]),
 }
+# Every probe in one grid, both probe settings away from their defaults (a frozen copy: shipped grids change).
+MIXED = """
+name: mixed
+model: {n_layers_eff: 6, n_prelude: 1, n_coda: 1, head_dim: 8, tbptt_k: 1, hc_lanes: 3}
+train: {optimizer: muonh, lr_matrix: 0.02, seq_len: 64, batch_tokens: 2048}
+data: {dir: data/bytes, eval_tokens: 32768}
+vocab_size: 256
+r: [1, 2, 4]
+probes: [none, tbptt, hyperconn]
+flops: {1.0e11: [8, 16, 24], 4.0e11: [16, 24, 32]}
+repeats: [{d_model: 16, budget_flops: 1.0e11, r: 2, seed: 1}]
+"""
 
 
 def _expansion(raw: dict, where: str, path: Path | None = None) -> list:
@@ -60,55 +63,49 @@ def shipped_expansion(name: str) -> list:
     return _expansion(raw, name, path)
 
 
-def _sha(expansion: list) -> str:
-    return hashlib.sha256(json.dumps(expansion).encode()).hexdigest()
-
-
 @pytest.fixture(autouse=True)
 def _no_data_env(monkeypatch):
     monkeypatch.delenv("LOOPSCALE_DATA", raising=False)
 
 
+def test_the_pins_cover_every_probe_grid():
+    assert {"tiny", "tiny-tbptt", "tiny-hyperconn", "tiny-additive", "paper", "paper-tbptt", "paper-hyperconn",
+            "paper-additive", "smoke"} == set(PINNED)
+    for run_id, (grid, probe, serves) in PINNED_RUNS.items():
+        assert [run_id, probe, serves] in PINNED[grid]
+
+
 @pytest.mark.parametrize("name", sorted(PINNED))
 def test_shipped_grids_keep_their_run_ids(name):
-    runs, sha = PINNED[name]
-    got = shipped_expansion(name)
-    assert len(got) == runs
-    for (grid, i), run in PINNED_RUNS.items():
-        if grid == name:
-            assert tuple(got[i]) == run, f"{name}[{i}]"
-    assert _sha(got) == sha
+    got = {run_id: (probe, serves) for run_id, probe, serves in shipped_expansion(name)}
+    lost = [run_id for run_id, *_ in PINNED[name] if run_id not in got]
+    assert not lost, f"{name}: {len(lost)} of {len(PINNED[name])} pinned runs changed id, e.g. {lost[:3]}"
+    for run_id, probe, serves in PINNED[name]:
+        assert got[run_id][0] == probe and set(serves) <= set(got[run_id][1]), run_id
 
 
 def test_mixed_probe_grid_keeps_its_run_ids():
-    """Every probe in one grid, with both probe settings set away from their defaults: each setting lands only
-    in its own probe's looped runs, and the r = 1 runs stay one run serving every probe."""
-    raw = yaml.safe_load(find_grid("tiny").read_text())
-    raw["model"].update(tbptt_k=1, hc_lanes=3)
-    raw.update(r=[1, 2, 4], probes=["none", "tbptt", "hyperconn"])
-    got = _expansion(raw, "mixed")
-    assert len(got) == 91
-    assert _sha(got) == "d77365dffdf2783b3226b3d8643eb3f6b5862517d9a9504a6bd6169bfba56999"
+    """Each probe setting lands only in its own probe's looped runs, and the r = 1 runs stay one run serving
+    every probe (sha256 of [[run_id, probe, probes], ...] from the code before probes became plug-ins)."""
+    got = _expansion(yaml.safe_load(MIXED), "mixed")
+    assert len(got) == 45 and sum(probe == "none" and len(serves) == 3 for _, probe, serves in got) == 6
+    assert hashlib.sha256(json.dumps(got).encode()).hexdigest() == \
+        "6c259d12aa1072454571e890326a710ce51d7ccccc458a65d7e850f99cbd812f"
 
 
 def test_every_run_keeps_the_model_keys_of_its_id():
     """The model part of a run's identity: the same keys for every run, whatever its probe."""
     keys = {"d_model", "r", "n_layers_eff", "n_prelude", "n_coda", "head_dim", "injection", "probe", "tbptt_k",
             "hc_lanes"}
-    path = find_grid("tiny")
-    raw = yaml.safe_load(path.read_text())
-    raw.update(probes=["none", "tbptt", "hyperconn"])
-    for s in grid_from_dict(raw, "tiny", path=path, cwd=PIN_DIR).runs:
+    raw = yaml.safe_load(MIXED)
+    raw["probes"] = probes.names()
+    runs = grid_from_dict(raw, "mixed", cwd=PIN_DIR).runs
+    assert {s.probe for s in runs} == set(probes.names())
+    for s in runs:
         assert set(s.config.semantic_dict()["model"]) == keys, s.probe
 
 
 # --- the registry and the plug-in mechanism ---------------------------------------------------------
-
-from loopscale import probes  # noqa: E402
-from loopscale.config import run_config_from_dict  # noqa: E402
-from loopscale.counting import Arch, ArchError, baseline_arch, n_rec, probe_arch, split_arch  # noqa: E402
-from loopscale.grid import GridError  # noqa: E402
-
 
 def test_registry_lists_the_probes_baseline_first():
     assert probes.names() == ("none", "tbptt", "hyperconn", "additive")
@@ -161,8 +158,9 @@ def gated(monkeypatch):
     return probe
 
 
-def tiny_with(**changes):
-    raw = yaml.safe_load(find_grid("tiny").read_text())
+def mixed_with(**changes):
+    raw = yaml.safe_load(MIXED)
+    raw.update(probes=["none"], r=[1, 4])
     model = changes.pop("model", {})
     raw["model"].update(model)
     raw.update(changes)
@@ -170,8 +168,8 @@ def tiny_with(**changes):
 
 
 def test_a_plugin_probe_with_its_own_setting_leaves_every_other_id_alone(gated):
-    base = {s.run_id for s in tiny_with().runs}
-    grid = tiny_with(probes=["none", "gated"], model={"gate_gain": 0.5})
+    base = {s.run_id for s in mixed_with().runs}
+    grid = mixed_with(probes=["none", "gated"], model={"gate_gain": 0.5})
     mine = [s for s in grid.runs if s.probe == "gated"]
     assert mine and all(s.r > 1 for s in mine)
     assert {s.run_id for s in grid.runs if s.probe == "none"} == base  # its setting reaches only its runs
@@ -184,8 +182,8 @@ def test_a_plugin_probe_with_its_own_setting_leaves_every_other_id_alone(gated):
     again = run_config_from_dict(cfg.to_dict())  # a run's config.yaml reads back to the same run
     assert again == cfg and again.run_id() == cfg.run_id()
     # A setting at its default is the run without it; another value, another run.
-    default = {s.run_id for s in tiny_with(probes=["gated"], model={"gate_gain": 1.0}).runs}
-    unset = {s.run_id for s in tiny_with(probes=["gated"]).runs}
+    default = {s.run_id for s in mixed_with(probes=["gated"], model={"gate_gain": 1.0}).runs}
+    unset = {s.run_id for s in mixed_with(probes=["gated"]).runs}
     assert default == unset and not default & {s.run_id for s in mine}
 
 
@@ -237,7 +235,7 @@ def test_probe_settings_are_checked(gated, kwargs, words):
 ])
 def test_grid_checks_probe_settings_in_its_model_section(gated, model, words):
     with pytest.raises(GridError, match=words):
-        tiny_with(probes=["gated"], model=model)
+        mixed_with(probes=["gated"], model=model)
 
 
 # --- the additive probe: the authors' injection ablation -------------------------------------------
