@@ -3,7 +3,8 @@ AST (``import x``, ``from x import y``, relative imports, imports inside functio
 
 - loopscale.analysis (statistics and plots of results) never imports torch, loopscale.model or
   loopscale.submit, not even through other loopscale modules or inside a function;
-- counting, grid and config never import torch (by the graph, and in a fresh interpreter);
+- counting, grid, config and the probes (loopscale/probes/, every registered plug-in) never import torch (by the
+  graph, and in a fresh interpreter);
 - store and model never import submit;
 - no import cycles among loopscale modules at module level.
 
@@ -25,7 +26,7 @@ import pytest
 import loopscale
 
 PACKAGE_DIR = Path(loopscale.__file__).resolve().parent
-TORCH_FREE = ("loopscale.counting", "loopscale.grid", "loopscale.config")
+TORCH_FREE = ("loopscale.counting", "loopscale.grid", "loopscale.config", "loopscale.probes")  # probes: every plug-in
 
 
 @dataclass
@@ -238,7 +239,7 @@ def test_counting_grid_and_config_never_import_torch(name):
 def test_torch_stays_out_of_a_fresh_interpreter():
     """Importing the torch-free modules (and the analysis that `fit` and `plan` run) loads no torch."""
     code = ("import sys, loopscale.analysis.fit, loopscale.analysis.plan, loopscale.counting, loopscale.grid, "
-            "loopscale.config; bad = sorted(m for m in sys.modules if m.split('.')[0] == 'torch'); "
+            "loopscale.config, loopscale.probes; bad = sorted(m for m in sys.modules if m.split('.')[0] == 'torch'); "
             "assert not bad, bad[:5]")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

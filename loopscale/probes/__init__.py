@@ -2,7 +2,7 @@
 
 A probe is one module of this package declaring one :class:`~loopscale.probes.base.Probe` (its name, its
 change to the model, its parameter and FLOP accounting, its settings and their validation); adding one is
-that module plus one line in ``REGISTERED`` below. ``none`` is the baseline. Torch-free.
+that module plus its import and its entry in ``REGISTERED`` below. ``none`` is the baseline. Torch-free.
 """
 
 from __future__ import annotations
