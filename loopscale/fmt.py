@@ -1,8 +1,10 @@
-"""Numbers for people: rounded on screen and in reports only; the JSON files keep every digit."""
+"""Numbers for people: rounded on screen and in reports only; the JSON files keep every digit. And
+nested settings as dotted keys (``flatten``)."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 
 def finite(v) -> float | None:
@@ -38,3 +40,15 @@ def num(v, digits: int = 4, spec: str = "f", sign: str = "") -> str:
     if spec == "f" and abs(v) >= 1e5:
         spec = "g"
     return f"{v:{sign}.{digits}{spec}}"
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings → {"a.b": value}; lists stay values, an empty mapping is a value (for tables
+    and diffs: the runs table's columns, a grid's changed keys)."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out.update(flatten(v, key) if isinstance(v, dict) and v else {key: v})
+    return out

@@ -62,6 +62,7 @@ from loopscale.config import (
 from loopscale import probes as probe_registry
 from loopscale.counting import Arch, ArchError, n_once, n_rec, probe_arch
 from loopscale.errors import UserError
+from loopscale.fmt import flatten
 from loopscale.lr_transfer import LR_KEYS, with_paper_lrs
 
 WIDTH_UNIT = 64  # d = 64·s (method.md §2)
@@ -604,17 +605,6 @@ def _explicit_runs(v: Any, where: str, rs: list[int], probes: list[str], seeds: 
         run_seeds = _int_list({"seed": run["seed"]}, "seed", f"{where}: {key}", [0], 0) if "seed" in run else seeds
         points += [(key, d[0], r, p, s, tokens, budget) for r in run_rs for p in run_probes for s in run_seeds]
     return points
-
-
-def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings → {"a.b": value}; lists stay values."""
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        out.update(flatten(v, key) if isinstance(v, dict) and v else {key: v})
-    return out
 
 
 def grid_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterable
 import yaml
 
 from loopscale.errors import UserError
+from loopscale.fmt import flatten
 
 RUNS_DIR, JOBS_DIR, DB_FILE, GRID_FILE = "runs", "jobs", "results.db", "grid.yaml"
 CONFIG_FILE, RESULT_FILE, ERROR_FILE = "config.yaml", "result.json", "error.json"
@@ -160,17 +161,15 @@ LEAD = ("run_id", "status", "detail", "r", "d_model", "width", "probe", "seed", 
         "budget_flops", "loss")
 
 
-def _flatten(d: dict[str, Any], prefix: str, out: dict[str, Any]) -> None:
-    for k, v in d.items():
-        key = f"{prefix}{k}"
+def config_columns(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's config as store columns: dotted keys (fmt.flatten); lists as JSON, bools as 0/1, and no
+    column for an empty mapping."""
+    out: dict[str, Any] = {}
+    for key, v in flatten(config).items():
         if isinstance(v, dict):
-            _flatten(v, key + ".", out)
-        elif isinstance(v, (list, tuple)):
-            out[key] = json.dumps(v)
-        elif isinstance(v, bool):
-            out[key] = int(v)
-        else:
-            out[key] = v
+            continue
+        out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else int(v) if isinstance(v, bool) else v
+    return out
 
 
 def _config_row(run_dir: Path) -> dict[str, Any]:
@@ -189,7 +188,7 @@ def _config_row(run_dir: Path) -> dict[str, Any]:
     if cfg.vocab_size:
         row.update(tokens=cfg.tokens(), iterations=cfg.iterations(), flops_per_token=cfg.flops_per_token())
         row["flops_total"] = row["tokens"] * row["flops_per_token"]
-    _flatten(cfg.to_dict(), "", row)
+    row.update(config_columns(cfg.to_dict()))
     return row
 
 
@@ -198,7 +197,7 @@ def run_row(run_dir: Path, st: RunState) -> dict[str, Any]:
     row: dict[str, Any] = {"run_id": st.run_id, "status": st.state, "detail": st.detail or None}
     rec = st.result
     if rec is not None:
-        _flatten(rec.get("config") or {}, "", row)
+        row.update(config_columns(rec.get("config") or {}))
         row.update({k: rec.get(k) for k in SUMMARY_KEYS})
         row["loss"] = rec.get("val_loss")
     else:
