@@ -70,7 +70,7 @@ def test_shipped_grids_are_found_by_name_outside_the_source_tree(wheel_site, tmp
     out = run_installed(wheel_site, tmp_path, "sweep", "tiny", "--dry-run", "--json")
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
-    assert len(rows) == 45 and {r["action"] for r in rows} == {"submit"}
+    assert len(rows) == 39 and {r["action"] for r in rows} == {"submit"}
 
     out = run_installed(wheel_site, tmp_path, "sweep", "no-such-grid", "--dry-run")
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
