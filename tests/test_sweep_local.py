@@ -124,7 +124,10 @@ def test_ctrl_c_while_following_leaves_the_runs_going(tmp_path, data):
     proc = subprocess.Popen([sys.executable, "-m", "loopscale.cli", "sweep", str(GRIDS / "smoke.yaml"), "--data",
                              str(data), "--out", str(sweep_dir), "--executor", "local", "--jobs", "2",
                              "--threads-per-job", "1", "--wait", "--poll", "0.5"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            # as a shell's foreground job: Ctrl-C is not ignored, even when this test's own
+                            # process inherited SIGINT ignored (a background job); Python then raises nothing
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not list((sweep_dir / "runs").glob("*/started.json")):  # a run is in flight
         assert time.time() < deadline and proc.poll() is None, proc.communicate()
