@@ -27,9 +27,8 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 # -- Fused helpers (CPU speed at small widths) ------------------------------------------------
 # At d ≤ 64 a CPU training step is dominated by elementwise passes (norms, RoPE, squared ReLU)
-# and small attention products
-# rather than matmuls, so these few ops get hand-written backwards that touch each tensor fewer
-# times. They compute the same functions as the plain forms in their docstrings (to float
+# and small attention products rather than by large matmuls, so these few ops get hand-written
+# backwards that touch each tensor fewer times. They compute the same functions as the plain forms in their docstrings (to float
 # rounding); tests/test_model.py checks the two paths against each other, forward and gradients.
 # On CUDA the plain forms run instead (PyTorch's fused kernels, one launch each, and what
 # torch.compile knows): ``use_fast_path`` decides per call, ``fast_path`` overrides it.
@@ -56,15 +55,16 @@ def fast_path(mode: str):
         FAST_PATH = before
 
 
-def _rms_scale(x: torch.Tensor) -> torch.Tensor:
-    """rsqrt(mean(x²) + eps) over the last dim, in at least fp32, keepdim."""
-    n = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.promote_types(x.dtype, torch.float32))
-    return n.square_().div_(x.size(-1)).add_(NORM_EPS).rsqrt_()
+def _rms_scale(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """rsqrt(mean(x²) + eps) over ``dim``, in at least fp32, keepdim. (A sum of squares, not
+    ``vector_norm``: over a dim other than the last, vector_norm ran ~50× slower here.)"""
+    ss = x.square().sum(dim, keepdim=True, dtype=torch.promote_types(x.dtype, torch.float32))
+    return ss.div_(x.size(dim)).add_(NORM_EPS).rsqrt_()
 
 
-def _rms_backward(g: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """Gradient of y = x·s(x) (s = _rms_scale) given y, s and g = dL/dy: s·(g − y·mean(g·y))."""
-    dot = (g * y).mean(-1, keepdim=True)
+def _rms_backward(g: torch.Tensor, y: torch.Tensor, s: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Gradient of y = x·s(x) (s = _rms_scale over ``dim``) given y, s and g = dL/dy: s·(g − y·mean(g·y))."""
+    dot = (g * y).mean(dim, keepdim=True)
     return torch.addcmul(g, y, dot, value=-1).mul_(s)
 
 
@@ -145,7 +145,7 @@ class _CausalAttention(torch.autograd.Function):
         H, hd = n_head, three_d // (3 * n_head)
         xt = qkv.view(B, T, 3, H, hd).permute(2, 0, 3, 4, 1).contiguous()  # (3, B, H, hd, T)
         cos, sin = cos.mT.contiguous(), sin.mT.contiguous()  # (hd/2, T)
-        s = xt[:2].square().sum(-2, keepdim=True).div_(hd).add_(NORM_EPS).rsqrt_()  # (2, B, H, 1, T)
+        s = _rms_scale(xt[:2], dim=-2)  # (2, B, H, 1, T)
         qk = torch.empty(xt[:2].shape, dtype=qkv.dtype, device=qkv.device)
         _rotate_into(qk, xt[:2] * s, cos, sin)  # RoPE keeps the RMS: normalise, then rotate
         qT, kT, vT = (t.view(B * H, hd, T) for t in (qk[0], qk[1], xt[2]))
@@ -171,8 +171,7 @@ class _CausalAttention(torch.autograd.Function):
         torch.bmm(kT, ds.mT, out=g[0])  # dqᵀ = kᵀ dsᵀ
         torch.bmm(qT, ds, out=g[1])  # dkᵀ = qᵀ ds
         gqk = g[:2].view(2, B, H, hd, T)  # still rotated: the norm's backward first, then rotate back
-        dot = (gqk * qk).mean(-2, keepdim=True)
-        gn = torch.addcmul(gqk, qk, dot, value=-1).mul_(s)
+        gn = _rms_backward(gqk, qk, s, dim=-2)
         grad = torch.empty(B, T, 3, H, hd, dtype=gy.dtype, device=gy.device)
         gx = grad.permute(2, 0, 3, 4, 1)  # (3, B, H, hd, T) view
         _rotate_into(gx[:2], gn, cos, -sin)

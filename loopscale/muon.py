@@ -77,13 +77,12 @@ def orthogonalize(g: Tensor, steps: int = 5, coefficients: str = "quintic", dtyp
     if tall:
         x = x.mT
     x = x / (x.norm(dim=(-2, -1), keepdim=True) * safety + eps)
-    addmm = torch.baddbmm if x.ndim == 3 else torch.addmm  # b·A + c·A² and a·X + (…)·X in one op each
+    shape = x.shape
+    x = x.reshape(-1, *shape[-2:])  # one batch dim: b·A + c·A² and a·X + (…)·X are one baddbmm each
     for a, b, c in coeffs[:steps]:
         gram = x @ x.mT
-        if x.ndim > 3:  # more than one batch dim: the plain form
-            x = a * x + (b * gram + c * (gram @ gram)) @ x
-        else:
-            x = addmm(x, addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    x = x.reshape(shape)
     return x.mT if tall else x
 
 
