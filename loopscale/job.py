@@ -13,6 +13,8 @@ rank 0 writes the checkpoint, and the requeued job resumes every rank from it.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,21 @@ import submitit
 from loopscale.train import train_run
 
 CHECKPOINT_WAIT_S = 600.0  # longest a step may take before the handler gives up waiting
+
+
+def _ignore_late_warning_signal() -> None:
+    """The run is done: from here on SLURM's warning signal (submitit's ``USR2``) is ignored.
+
+    SLURM may send it at any time in the last minute before the limit. Caught now, submitit would
+    requeue a finished run; caught while Python shuts down, which puts every handler back to the
+    default action (terminate), it kills the process and accounting records the job as FAILED
+    although its result is on disk. Only in a submitit worker process, whose main thread this is.
+    """
+    if "SUBMITIT_FOLDER" not in os.environ or threading.current_thread() is not threading.main_thread():
+        return
+    sig = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG, None)
+    if sig is not None:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -54,6 +71,8 @@ class TrainJob(submitit.helpers.Checkpointable):
             pass
         if "error" in box:
             raise box["error"]
+        if box["result"].get("status") == "done":
+            _ignore_late_warning_signal()
         return box["result"]
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:

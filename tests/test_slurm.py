@@ -161,7 +161,9 @@ def test_slurm_timeout_requeues_and_resumes_to_the_same_loss(tmp_path):
         if sacct and sacct[-1] not in ("RUNNING", "COMPLETING") or time.time() > deadline:
             break
         time.sleep(1)
-    assert "REQUEUED" in sacct and sacct[-1] == "COMPLETED", sacct
+    detail = subprocess.run(["sacct", "-D", "-j", job_id, "-o", "JobID,State,Start,End,ExitCode"],
+                            capture_output=True, text=True).stdout
+    assert "REQUEUED" in sacct and sacct[-1] == "COMPLETED", detail + (run_dir / "job.err").read_text()[-3000:]
     logged = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert logged == list(range(1, steps + 1))  # the resumed attempt did not log steps twice
     assert not (run_dir / "checkpoints").exists() or not any((run_dir / "checkpoints").iterdir())
