@@ -28,5 +28,6 @@ sweep: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# Every bench script; the GPU check (bench/gpu_check.sh) only means something on a GPU machine: run it there.
 bench: install
-	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	for b in bench/*.py; do [ $$b = bench/gpu_check.py ] && continue; echo "== $$b"; $(BIN)/python $$b || exit 1; done

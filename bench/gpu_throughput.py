@@ -6,8 +6,14 @@ sequence 2048, MuonH + AdamW (the paper's optimizer), bf16 autocast. One optimiz
 method.md §3) over this GPU's dense bf16 matmul rate, measured in the same run (loopscale.perf), so it
 reads higher than against the vendor's spec sheet. Synthetic tokens: model and optimizer, not the loader.
 
-    python bench/gpu_throughput.py [--rows 16] [--steps 10] [--warmup 3] [--s 10 20] [--r 1 4]
+    python bench/gpu_throughput.py [--rows 16] [--steps 10] [--warmup 3] [--s 10 20] [--r 1 4] [--json OUT]
+    python bench/gpu_throughput.py --paper-memory   # peak memory of each paper-grid micro batch size
     python bench/gpu_throughput.py --cpu-smoke   # scaled down, on CPU, fp32: checks the script end to end
+
+``--paper-memory`` measures, for each micro-batch size of grids/paper.yaml (``train.micro_batch_rows``, one
+per width bucket), one training step (two micro batches accumulated, then the optimizer) of the widest paper
+run in that bucket at r = 1 (the most parameters; activations are the same at every r, ℓ_eff being fixed),
+eager: torch.compile only lowers it. The peak is ``torch.cuda.max_memory_allocated``, measured, not estimated.
 
 Without a CUDA GPU (and without --cpu-smoke) it prints why and exits 0, so `make bench` passes on CPUs.
 """
@@ -16,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -37,8 +45,9 @@ def sync(device: torch.device) -> None:
 
 
 def measure(arch: Arch, vocab: int, seq: int, rows: int, steps: int, warmup: int, compile: bool,
-            device: torch.device, amp: torch.dtype | None) -> dict:
-    """Tokens/s over ``steps`` training steps after ``warmup`` (which includes compilation)."""
+            device: torch.device, amp: torch.dtype | None, micro_batches: int = 1) -> dict:
+    """Tokens/s over ``steps`` training steps after ``warmup`` (which includes compilation); each step
+    accumulates ``micro_batches`` forward/backward passes of ``rows`` rows before the optimizer."""
     torch.manual_seed(0)
     cfg = RunConfig(model=arch, train=TrainConfig(tokens=1, seq_len=seq, batch_tokens=rows * seq, optimizer="muonh"),
                     vocab_size=vocab)
@@ -48,9 +57,10 @@ def measure(arch: Arch, vocab: int, seq: int, rows: int, steps: int, warmup: int
     x = torch.randint(0, vocab, (rows, seq + 1), device=device)
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            loss = cross_entropy(forward(x[:, :-1]), x[:, 1:])
-        loss.backward()
+        for _ in range(micro_batches):
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                loss = cross_entropy(forward(x[:, :-1]), x[:, 1:])
+            loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -65,7 +75,7 @@ def measure(arch: Arch, vocab: int, seq: int, rows: int, steps: int, warmup: int
     for _ in range(steps):
         step()
     sync(device)
-    tps = steps * rows * seq / (time.perf_counter() - t)
+    tps = steps * micro_batches * rows * seq / (time.perf_counter() - t)
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return {"tps": tps, "fpt": cfg.flops_per_token(), "warm_s": warm_s, "mem_gb": mem}
 
@@ -79,6 +89,8 @@ def main() -> int:
     p.add_argument("--rows", type=int, help="rows per step; default 16 (smoke: 2)")
     p.add_argument("--steps", type=int, help="timed steps; default 10 (smoke: 2)")
     p.add_argument("--warmup", type=int, help="untimed steps first (compilation happens here); default 3 (smoke: 1)")
+    p.add_argument("--paper-memory", action="store_true", help="peak memory of each paper-grid micro batch size")
+    p.add_argument("--json", type=Path, help="also write the rows measured to this JSON file")
     args = p.parse_args()
 
     if args.cpu_smoke:
@@ -91,6 +103,8 @@ def main() -> int:
             return 0
         fam, device, amp, dtype_name = PAPER, torch.device("cuda"), torch.bfloat16, "bf16"
         rows, steps, warmup = args.rows or 16, args.steps or 10, args.warmup or 3
+    if args.paper_memory:
+        return paper_memory(device, amp, args.cpu_smoke, args.json)
     widths = args.s or fam["s"]
     compiles = {"both": [False, True], "on": [True], "off": [False]}[args.compile]
 
@@ -103,6 +117,7 @@ def main() -> int:
            f"{'mem GiB':>7} {'warm-up s':>9}"
     print(head)
     print("-" * len(head))
+    rows_out = []
     for s in widths:
         for r in args.r:
             arch = Arch(d_model=64 * s, r=r, n_layers_eff=fam["layers"], n_prelude=fam["prelude"],
@@ -114,6 +129,8 @@ def main() -> int:
                 except torch.cuda.OutOfMemoryError:
                     print(f"{label}  out of memory at {rows} rows (try --rows {max(1, rows // 2)})", flush=True)
                     m = None
+                rows_out.append({"s": s, "d": 64 * s, "r": r, "compile": comp, "rows": rows,
+                                 **({"oom": True} if m is None else {**m, "mfu": m["tps"] * m["fpt"] / peak})})
                 if m is not None:
                     flops = m["tps"] * m["fpt"]
                     mem = "-" if device.type == "cpu" else f"{m['mem_gb']:.1f}"
@@ -123,6 +140,51 @@ def main() -> int:
                 torch._dynamo.reset()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
+    if args.json:
+        args.json.write_text(json.dumps({"device": name, "peak_flops": peak, "dtype": dtype_name, "rows": rows_out},
+                                        indent=1))
+    return 0
+
+
+def paper_memory(device: torch.device, amp: torch.dtype | None, smoke: bool, out: Path | None) -> int:
+    """Peak memory of one training step at each paper-grid micro batch size (see the module docstring)."""
+    from loopscale.grid import find_grid, load_grid
+
+    runs = [run for run in load_grid(find_grid("paper")).runs if run.r == 1]
+    widest: dict[int, object] = {}
+    for run in runs:  # the widest run of each micro-batch bucket
+        mb = run.config.train.micro_batch_rows
+        if mb not in widest or run.d_model > widest[mb].d_model:
+            widest[mb] = run
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    total = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else None
+    print(f"{name}: peak memory of one paper-grid step (2 micro batches + optimizer), eager, r = 1"
+          + (f"; {total:.0f} GiB on the device" if total else ""))
+    head = f"{'d':>5} {'micro rows':>10} {'seq':>5} {'peak GiB':>9} {'of device':>9}"
+    print(head)
+    print("-" * len(head))
+    rows_out = []
+    for mb, run in sorted(widest.items(), key=lambda kv: kv[1].d_model):
+        arch, seq, vocab = run.config.model, run.config.train.seq_len, run.config.vocab_size
+        if smoke:  # the same code path on a model a CPU steps in a moment
+            arch = Arch(d_model=64, r=1, n_layers_eff=2, n_prelude=0, n_coda=0, head_dim=32)
+            seq, vocab, mb = 64, 512, 2
+        oom = False
+        try:
+            peak = measure(arch, vocab, seq, mb, steps=1, warmup=0, compile=False, device=device, amp=amp,
+                           micro_batches=2)["mem_gb"]
+        except torch.cuda.OutOfMemoryError:
+            peak, oom = None, True
+        rows_out.append({"d": run.d_model, "micro_batch_rows": mb, "seq": seq, "peak_gib": peak, "oom": oom,
+                         "device_gib": total})
+        shown = "OOM" if oom else ("-" if peak is None else f"{peak:.1f}")
+        share = f"{peak / total:.0%}" if peak is not None and total else "-"
+        print(f"{run.d_model:>5} {mb:>10} {seq:>5} {shown:>9} {share:>9}", flush=True)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if out:
+        out.write_text(json.dumps({"device": name, "rows": rows_out}, indent=1))
     return 0
 
 
