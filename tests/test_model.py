@@ -167,15 +167,15 @@ def test_param_groups_cover_everything_once():
     assert all(p.ndim == 1 for p in groups["norm"])
 
 
-def test_hyperconn_k1_reduces_to_loop_without_injection():
-    torch.manual_seed(0)
-    arch = Arch(d_model=32, r=3, n_layers_eff=5, n_prelude=1, n_coda=1, head_dim=16, probe="hyperconn", hc_lanes=1)
+def test_hyperconn_one_live_lane_reduces_to_loop_without_injection():
+    torch.manual_seed(0)  # K = 2 (K = 1 is rejected), lane 1 zeroed after the first step and never read
+    arch = Arch(d_model=32, r=3, n_layers_eff=5, n_prelude=1, n_coda=1, head_dim=16, probe="hyperconn", hc_lanes=2)
     m = LoopedLM(arch, 40, 8)
     with torch.no_grad():
         m.lm_head.weight.normal_()
-        m.injection.alpha.fill_(1.0)
+        m.injection.alpha.zero_()[:, 0] = 1.0
         m.injection.mix_lanes.zero_()
-        m.injection.beta.fill_(1.0)
+        m.injection.beta.zero_()[:, 0] = 1.0
     idx = torch.randint(0, 40, (2, 8))
     rope = (m.rope_cos, m.rope_sin)
     with torch.no_grad():

@@ -220,7 +220,8 @@ def test_a_plugin_probe_counts_and_builds_its_injection(gated):
     (dict(probe="tbptt", hc_lanes=3), "hc_lanes is set but probe is 'tbptt'; it only applies to probe hyperconn"),
     (dict(probe="none", tbptt_k=1), "tbptt_k is set but probe is 'none'; it only applies to probe tbptt"),
     (dict(probe="tbptt", tbptt_k=5), r"tbptt_k must be in \[1, r=4\], got 5"),
-    (dict(probe="hyperconn", hc_lanes=0), "hc_lanes: expected a positive integer, got 0"),
+    (dict(probe="hyperconn", hc_lanes=0), "hc_lanes: expected an integer ≥ 2, got 0"),
+    (dict(probe="hyperconn", hc_lanes=1), "hc_lanes: expected an integer ≥ 2, got 1"),  # the authors: K ≥ 2
 ])
 def test_probe_settings_are_checked(gated, kwargs, words):
     with pytest.raises(ArchError, match=words):
@@ -229,7 +230,8 @@ def test_probe_settings_are_checked(gated, kwargs, words):
 
 @pytest.mark.parametrize("model, words", [
     ({"gate_gain": "high"}, "model.gate_gain: expected a number ≥ 0, got 'high'"),
-    ({"hc_lanes": 2.5}, "model.hc_lanes: expected a positive integer, got 2.5"),
+    ({"hc_lanes": 2.5}, "model.hc_lanes: expected an integer ≥ 2, got 2.5"),
+    ({"hc_lanes": 1}, "model.hc_lanes: expected an integer ≥ 2, got 1"),
     ({"tbptt_k": 0}, "model.tbptt_k: expected a positive integer, got 0"),
     ({"probe_settings": {"gate_gain": 2.0}}, "model: unknown key 'probe_settings'"),
 ])

@@ -54,7 +54,8 @@ class Lanes(Injection):
 class HyperConnections(Probe):
     name = "hyperconn"
     description = "hyperconnections: K lanes with learned per-recurrence mixing instead of the linear injection"
-    settings = (Setting("hc_lanes", 2, "K, lanes of the hyperconnections", minimum=1, arch_field=True),)
+    # K ≥ 2, as the authors' code requires (GPTConfig: num_lanes >= 2); one lane is no hyperconnection.
+    settings = (Setting("hc_lanes", 2, "K, lanes of the hyperconnections (at least 2)", minimum=2, arch_field=True),)
 
     def injection(self, arch) -> Lanes:
         return Lanes(arch.d_model, arch.hc_lanes, arch.r)
