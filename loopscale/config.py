@@ -37,6 +37,9 @@ class DataConfig:
 
 
 OPTIMIZERS = ("adamw", "muonh")
+# MuonH's orthogonalisation (loopscale.muon): the authors' Polar Express, or Keller Jordan's quintic
+# Newton–Schulz (what every muonh run used before train.muon_ns existed).
+MUON_NS = ("polar_express", "quintic")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class TrainConfig:
     batch_tokens: int = 8192  # tokens per optimizer step (B)
     micro_batch_rows: int = 0  # rows per forward pass; 0 = whole batch (no accumulation)
     optimizer: str = "adamw"
+    muon_ns: str = "polar_express"  # muonh only: its orthogonalisation, polar_express | quintic (MUON_NS)
     # AdamW defaults tuned on the tiny CPU family (d≈96, 300k tokens: 5.74 nats vs 5.96 at 3e-3 flat).
     lr_matrix: float = 1e-2  # block matrices and injection
     lr_embed: float = 1e-1
@@ -108,6 +112,8 @@ class RunConfig:
         d["train"]["betas"] = list(self.train.betas)
         if d["model"]["probe_settings"] is None:  # only a probe with settings of its own writes them:
             del d["model"]["probe_settings"]  # the ids of every other run stay as they were
+        if self.train.optimizer != "muonh":  # MuonH's setting means nothing to another optimizer
+            del d["train"]["muon_ns"]
         return d
 
     def semantic_dict(self) -> dict[str, Any]:
@@ -119,6 +125,10 @@ class RunConfig:
         d["train"]["iterations"] = self.iterations() if self.vocab_size else None
         if d["data"]["loader"] == "windows":  # the default: run ids from before the setting stay valid
             del d["data"]["loader"]
+        # muon_ns changes only muonh runs (to_dict leaves it out of the others). Under muonh, quintic is what
+        # every run trained with before the setting existed, so those run ids stay valid; polar_express enters the id.
+        if d["train"].get("muon_ns") == "quintic":
+            del d["train"]["muon_ns"]
         return d
 
     def run_id(self) -> str:
@@ -207,6 +217,8 @@ def check_train(t: TrainConfig) -> None:
         )
     if t.optimizer not in OPTIMIZERS:
         raise ConfigError(f"train.optimizer: unknown {t.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if t.muon_ns not in MUON_NS:
+        raise ConfigError(f"train.muon_ns: unknown {t.muon_ns!r}; choose {' or '.join(MUON_NS)}")
     if t.optimizer == "muonh" and t.weight_decay:
         raise ConfigError(f"train.weight_decay: {t.weight_decay} does not apply under optimizer muonh "
                           "(its matrices stay on fixed-norm spheres); set it to 0")

@@ -15,28 +15,31 @@ step, so a schedule that rewrites it each step (``loopscale.train``) works.
 
 NS₅, the orthogonalisation: X ← M / (‖M‖_F·s + ε); tall matrices (m > n) are transposed so the
 Gram matrix A = X Xᵀ is the small side (the injection W ∈ R^{d×2d} is wide and used as is); then
-five iterations of X ← a·X + (b·A + c·A²)·X with A = X Xᵀ. Two coefficient sets:
+five iterations of X ← a·X + (b·A + c·A²)·X with A = X Xᵀ. Two coefficient sets, chosen by the run
+config's ``train.muon_ns`` (``loopscale.optim.build_optimizer``):
 
-- ``"quintic"`` (default): Keller Jordan's quintic Newton–Schulz, (a, b, c) = (3.4445, −4.7750,
-  2.0315) at every step, s = 1, ε = 1e-7 (github.com/KellerJordan/Muon). It does not converge to
-  U Vᵀ exactly: the singular values land roughly in [0.5, 1.5] (≈0.7–1.2 in practice).
-- ``"polar_express"``: the per-step Polar Express coefficients (Amsel et al. 2025,
-  arXiv:2505.16932; 5 steps, safety 2e-2, cushion 2) with s = 1.02, ε = 1e-6 — what the
-  paper's authors' code uses.
+- ``"polar_express"`` (the default, here and in the run config): the per-step Polar Express
+  coefficients (Amsel et al. 2025, arXiv:2505.16932; 5 steps, safety 2e-2, cushion 2) with
+  s = 1.02, ε = 1e-6 — what the paper's authors' code uses.
+- ``"quintic"``: Keller Jordan's quintic Newton–Schulz, (a, b, c) = (3.4445, −4.7750, 2.0315) at
+  every step, s = 1, ε = 1e-7 (github.com/KellerJordan/Muon). It does not converge to U Vᵀ
+  exactly: the singular values land roughly in [0.5, 1.5] (≈0.7–1.2 in practice). Kept as an
+  option; every muonh run before ``train.muon_ns`` existed used it (their run ids stay valid
+  under ``muon_ns: quintic``, see ``RunConfig.semantic_dict``).
 
-Computed in bf16 on CUDA and fp32 elsewhere. Because U is rescaled to c_W, the two variants differ
-only in the spread of U's singular values, not in the update's size.
+Computed in bf16 on CUDA (as the authors do) and fp32 elsewhere. Because U is rescaled to c_W, the
+two variants differ only in the spread of U's singular values, not in the update's size.
 
 Source: the paper's authors' training code, github.com/kschwethelm/looped-lm-scaling (MIT),
 ``nanochat/optim.py`` ``muon_step_fused`` (MuonH = "Muon-Hyperball", after HyperP,
-arXiv:2603.28743). Followed exactly: the Nesterov form (lerp), the rescale of the orthogonalised
-update to ‖W₀‖_F (clamped at 1e-10), the plain ``W − η·U`` step, the projection back to ‖W₀‖_F,
-no weight decay, momentum 0.95, 5 steps, and no per-shape lr factor. Differences: the default
-orthogonaliser is the quintic Newton–Schulz above (the authors use Polar Express; pass
-``ns_coefficients="polar_express"`` for theirs), it runs in fp32 off CUDA (the authors: bf16
-always), ‖W₀‖_F is recorded at construction (the authors: at the first step — the same unless
-the weights change in between), and matrices are updated one shape-bucket at a time rather than
-in one compiled kernel.
+arXiv:2603.28743). Followed exactly: the Nesterov form (lerp), the Polar Express coefficients,
+safety factor and ε, the rescale of the orthogonalised update to ‖W₀‖_F (clamped at 1e-10), the
+plain ``W − η·U`` step, the projection back to ‖W₀‖_F, no weight decay, momentum 0.95, 5 steps,
+and no per-shape lr factor (tests/test_muon.py checks steps against a plain fp32 rewrite of theirs).
+Differences: the orthogonalisation runs in fp32 off CUDA (the authors: bf16 always), and its
+output is rescaled and applied in fp32 (the authors: in bf16); ‖W₀‖_F is recorded at construction
+(the authors: at the first step — the same unless the weights change in between); matrices are
+updated one shape-bucket at a time rather than in one compiled kernel; ``quintic`` is available.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ POLAR_EXPRESS = (
 NS_COEFFICIENTS = {"quintic": (QUINTIC, 1.0, 1e-7), "polar_express": (POLAR_EXPRESS, 1.02, 1e-6)}
 
 
-def orthogonalize(g: Tensor, steps: int = 5, coefficients: str = "quintic", dtype: torch.dtype | None = None) -> Tensor:
+def orthogonalize(g: Tensor, steps: int = 5, coefficients: str = "polar_express", dtype: torch.dtype | None = None) -> Tensor:
     """NS₅ of ``g`` (a matrix, or a batch of same-shape matrices in the last two dims).
 
     Returns ≈ U Vᵀ in ``dtype`` (default: bf16 on CUDA, fp32 otherwise); see the module docstring.
@@ -91,12 +94,12 @@ class MuonH(torch.optim.Optimizer):
     weight's initial Frobenius norm (update rule and source in the module docstring).
 
     Only 2-D parameters. Group keys: ``lr``, ``momentum`` (0.95), ``ns_steps`` (5),
-    ``ns_coefficients`` ("quintic" | "polar_express"). The initial norms live in the optimizer
-    state (``state[p]["init_norm"]``), so they travel with ``state_dict``.
+    ``ns_coefficients`` ("polar_express", the authors' | "quintic"). The initial norms live in the
+    optimizer state (``state[p]["init_norm"]``), so they travel with ``state_dict``.
     """
 
     def __init__(self, params, lr: float = 0.014, momentum: float = 0.95, ns_steps: int = 5,
-                 ns_coefficients: str = "quintic"):
+                 ns_coefficients: str = "polar_express"):
         if lr < 0:
             raise ValueError(f"lr must be non-negative, got {lr}")
         if not 0.0 <= momentum < 1.0:

@@ -67,9 +67,11 @@ def build_optimizer(model, cfg: RunConfig) -> torch.optim.Optimizer | CombinedOp
     and probe lane parameters (which use the norm lr).
 
     ``adamw``: one AdamW over all groups (weight decay on the matrices only).
-    ``muonh``: ``MuonH`` (momentum 0.95, 5 Newton–Schulz steps, no weight decay) on the matrix group
-    and AdamW (the config's betas and eps, no weight decay) on the others, stepped together as a
-    ``CombinedOptimizer``. ``weight_decay`` does not apply under muonh (the matrices live on spheres).
+    ``muonh``: ``MuonH`` (momentum 0.95, 5 orthogonalisation steps with the coefficients of
+    ``train.muon_ns``, Polar Express by default; no weight decay) on the matrix group and AdamW (the
+    config's betas and eps, no weight decay) on the others, stepped together as a ``CombinedOptimizer``.
+    The orthogonalisation runs in bf16 on CUDA and fp32 on CPU (``loopscale.muon.orthogonalize``).
+    ``weight_decay`` does not apply under muonh (the matrices live on spheres).
     Group order is the same for both: matrix, embed, head, norm, lane (empty groups skipped).
     """
     t = cfg.train
@@ -89,7 +91,7 @@ def build_optimizer(model, cfg: RunConfig) -> torch.optim.Optimizer | CombinedOp
     parts: dict[str, torch.optim.Optimizer] = {}
     if groups["matrix"]:
         parts["muonh"] = MuonH([{"params": groups["matrix"], "lr": lrs["matrix"], "name": "matrix"}],
-                               momentum=0.95, ns_steps=5)
+                               momentum=0.95, ns_steps=5, ns_coefficients=t.muon_ns)
     adam_groups = [
         {"params": ps, "lr": lrs[name], "name": name, "weight_decay": 0.0}
         for name, ps in groups.items()

@@ -32,6 +32,8 @@ GRID_CASES = {
     "unknown probe": ({"probes": ["nope"]}, "probes: unknown probe 'nope'"),
     "negative seed": ({"seeds": [-1]}, "seeds: expected non-negative integers, got -1"),
     "unknown optimizer": ({"train": {"optimizer": "sgd"}}, "train.optimizer: unknown 'sgd'"),
+    "unknown orthogonalisation": ({"train": {"optimizer": "muonh", "muon_ns": "cubic"}},
+                                  "train.muon_ns: unknown 'cubic'; choose polar_express or quintic"),
     "one hyperconnection lane": ({"model": {"hc_lanes": 1}, "probes": ["hyperconn"]},
                                  "model.hc_lanes: expected an integer ≥ 2, got 1"),
     "zero hyperconnection lanes": ({"model": {"hc_lanes": 0}, "probes": ["hyperconn"]},

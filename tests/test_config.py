@@ -39,6 +39,20 @@ def test_run_id_ignores_execution_settings():
     assert len(a.run_id()) == 12
 
 
+def test_muon_ns_is_in_the_run_id_of_muonh_runs_only():
+    """Polar Express (the default) enters muonh run ids; quintic, what every muonh run used before train.muon_ns
+    existed, keeps the ids from before; adamw ids never hold it. Pinned: the ids of cfg() from before the key."""
+    adamw, muonh = cfg(), cfg(train__optimizer="muonh")
+    assert muonh.train.muon_ns == "polar_express" and "muon_ns" in muonh.semantic_dict()["train"]
+    assert muonh.run_id() == cfg(train__optimizer="muonh", train__muon_ns="polar_express").run_id() == "cc86c6fd39e2"
+    assert cfg(train__optimizer="muonh", train__muon_ns="quintic").run_id() == "4721495020e1"  # as before
+    assert "muon_ns" not in adamw.semantic_dict()["train"]
+    assert adamw.run_id() == cfg(train__muon_ns="quintic").run_id() == "601a42a44ef3"  # as before
+    assert "muon_ns" not in adamw.to_dict()["train"]  # nor its config.yaml and results columns
+    assert muonh.to_dict()["train"]["muon_ns"] == "polar_express"
+    assert cfg(train__optimizer="muonh", train__muon_ns="quintic").to_dict()["train"]["muon_ns"] == "quintic"
+
+
 @pytest.mark.parametrize(
     "over, words",
     [
@@ -57,6 +71,9 @@ def test_run_id_ignores_execution_settings():
         (dict(train__micro_batch_rows=5), "must divide"),
         (dict(train__final_lr_frac=2.0), r"in \[0, 1\]"),
         (dict(train__optimizer="muonh", train__weight_decay=0.1), "weight_decay: 0.1 does not apply under optimizer muonh"),
+        (dict(train__optimizer="muonh", train__muon_ns="cubic"),
+         "train.muon_ns: unknown 'cubic'; choose polar_express or quintic"),
+        (dict(train__muon_ns=5), "train.muon_ns: expected a string, got 5"),
     ],
 )
 def test_bad_values_name_the_key(over, words):

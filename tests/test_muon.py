@@ -121,6 +121,89 @@ def test_update_is_the_documented_rule_with_magnitude_lr_times_initial_norm():
         torch.testing.assert_close(p.detach(), w1 * (c / w1.norm()), atol=1e-6, rtol=1e-5)
 
 
+# -- against the authors' MuonH step -------------------------------------------------------------
+
+# Polar Express (Amsel et al. 2025, arXiv:2505.16932: 5 steps, safety 2e-2, cushion 2), as the authors'
+# nanochat/optim.py lists them; written out here so the reference does not read loopscale's copy.
+AUTHORS_COEFFS = [
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+]
+
+
+def authors_muonh_step(w, grad, buf, w0_norm, lr, momentum=0.95):
+    """One MuonH step on one matrix, written from the authors' muon_step_fused (kschwethelm/looped-lm-scaling,
+    nanochat/optim.py) in plain fp32: returns the new weight and momentum buffer."""
+    buf = torch.lerp(buf, grad, 1 - momentum)  # buffer ← μ·buffer + (1 − μ)·grad
+    g = torch.lerp(grad, buf, momentum)  # Nesterov: (1 − μ)·grad + μ·buffer
+    x = g / (g.norm() * 1.02 + 1e-6)
+    tall = g.shape[0] > g.shape[1]
+    for a, b, c in AUTHORS_COEFFS:
+        if tall:  # the Gram matrix on the small side, Xᵀ X, applied from the right
+            gram = x.T @ x
+            x = a * x + x @ (b * gram + c * (gram @ gram))
+        else:
+            gram = x @ x.T
+            x = a * x + (b * gram + c * (gram @ gram)) @ x
+    update = x * (w0_norm / x.norm().clamp_min(1e-10))  # ‖update‖_F = ‖W₀‖_F
+    w = w - lr * update
+    w = w * (w0_norm / w.norm().clamp_min(1e-10))  # back onto the sphere
+    return w, buf
+
+
+# Three square, two tall, one wide and two of the injection's d × 2d: same shapes stack into one bucket.
+REFERENCE_SHAPES = [(32, 32), (32, 32), (32, 32), (96, 32), (96, 32), (32, 96), (32, 64), (32, 64)]
+REFERENCE_LRS = [0.05, 0.04, 0.03, 0.02, 0.01]  # a decaying schedule, written to the group each step
+
+
+def max_relative_difference_from_the_authors(steps, coefficients):
+    """Max over matrices of ‖W − W_ref‖_F / ‖W_ref‖_F after ``steps`` steps of loopscale's MuonH and of the
+    reference from the same weights and gradients (fp32, CPU)."""
+    params = make_params(REFERENCE_SHAPES, seed=11)
+    ref = [p.detach().clone() for p in params]
+    bufs = [torch.zeros_like(w) for w in ref]
+    w0_norms = [w.norm() for w in ref]
+    opt = MuonH(params, lr=REFERENCE_LRS[0], ns_coefficients=coefficients)
+    g = torch.Generator().manual_seed(12)
+    for step in range(steps):
+        random_grads(params, g)
+        opt.param_groups[0]["lr"] = REFERENCE_LRS[step]
+        for i, p in enumerate(params):
+            ref[i], bufs[i] = authors_muonh_step(ref[i], p.grad, bufs[i], w0_norms[i], REFERENCE_LRS[step])
+        opt.step()
+    assert all(p.dtype == torch.float32 and not p.is_cuda for p in params)
+    return max(((p.detach() - w).norm() / w.norm()).item() for p, w in zip(params, ref))
+
+
+@pytest.mark.parametrize("steps", [1, 5])
+def test_polar_express_muonh_matches_the_authors_step(steps):
+    assert max_relative_difference_from_the_authors(steps, "polar_express") <= 1e-6
+
+
+def test_the_comparison_with_the_authors_tells_quintic_apart():
+    """The reference is sharp enough: quintic Newton–Schulz (the old default) lands far outside the tolerance."""
+    assert max_relative_difference_from_the_authors(1, "quintic") > 1e-3
+
+
+@pytest.mark.parametrize("device, dtype", [
+    ("cpu", torch.float32),
+    pytest.param("cuda", torch.bfloat16, marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")),
+])
+def test_the_step_orthogonalises_in_bf16_on_cuda_and_fp32_on_cpu(device, dtype, monkeypatch):
+    """As the authors (bf16 on the GPU); fp32 on CPU, where bf16 matmuls are slow and the reference test runs."""
+    params = [torch.nn.Parameter(p.detach().to(device)) for p in make_params(seed=13)]
+    opt = MuonH(params, lr=0.02)
+    seen, real = [], muon_module.orthogonalize
+    monkeypatch.setattr(muon_module, "orthogonalize", lambda m, *a, **k: seen.append(real(m, *a, **k)) or seen[-1])
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    assert seen and {o.dtype for o in seen} == {dtype} and all(p.dtype == torch.float32 for p in params)
+
+
 def test_lr_is_read_from_the_group_each_step():
     params = make_params(seed=5)
     opt = MuonH(params, lr=0.02)
@@ -183,6 +266,9 @@ def test_build_optimizer_muonh_groups_and_adamw_path_unchanged():
     assert any(p is model.injection.proj.weight for p in groups["matrix"])  # W ∈ R^{d×2d} is Muon's
     assert all(g["betas"] == (0.8, 0.95) and g["eps"] == 1e-10 and g["weight_decay"] == 0 for g in adam.param_groups)
     assert muon.param_groups[0]["momentum"] == 0.95 and muon.param_groups[0]["ns_steps"] == 5
+    assert muon.param_groups[0]["ns_coefficients"] == "polar_express"  # the run config's default, the authors'
+    quintic = tiny(muon_ns="quintic")[1].optimizers["muonh"]
+    assert quintic.param_groups[0]["ns_coefficients"] == "quintic"
     _, opt_adamw = tiny("adamw")
     assert type(opt_adamw) is torch.optim.AdamW
     assert [g["name"] for g in opt_adamw.param_groups] == ["matrix", "embed", "head", "norm"]

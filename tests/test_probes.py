@@ -5,7 +5,9 @@ run's identity (a changed id retrains a finished run). tests/data/probe_grid_run
 runs as [run_id, probe, probes], expanded by the code before probes became plug-ins (the additive grids: when
 they were added); every one of them must still expand, with the same probe, serving at least those probes
 (a grid may grow: new runs are new). Data dirs resolve against a fixed folder (run ids hold the absolute data
-dir), and smoke, which reads its vocabulary from its data, gets vocab_size 4096.
+dir), and smoke, which reads its vocabulary from its data, gets vocab_size 4096. The one deliberate change:
+train.muon_ns (default polar_express) entered the ids of muonh runs, which were regenerated run for run;
+under muon_ns: quintic the same runs expand to their ids from before (pinned as one sha256 per grid).
 """
 
 from __future__ import annotations
@@ -25,17 +27,18 @@ from loopscale.grid import GridError, find_grid, grid_from_dict
 PIN_DIR = Path("/loopscale-pin")  # never read: relative data dirs resolve against it
 PINNED = json.loads((Path(__file__).parent / "data" / "probe_grid_run_ids.json").read_text())
 PINNED.pop("_about")
+PINNED_QUINTIC = PINNED.pop("_quintic_sha256")  # grid -> sha256 of its pinned runs' ids before muon_ns
 # A few spelled out: run_id -> (grid, probe, probes it serves there)
 PINNED_RUNS = {
-    "8cd1532a50de": ("tiny-tbptt", "none", ["tbptt"]),  # tiny's own r = 1 run
-    "1c10072a958f": ("tiny-tbptt", "tbptt", ["tbptt"]),
-    "ea978c9b68cb": ("tiny-hyperconn", "hyperconn", ["hyperconn"]),
-    "bf41c6cd3134": ("paper-hyperconn", "none", ["hyperconn"]),  # paper's own r = 1 run
-    "b3c627dfc320": ("paper-tbptt", "tbptt", ["tbptt"]),
-    "d70f9cc8fdb9": ("paper-hyperconn", "hyperconn", ["hyperconn"]),
+    "0ee446769dbe": ("tiny-tbptt", "none", ["tbptt"]),  # tiny's own r = 1 run
+    "a848758d8e85": ("tiny-tbptt", "tbptt", ["tbptt"]),
+    "09b96f61c32f": ("tiny-hyperconn", "hyperconn", ["hyperconn"]),
+    "c6c2b5847ec7": ("paper-hyperconn", "none", ["hyperconn"]),  # paper's own r = 1 run
+    "dd133adfa390": ("paper-tbptt", "tbptt", ["tbptt"]),
+    "89a3b4dbdccf": ("paper-hyperconn", "hyperconn", ["hyperconn"]),
     "a6988dd6a71d": ("smoke", "none", ["none"]),
-    "0e2645f68615": ("tiny-additive", "additive", ["additive"]),
-    "0315a0e3f66c": ("paper-additive", "additive", ["additive"]),
+    "65374c5e8361": ("tiny-additive", "additive", ["additive"]),
+    "f26192030dc8": ("paper-additive", "additive", ["additive"]),
 }
 # Every probe in one grid, both probe settings away from their defaults (a frozen copy: shipped grids change).
 MIXED = """
@@ -56,10 +59,11 @@ def _expansion(raw: dict, where: str, path: Path | None = None) -> list:
     return [[s.run_id, s.probe, list(s.probes)] for s in grid.runs]
 
 
-def shipped_expansion(name: str) -> list:
+def shipped_expansion(name: str, **train) -> list:
     path = find_grid(name)
     raw = yaml.safe_load(path.read_text())
     raw.setdefault("vocab_size", 4096)
+    raw["train"] = {**(raw.get("train") or {}), **train}
     return _expansion(raw, name, path)
 
 
@@ -84,12 +88,30 @@ def test_shipped_grids_keep_their_run_ids(name):
         assert got[run_id][0] == probe and set(serves) <= set(got[run_id][1]), run_id
 
 
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_quintic_gives_the_run_ids_from_before_muon_ns(name):
+    """Every muonh run trained with quintic Newton–Schulz before train.muon_ns existed: under muon_ns: quintic
+    the pinned runs get those ids back (adamw runs: muon_ns is not in their ids at all)."""
+    shipped, quintic = shipped_expansion(name), shipped_expansion(name, muon_ns="quintic")
+    assert [row[1:] for row in shipped] == [row[1:] for row in quintic]
+    before = dict(zip((row[0] for row in shipped), (row[0] for row in quintic)))
+    ids = [before[run_id] for run_id, *_ in PINNED[name]]
+    assert hashlib.sha256(json.dumps(ids).encode()).hexdigest() == PINNED_QUINTIC[name]
+    assert (ids == [run_id for run_id, *_ in PINNED[name]]) == (name == "smoke")  # smoke: the one adamw grid
+
+
 def test_mixed_probe_grid_keeps_its_run_ids():
     """Each probe setting lands only in its own probe's looped runs, and the r = 1 runs stay one run serving
-    every probe (sha256 of [[run_id, probe, probes], ...] from the code before probes became plug-ins)."""
+    every probe (sha256 of [[run_id, probe, probes], ...] from the code before probes became plug-ins, which
+    the grid still expands to under muon_ns: quintic; as written, with the polar_express default, since
+    train.muon_ns entered muonh run ids)."""
     got = _expansion(yaml.safe_load(MIXED), "mixed")
     assert len(got) == 45 and sum(probe == "none" and len(serves) == 3 for _, probe, serves in got) == 6
     assert hashlib.sha256(json.dumps(got).encode()).hexdigest() == \
+        "fe2ee9ed780952969f5ee332ccee6e7910a2e189a81f9fd609b104b4159776b8"
+    raw = yaml.safe_load(MIXED)
+    raw["train"]["muon_ns"] = "quintic"
+    assert hashlib.sha256(json.dumps(_expansion(raw, "mixed")).encode()).hexdigest() == \
         "6c259d12aa1072454571e890326a710ce51d7ccccc458a65d7e850f99cbd812f"
 
 
