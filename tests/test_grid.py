@@ -258,7 +258,21 @@ def test_cli_dry_run_json_prints_the_paper_plan(tmp_path):
     header = next(line for line in table.stdout.splitlines() if "run id" in line)
     assert "lr_mat" in header and "lr_emb" in header and "micro" in header
     assert "learning rates: lr_rule paper" in table.stdout
+    assert {r["muon_ns"] for r in rows} == {"polar_express"}  # the authors' orthogonalisation, stated in the grid
+    assert "optimizer: muonh, orthogonalisation muon_ns polar_express" in table.stdout
     assert list(tmp_path.iterdir()) == []  # a dry run writes nothing
+
+
+def test_dry_run_json_shows_muon_ns_for_muonh_runs_only():
+    from loopscale.commands.sweep import optimizer_line, plan_json
+    from loopscale.submit.actions import plan
+
+    for train, ns in [({}, None), ({"optimizer": "muonh", "muon_ns": "quintic"}, "quintic"),
+                      ({"optimizer": "muonh"}, "polar_express"), ({"muon_ns": "quintic"}, None)]:
+        grid = g(train={**BASE["train"], **train})
+        rows = plan_json(plan(grid.runs, {}), grid.runs)
+        assert len(rows) == 2 and [r["muon_ns"] for r in rows] == [ns, ns], train
+        assert optimizer_line(grid) == "optimizer: " + (f"muonh, orthogonalisation muon_ns {ns}" if ns else "adamw")
 
 
 def test_cli_bad_grid_is_one_line_and_exit_2(tmp_path):

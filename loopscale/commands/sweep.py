@@ -64,6 +64,17 @@ def plan_table(rows, title: str, specs=None) -> Table:
     return t
 
 
+def muon_ns(train) -> str | None:
+    """MuonH's orthogonalisation of a run (train.muon_ns), None for a run without MuonH (adamw)."""
+    return train.muon_ns if train.optimizer == "muonh" else None
+
+
+def optimizer_line(grid) -> str:
+    """One line on the grid's optimizer under the plan table (muon_ns per run in --json)."""
+    kinds = sorted({(s.config.train.optimizer, muon_ns(s.config.train) or "") for s in grid.runs})
+    return "optimizer: " + "; ".join(o + (f", orthogonalisation muon_ns {ns}" if ns else "") for o, ns in kinds)
+
+
 def lr_line(grid) -> str:
     """One line on the grid's learning rates under the plan table."""
     keys = ("lr_matrix", "lr_embed", "lr_head", "lr_norm")
@@ -76,9 +87,11 @@ def lr_line(grid) -> str:
 
 
 def plan_json(rows, specs) -> list[dict[str, Any]]:
-    """The plan's rows as dicts, each with the run's four learning rates and rows per forward pass."""
+    """The plan's rows as dicts, each with the run's four learning rates, rows per forward pass and MuonH's
+    orthogonalisation (muon_ns: polar_express | quintic; null for an adamw run)."""
     keys = ("lr_matrix", "lr_embed", "lr_head", "lr_norm", "micro_batch_rows")
-    return [{**r.to_dict(), **{k: getattr(s.config.train, k) for k in keys}} for r, s in zip(rows, specs)]
+    return [{**r.to_dict(), **{k: getattr(s.config.train, k) for k in keys}, "muon_ns": muon_ns(s.config.train)}
+            for r, s in zip(rows, specs)]
 
 
 def counts_line(counts: dict[str, int]) -> str:
@@ -196,6 +209,7 @@ def register(app: typer.Typer) -> None:
             console.print(plan_table(p.rows, f"plan: {grid.name} ({sweep_dir}), executor {p.kind}", grid.runs))
             print_totals(console, grid, p.totals)
             console.print(lr_line(grid), highlight=False)
+            console.print(optimizer_line(grid), highlight=False)
             return
 
         progress = ConsoleProgress(console, as_json)
