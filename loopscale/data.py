@@ -3,18 +3,21 @@
 A data directory holds
 - ``train.bin``, ``val.bin``: token ids, flat, uint16 when the vocabulary fits (else uint32), read back as
   ``np.memmap``; every document starts with the BOS token, documents follow one another;
-- ``tokenizer.json`` (``bpe:<V>`` only): the Hugging Face ``tokenizers`` byte-level BPE, trained on the
-  training split alone; ``<|bos|>`` is id 0;
+- ``tokenizer.json``: for ``bpe:<V>``, the Hugging Face ``tokenizers`` byte-level BPE, trained on the
+  training split alone, ``<|bos|>`` id 0; for a pretrained tokenizer (a path to its tokenizer.json), a copy
+  of that file; none for ``bytes``;
 - ``meta.json``: tokenizer, vocab size, dtype, BOS id, token and document counts, sources with versions and
   sha256, the settings that produced it. It is written last, so a directory without it is incomplete;
 - ``train.docs.npy``: the start offsets (int64, ascending) of the training documents, i.e. the positions of
   BOS in ``train.bin``, for the packed loader. Written at prepare/import time when there is a BOS id; a
   directory made before it existed gets it on first use (``doc_starts``), cached when the folder is writable.
 
-The validation split is held out by document: within each source, documents are ordered by a seeded hash
-of their name and taken into validation until they hold ``val_fraction`` of the source's characters.
-Both splits interleave their sources in proportion, so any prefix of ``val.bin`` (the trainer scores the
-first ``eval_tokens``) mixes the sources like the whole corpus does.
+The default corpus (``prepare_default``, held in memory: it is small) is split by document: within each
+source, documents are ordered by a seeded hash of their name and taken into validation until they hold
+``val_fraction`` of the source's characters. Both splits interleave their sources in proportion, so any
+prefix of ``val.bin`` (the trainer scores the first ``eval_tokens``) mixes the sources like the whole
+corpus does. The user's text (``prepare_text``) is streamed by ``loopscale.stream_prepare``, whose split
+decides each document by a seeded hash as it is read.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import numpy as np
 
 from loopscale import __version__
 from loopscale.atomic import write_json_atomic
-from loopscale.corpus import DEFAULT_SOURCES, Document, fetch, read_archive, read_user_text, sha256_file
+from loopscale.corpus import DEFAULT_SOURCES, Document, fetch, read_archive, sha256_file
 from loopscale.errors import UserError
 
 FORMAT_VERSION = 1
@@ -56,8 +59,14 @@ def default_data_dir() -> Path:
 
 # --- Tokenizers ---
 
+def is_tokenizer_path(spec: str) -> bool:
+    """Whether a tokenizer spec names a pretrained tokenizer.json (a ``.json`` name or an existing file)."""
+    return spec.lower().endswith(".json") or (spec not in ("bytes", "") and Path(spec).expanduser().is_file())
+
+
 def parse_tokenizer(spec: str) -> tuple[str, int]:
-    """``"bytes"`` -> ("bytes", 256); ``"bpe:4096"`` -> ("bpe", 4096). BPE needs room for 256 bytes + BOS."""
+    """``"bytes"`` -> ("bytes", 256); ``"bpe:4096"`` -> ("bpe", 4096), room for 256 bytes + BOS;
+    a path to a tokenizer.json -> ("pretrained", its vocabulary size) (``loopscale.pretrained``)."""
     if spec == "bytes":
         return "bytes", 256
     kind, _, n = spec.partition(":")
@@ -65,12 +74,19 @@ def parse_tokenizer(spec: str) -> tuple[str, int]:
         if not 257 <= int(n) < 2**32:
             raise UserError(f"tokenizer {spec}: a BPE vocabulary needs 257 to 2^32-1 entries (256 bytes + BOS)")
         return "bpe", int(n)
-    raise UserError(f"unknown tokenizer {spec!r}: use `bytes` or `bpe:<vocab size>` (e.g. bpe:4096)")
+    if is_tokenizer_path(spec):
+        from loopscale.pretrained import PretrainedTokenizer
+
+        return "pretrained", PretrainedTokenizer(spec).vocab_size
+    raise UserError(f"unknown tokenizer {spec!r}: use `bytes`, `bpe:<vocab size>` (e.g. bpe:4096) or the path "
+                    "of a tokenizer.json")
 
 
 def _check_settings(tokenizer: str, val_fraction: float) -> None:
     """Fail on bad settings before any fetching or reading."""
-    parse_tokenizer(tokenizer)
+    if parse_tokenizer(tokenizer)[0] == "pretrained":
+        raise UserError("the default corpus is prepared with `bytes` or `bpe:<vocab size>`; a pretrained "
+                        "tokenizer.json needs your text (--input)")
     if not 0 < val_fraction < 1:
         raise UserError(f"val_fraction must lie in (0, 1), got {val_fraction}")
 
@@ -106,7 +122,7 @@ class BPETokenizer:
         self.vocab_size = tok.get_vocab_size()
 
     @classmethod
-    def train(cls, texts: Sequence[str], vocab_size: int) -> BPETokenizer:
+    def train(cls, texts: Iterable[str], vocab_size: int) -> BPETokenizer:
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         tok = Tokenizer(models.BPE())
@@ -114,7 +130,7 @@ class BPETokenizer:
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[BOS_TOKEN], show_progress=False,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-        tok.train_from_iterator(texts, trainer, length=len(texts))
+        tok.train_from_iterator(texts, trainer, length=len(texts) if isinstance(texts, Sequence) else None)
         assert tok.token_to_id(BOS_TOKEN) == cls.bos_id
         return cls(tok)
 
@@ -125,7 +141,8 @@ class BPETokenizer:
         return cls(Tokenizer.from_file(str(path)))
 
     def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
-        return [np.asarray(e.ids, dtype=np.uint32) for e in self.tok.encode_batch(list(texts))]
+        encode_batch = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)  # fast: no offsets
+        return [np.asarray(e.ids, dtype=np.uint32) for e in encode_batch(list(texts))]
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
@@ -302,30 +319,13 @@ def prepare_default(out_dir: str | Path, tokenizer: str = DEFAULT_TOKENIZER, cac
 
 def prepare_text(inputs: Sequence[str | Path], out_dir: str | Path, tokenizer: str = DEFAULT_TOKENIZER,
                  val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0, force: bool = False,
-                 log: Log = _quiet) -> Prepared:
-    """The user's own text: .txt files (one document each) and .jsonl files (one document per line, field
-    "text"), or folders of them. Same split and tokenizers as the default corpus. All text is held in memory;
-    for corpora beyond a few GB, tokenize elsewhere and use ``import_bin``."""
-    t0 = time.perf_counter()
-    out_dir = Path(out_dir).resolve()
-    _check_settings(tokenizer, val_fraction)
-    if not inputs:
-        raise UserError("no --input given")
-    docs, files = read_user_text(inputs)
-    if not docs:
-        raise UserError(f"the inputs ({', '.join(map(str, inputs))}) hold no text: empty corpus")
-    h = hashlib.sha256()
-    for d in docs:
-        h.update(f"{d.name}\0{d.text}\0".encode())
-    digest = h.hexdigest()
-    settings = {"corpus": "text", "tokenizer": tokenizer, "val_fraction": val_fraction, "seed": seed,
-                "sha256": digest}
-    if meta := _existing(out_dir, settings, force):
-        return Prepared(out_dir, meta, reused=True)
-    sources = [{"name": "text", "version": None, "paths": [str(Path(p).resolve()) for p in inputs],
-                "sha256": digest, "files": len(files)}]
-    meta = _prepare_docs(docs, out_dir, tokenizer, val_fraction, seed, sources, settings, log)
-    return Prepared(out_dir, meta, seconds=time.perf_counter() - t0)
+                 log: Log = _quiet, **options) -> Prepared:
+    """The user's own text (.jsonl, .jsonl.gz, .parquet, .txt files, folders, globs), streamed into
+    ``out_dir`` with bounded memory and resumable: ``loopscale.stream_prepare.prepare_stream``, whose
+    keyword ``options`` (text_field, bos_token, progress, commit_bytes) pass through."""
+    from loopscale.stream_prepare import prepare_stream
+
+    return prepare_stream(inputs, out_dir, tokenizer, val_fraction, seed, force, log, **options)
 
 
 COPY_LIMIT_BYTES = 1 << 30
@@ -413,6 +413,11 @@ class Dataset:
             return ByteTokenizer().decode(ids)
         if kind.startswith("bpe:"):
             return BPETokenizer.load(self.dir / "tokenizer.json").decode(ids)
+        if kind != "imported" and (self.dir / "tokenizer.json").is_file():  # a pretrained tokenizer's copy
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_file(str(self.dir / "tokenizer.json"))
+            return tok.decode([int(i) for i in ids], skip_special_tokens=True)
         raise UserError(f"{self.dir} was imported from .bin files and has no tokenizer to decode with")
 
 
@@ -512,9 +517,14 @@ def doc_starts(ds: "Dataset") -> np.ndarray:
 def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
     """Entropy (nats/token) of the tokens' own unigram distribution: the loss of the best context-free
     model of exactly these tokens, so a language model must go below it to have learned anything."""
+    return entropy_of_chunks((tokens[i : i + (1 << 24)] for i in range(0, len(tokens), 1 << 24)), vocab_size)
+
+
+def entropy_of_chunks(chunks: Iterable[np.ndarray], vocab_size: int) -> float:
+    """``unigram_entropy`` of the tokens of all ``chunks`` together, counted one chunk at a time."""
     counts = np.zeros(vocab_size, dtype=np.int64)
-    for i in range(0, len(tokens), 1 << 24):
-        c = np.bincount(np.asarray(tokens[i : i + (1 << 24)]), minlength=vocab_size)
+    for chunk in chunks:
+        c = np.bincount(np.asarray(chunk), minlength=vocab_size)
         if len(c) > vocab_size:
             raise ValueError(f"token id {len(c) - 1} is not below vocab_size {vocab_size}")
         counts += c

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loopscale import corpus, data
+from loopscale import corpus, data, stream_prepare
 from loopscale.corpus import Document, brown_to_text, detokenize, strip_gutenberg, strip_tags
 from loopscale.data import import_bin, load_data, prepare_text, split_documents, unigram_entropy
 from loopscale.errors import UserError
@@ -115,13 +115,13 @@ def test_bytes_round_trip_with_bos_before_each_document(tmp_path):
 
 
 def test_bpe_trained_on_train_split_only(tmp_path, text_dir):
-    # Documents are split by name and length, so find the validation ones first, then fill them with
-    # a word that never occurs in training: the BPE must not have learned any merge from it.
-    docs, _ = corpus.read_user_text([text_dir])
-    val_names = {d.name for d in split_documents(docs, 0.2, seed=0)[1]}
-    for d in docs:
-        if d.name in val_names:
-            Path(d.name).write_text(("xqjv " * len(d.text))[: len(d.text)])
+    # Documents are split by a seeded hash of (file, index in the file), so find the validation ones first,
+    # then fill them with a word that never occurs in training: the BPE must not have learned any merge from it.
+    val_files = [p for p in sorted(text_dir.glob("*.txt")) if stream_prepare.val_share(p.name, 0, seed=0) < 0.2]
+    assert val_files
+    for p in val_files:
+        n = len(p.read_text())
+        p.write_text(("xqjv " * n)[:n])
     meta = prepare_text([text_dir], tmp_path / "out", tokenizer="bpe:300", val_fraction=0.2).meta
     ds = load_data(tmp_path / "out")
     vocab = json.loads((tmp_path / "out" / "tokenizer.json").read_text())["model"]["vocab"]
@@ -157,14 +157,14 @@ def test_prepare_reuses_identical_dataset_and_guards_a_different_one(tmp_path, t
 def test_crash_mid_prepare_leaves_no_meta(tmp_path, text_dir, monkeypatch):
     out = tmp_path / "out"
     prepare_text([text_dir], out, tokenizer="bytes")
-    real = data._write_tokens
+    real = stream_prepare._Out.write
 
-    def fail_on_val(path, *args, **kw):
-        if path.name == "val.bin":
+    def fail_on_val(self, arrays, val, texts):
+        if any(val):
             raise RuntimeError("disk full")
-        return real(path, *args, **kw)
+        return real(self, arrays, val, texts)
 
-    monkeypatch.setattr(data, "_write_tokens", fail_on_val)
+    monkeypatch.setattr(stream_prepare._Out, "write", fail_on_val)
     with pytest.raises(RuntimeError):
         prepare_text([text_dir], out, tokenizer="bpe:300", force=True)
     assert not (out / "meta.json").exists()

@@ -2,14 +2,56 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.filesize import decimal
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from loopscale.errors import UserError
+
+
+class PrepareProgress:
+    """Progress of a streaming prepare: on a terminal a bar of input bytes with tokens/s and the time left
+    (by bytes); otherwise (logs, pipes) a line on stderr every ``every_s`` seconds."""
+
+    def __init__(self, enabled: bool | None = None, every_s: float = 30.0):
+        self.interactive = sys.stderr.isatty() if enabled is None else enabled
+        self.every_s, self._last = every_s, 0.0
+        self._bar, self._tasks, self._started, self._done = None, {}, {}, set()
+
+    def __call__(self, phase: str, done: int, total: int, tokens: int) -> None:
+        now = time.monotonic()
+        start = self._started.setdefault(phase, (now, done))
+        rate = tokens / max(now - start[0], 1e-9)
+        shown = f"{rate:,.0f} tok/s" if tokens else ""
+        if self.interactive:
+            if self._bar is None:
+                self._bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                     TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                                     console=Console(stderr=True))
+                self._bar.start()
+            if phase not in self._tasks:
+                self._tasks[phase] = self._bar.add_task(phase, total=total, completed=done, rate="")
+            self._bar.update(self._tasks[phase], completed=done, rate=shown)
+        elif now - self._last >= self.every_s or (done >= total and phase not in self._done):
+            self._last = now
+            if done >= total:
+                self._done.add(phase)
+            speed = (done - start[1]) / max(now - start[0], 1e-9)
+            left = f", {(total - done) / speed / 60:.1f} min left" if speed > 0 and done < total else ""
+            print(f"{phase}: {decimal(done)} of {decimal(total)}{', ' + shown if shown else ''}{left}",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
 
 
 def _summary(meta: dict, data_dir: Path, title: str) -> Table:
@@ -24,7 +66,8 @@ def _summary(meta: dict, data_dir: Path, title: str) -> Table:
     table.add_row("val", f"{meta['val_tokens']:,} tokens{docs('val')}")
     table.add_row("val unigram entropy", f"{meta['val_unigram_entropy']:.4f} nats/token")
     table.add_row("sources", ", ".join(f"{s['name']}" + (f" {s['version']}" if s.get("version") else "")
-                                       for s in meta.get("sources", [])))
+                                       + (f" ({s['files']:,} files, {s['bytes'] / 1e6:,.1f} MB)" if "bytes" in s
+                                          else "") for s in meta.get("sources", [])))
     return table
 
 
@@ -34,9 +77,14 @@ def register(app: typer.Typer) -> None:
     @data_app.command()
     def prepare(
         out: Optional[Path] = typer.Option(None, help="Data directory (default $LOOPSCALE_DATA or ./data/default)."),
-        tokenizer: Optional[str] = typer.Option(None, help="bytes | bpe:<vocab> (default bpe:4096)."),
-        input: Optional[list[Path]] = typer.Option(None, "--input", help="Your own text: .txt/.jsonl file or "
-                                                   "folder; repeatable. Without it: the default corpus."),
+        tokenizer: Optional[str] = typer.Option(None, help="bytes | bpe:<vocab> (default bpe:4096) | the path "
+                                                "of a pretrained tokenizer.json (e.g. Llama-2's)."),
+        input: Optional[list[str]] = typer.Option(None, "--input", help="Your own text: .jsonl, .jsonl.gz, "
+                                                  ".parquet or .txt files, folders or globs; repeatable. "
+                                                  "Without it: the default corpus."),
+        text_field: Optional[str] = typer.Option(None, help="JSON key / parquet column of the text (text)."),
+        bos_token: Optional[str] = typer.Option(None, help="BOS of a pretrained tokenizer.json, where it "
+                                                "names none (e.g. '<s>')."),
         train_bin: Optional[Path] = typer.Option(None, help="Pre-tokenized train .bin (nanoGPT style)."),
         val_bin: Optional[Path] = typer.Option(None, help="Pre-tokenized validation .bin."),
         vocab_size: Optional[int] = typer.Option(None, help="Vocabulary size of the .bin files."),
@@ -55,6 +103,8 @@ def register(app: typer.Typer) -> None:
         log = lambda msg: console.print(f"[dim]{msg}[/]", highlight=False)
         out_dir = out or data.default_data_dir()
         frac = data.DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
+        if (text_field is not None or bos_token is not None) and not input:
+            raise UserError("--text-field and --bos-token apply to your text: give it with --input")
         if train_bin or val_bin:
             if input or tokenizer or val_fraction is not None:
                 raise UserError("--train-bin/--val-bin import tokens as they are: drop --input, --tokenizer "
@@ -63,7 +113,16 @@ def register(app: typer.Typer) -> None:
                 raise UserError("importing .bin files needs --train-bin, --val-bin and --vocab-size")
             done = data.import_bin(train_bin, val_bin, out_dir, vocab_size, dtype, bos_id, force=force)
         elif input:
-            done = data.prepare_text(input, out_dir, tokenizer or data.DEFAULT_TOKENIZER, frac, seed, force, log)
+            bar = PrepareProgress()
+            try:
+                done = data.prepare_text(input, out_dir, tokenizer or data.DEFAULT_TOKENIZER, frac, seed, force,
+                                         log, text_field=text_field or "text", bos_token=bos_token, progress=bar)
+            except KeyboardInterrupt:
+                bar.close()
+                Console(stderr=True).print("rerun the same command to resume from the last committed file")
+                raise
+            finally:
+                bar.close()
         else:
             done = data.prepare_default(out_dir, tokenizer or data.DEFAULT_TOKENIZER, cache_dir, frac, seed,
                                         force, log)
