@@ -165,8 +165,8 @@ def test_fit_json_dict_criteria_r2_phi_ci_split_half_and_bounds():
     doc = {"params": PAPER_LAW.to_dict(), "r2": 0.99, "residuals": {"all": {"rmse": 0.01}},
            "ci": {"phi": [0.4, 0.5]}, "split_half": {"low": {"phi": 0.42}, "high": {"phi": 0.47}}}
     ok = regime_diagnostics(runs, doc)
-    assert ok.checks == {"no_parameter_at_bound": True, "cells_bracketed": True, "r2": True, "phi_ci_width": True,
-                         "split_half": True, "residual_vs_noise": None}
+    assert ok.checks == {"one_recipe": True, "no_parameter_at_bound": True, "cells_bracketed": True, "r2": True,
+                         "phi_ci_width": True, "split_half": True, "residual_vs_noise": None}
     bad = dict(doc, r2=0.9, ci={"phi": [0.1, 0.9]}, split_half={"low": {"phi": 0.0}, "high": {"phi": 0.9}},
                params=dict(doc["params"], E=math.exp(-3.0), phi=3.0))
     diag = regime_diagnostics(runs, bad)
@@ -281,3 +281,19 @@ def paper_design_grid():
     return PAPER_GRID
 
 
+
+
+def test_runs_of_two_recipes_are_not_one_fit(clean_fit):
+    """Runs of an older loopscale left in a sweep folder (other ids, so both stay) would be fitted together."""
+    runs, rep = clean_fit
+    same = runs.assign(**{"train.optimizer": "muonh", "train.muon_ns": "polar_express", "data.loader": None})
+    assert regime_diagnostics(same, rep).checks["one_recipe"] is True
+    # Records from before a setting existed read as what it meant then: no loader key was windows.
+    assert regime_diagnostics(same.assign(**{"data.loader": "windows"}), rep).checks["one_recipe"] is True
+    old = same.copy()
+    old.loc[old.index[::3], "train.muon_ns"] = None  # muonh before muon_ns existed: quintic
+    diag = regime_diagnostics(old, rep)
+    assert not diag.trustworthy and diag.checks["one_recipe"] is False
+    n_old = len(old.index[::3])
+    assert f"train.muon_ns polar_express ×{len(old) - n_old}, quintic ×{n_old}" in diag.reasons[0], diag.reasons
+    assert "move their run folders aside" in diag.reasons[0]

@@ -41,6 +41,12 @@ PAPER_TOKENS_PER_PARAM = (2.3, 187.0)
 TOKENS_PER_PARAM_SLACK = 2.0  # a span reaching beyond the paper's by more than this factor is noted
 
 DATA_DIR_COLUMNS = ("data.dir", "data_dir")
+# Settings all runs of one fit must share. Runs that differ in one were trained by different recipes: e.g.
+# a sweep folder holding runs of an older loopscale beside the new ones (their ids differ, so both stay).
+RECIPE_COLUMNS = ("train.optimizer", "train.muon_ns", "train.seq_len", "train.batch_tokens", "train.betas",
+                  "train.eps", "train.warmup_steps", "train.final_lr_frac", "train.grad_clip", "train.weight_decay",
+                  "data.loader", "data.dir", "data.eval_tokens", "vocab_size", "model.n_layers_eff",
+                  "model.head_dim", "model.injection")
 
 
 # --- iso-FLOP cells --------------------------------------------------------------------------------
@@ -306,6 +312,38 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.3e}"
 
 
+def _unset(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def mixed_recipe(table: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """The RECIPE_COLUMNS whose value differs between the table's runs: column → {value: runs}.
+
+    A value missing from a run's record is read as what it meant when the setting did not exist yet
+    (``data.loader``: windows; ``train.muon_ns`` under muonh: quintic), else as "unset"."""
+    out: dict[str, dict[str, int]] = {}
+    optimizer = table["train.optimizer"] if "train.optimizer" in table else pd.Series([None] * len(table))
+    for col in RECIPE_COLUMNS:
+        if col not in table:
+            continue
+        values = []
+        for v, opt in zip(table[col].tolist(), optimizer.tolist()):
+            if _unset(v):
+                v = {"data.loader": "windows"}.get(col, "quintic" if col == "train.muon_ns" and opt == "muonh"
+                                                   else "unset")
+            values.append(str(v))
+        counts = pd.Series(values).value_counts()
+        if len(counts) > 1:
+            out[col] = {k: int(n) for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))}
+    return out
+
+
+def _mixed_reason(mixed: dict[str, dict[str, int]]) -> str:
+    parts = "; ".join(f"{col} " + ", ".join(f"{v} ×{n}" for v, n in counts.items()) for col, counts in mixed.items())
+    return (f"the runs were trained by more than one recipe ({parts}): one law over them mixes recipes "
+            "(runs of an older grid or loopscale left in the sweep folder? move their run folders aside)")
+
+
 def regime_diagnostics(table: pd.DataFrame, fit=None, *, seed_noise=None, train_tokens=None, ci=None,
                        split_half=None) -> Diagnostics:
     """Diagnostics of a runs table and (optionally) its fit.
@@ -357,6 +395,10 @@ def regime_diagnostics(table: pd.DataFrame, fit=None, *, seed_noise=None, train_
     checks: dict[str, bool | None] = {}
     reasons: list[str] = []
     notes: list[str] = []
+    mixed = mixed_recipe(df)
+    checks["one_recipe"] = not mixed
+    if mixed:
+        reasons.append(_mixed_reason(mixed))
     bound_values = {k: _bound_value(k, s) for k, s in hit.items()}
     if view is not None:
         checks["no_parameter_at_bound"] = not hit
