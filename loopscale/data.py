@@ -141,8 +141,7 @@ class BPETokenizer:
         return cls(Tokenizer.from_file(str(path)))
 
     def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
-        encode_batch = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)  # fast: no offsets
-        return [np.asarray(e.ids, dtype=np.uint32) for e in encode_batch(list(texts))]
+        return [np.asarray(e.ids, dtype=np.uint32) for e in self.tok.encode_batch(list(texts))]
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)

@@ -72,7 +72,6 @@ class PretrainedTokenizer:
         self.vocab_size = max(vocab.values()) + 1
         self.sha256 = sha256_file(self.path)
         self.bos_token, self.bos_id, self.bos_from = self._bos(config, vocab, bos_token)
-        self._encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)  # fast: no offsets
 
     def _bos(self, config: dict, vocab: dict[str, int], bos_token: str | None) -> tuple[str, int, str]:
         if bos_token is not None:
@@ -88,7 +87,7 @@ class PretrainedTokenizer:
                         f"{', '.join(CONVENTIONAL_BOS)}); name one with --bos-token TOKEN")
 
     def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
-        return [np.array(e.ids, dtype=np.uint32) for e in self._encode_batch(list(texts), add_special_tokens=False)]
+        return [np.array(e.ids, dtype=np.uint32) for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)

@@ -11,9 +11,10 @@ meta.json last). How:
 - Tokens: BOS then the document's tokens, for every document. ``bytes`` drops NUL (byte 0 is BOS);
   ``bpe:N`` first learns its merges from the training documents, up to ``BPE_SAMPLE_CHARS`` characters
   of them in processing order; a pretrained tokenizer.json is used as it is (``loopscale.pretrained``).
-- Work: a reader thread reads, decompresses and parses the files into batches of about ``BATCH_CHARS``
-  characters on a bounded queue; the main thread encodes each batch with one ``encode_batch`` call (the
-  tokenizers library spreads it over every core, outside the GIL) and appends the tokens to the files.
+- Work, in three overlapping stages (``loopscale.threaded``): a reader thread reads, decompresses and parses
+  the files into batches of about ``BATCH_CHARS`` characters; an encoding thread encodes each batch with one
+  ``encode_batch`` call (the tokenizers library spreads it over every core, outside the GIL); the main
+  thread turns the result into token arrays and appends them to the files, while the next batch encodes.
 - Memory: a few batches, the tokenizer, and unigram counts of the vocabulary. The document index goes to
   a side file as it is found and becomes ``train.docs.npy`` by a chunked copy; the validation entropy is
   counted by chunked reads.
@@ -26,15 +27,14 @@ meta.json last). How:
 
 from __future__ import annotations
 
+import array
 import hashlib
 import os
-import queue
 import shutil
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -46,13 +46,15 @@ from loopscale.data import (BOS_TOKEN, DEFAULT_TOKENIZER, DEFAULT_VAL_FRACTION, 
                             entropy_of_chunks, is_tokenizer_path, parse_tokenizer)
 from loopscale.errors import UserError
 from loopscale.sources import InputFile, check_readable, expand_inputs, read_documents
+from loopscale.threaded import threaded
 
-BATCH_CHARS = 1 << 20  # characters handed to one encode_batch call
+BATCH_CHARS = max(1 << 20, (os.cpu_count() or 1) << 16)  # characters per encode_batch call: 64k per core, 1M at least
 BATCH_DOCS = 8192
 QUEUE_BATCHES = 4
 COMMIT_BYTES = 16 << 20  # of input between journal commits (each costs a few fsyncs)
 BPE_SAMPLE_CHARS = 1 << 28
 READ_CHUNK = 1 << 22  # tokens per read when counting the validation unigrams, moving a document
+_U32 = next(t for t in "IL" if array.array(t).itemsize == 4)  # array.array's code for 32-bit unsigned
 JOURNAL = ".prepare.journal"
 DOCS_PARTIAL = ".train.docs.partial"
 Progress = Callable[[str, int, int, int], None]  # (phase, bytes done, bytes in all, tokens written)
@@ -93,7 +95,7 @@ class Counts:
     last_val: list = field(default_factory=lambda: [-1, 0])
 
 
-# --- Reader thread ---
+# --- Reading and encoding, each stage in its own thread ---
 
 @dataclass
 class _Batch:
@@ -104,70 +106,45 @@ class _Batch:
     chars: int = 0
 
 
-def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            pass
-    return False
+def _batches(files: Sequence[InputFile], start: int, text_field: str, strip_nul: bool, val_fraction: float,
+             seed: int) -> Iterator[_Batch]:
+    """The documents of ``files[start:]`` in batches of about ``BATCH_CHARS`` characters, each marked for
+    its split; a batch may span files and records where they end."""
+    base = sum(f.size for f in files[:start])
+    b = _Batch(bytes_done=base)
+    for fi in range(start, len(files)):
+        f = files[fi]
+        prefix = hashlib.blake2b(f"{seed}\0{f.key}\0".encode(), digest_size=8)  # val_share, incrementally
+        for index, text, done in read_documents(f, text_field):
+            if strip_nul and "\0" in text:
+                text = text.replace("\0", "")
+                if not text.strip():
+                    continue
+            h = prefix.copy()
+            h.update(str(index).encode())
+            b.texts.append(text)
+            b.val.append(int.from_bytes(h.digest(), "big") / 2**64 < val_fraction)
+            b.chars += len(text)
+            b.bytes_done = base + done
+            if b.chars >= BATCH_CHARS or len(b.texts) >= BATCH_DOCS:
+                yield b
+                b = _Batch(bytes_done=b.bytes_done)
+        base += f.size
+        b.ends.append((len(b.texts), fi))
+        b.bytes_done = base
+    yield b
 
 
-def _read(files: Sequence[InputFile], start: int, text_field: str, strip_nul: bool, val_fraction: float,
-          seed: int, q: queue.Queue, stop: threading.Event) -> None:
-    """Put batches of documents (then None) on ``q``; an exception is put in place of the rest."""
-    try:
-        base = sum(f.size for f in files[:start])
-        b = _Batch(bytes_done=base)
-        for fi in range(start, len(files)):
-            f = files[fi]
-            prefix = hashlib.blake2b(f"{seed}\0{f.key}\0".encode(), digest_size=8)  # val_share, incrementally
-            for index, text, done in read_documents(f, text_field):
-                if strip_nul and "\0" in text:
-                    text = text.replace("\0", "")
-                    if not text.strip():
-                        continue
-                h = prefix.copy()
-                h.update(str(index).encode())
-                b.texts.append(text)
-                b.val.append(int.from_bytes(h.digest(), "big") / 2**64 < val_fraction)
-                b.chars += len(text)
-                b.bytes_done = base + done
-                if b.chars >= BATCH_CHARS or len(b.texts) >= BATCH_DOCS:
-                    if not _put(q, b, stop):
-                        return
-                    b = _Batch(bytes_done=b.bytes_done)
-            base += f.size
-            b.ends.append((len(b.texts), fi))
-            b.bytes_done = base
-        if _put(q, b, stop):
-            _put(q, None, stop)
-    except BaseException as e:  # handed to the main thread, which raises it
-        _put(q, e, stop)
-
-
-def _batches(files, start, text_field, strip_nul, val_fraction, seed):
-    """The reader thread's batches, in order; stops the thread when the consumer stops early."""
-    q: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES)
-    stop = threading.Event()
-    t = threading.Thread(target=_read, args=(files, start, text_field, strip_nul, val_fraction, seed, q, stop),
-                         name="loopscale-reader", daemon=True)
-    t.start()
-    try:
-        while True:
-            try:
-                item = q.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        t.join(timeout=5)
+def _encoder(tok) -> tuple[Callable, Callable]:
+    """(encode, to_arrays): ``encode(texts)`` runs in the encoding thread (a tokenizers ``encode_batch``,
+    outside the GIL), ``to_arrays`` turns its result into token arrays in the main thread meanwhile."""
+    inner = getattr(tok, "tok", None)  # the tokenizers.Tokenizer of a BPE or pretrained tokenizer
+    if inner is None:
+        return list, tok.encode
+    # no post-processor specials (the BOS is ours); the pretrained tokenizer encodes special-token text as text.
+    # array.array reads the list of ids about twice as fast as np.array does; the array then shares its buffer.
+    return (lambda texts: inner.encode_batch(texts, add_special_tokens=False),
+            lambda encodings: [np.frombuffer(array.array(_U32, e.ids), dtype=np.uint32) for e in encodings])
 
 
 # --- Token files ---
@@ -400,8 +377,12 @@ def prepare_stream(inputs: Sequence[str | Path], out_dir: str | Path, tokenizer:
     tokens, pending, pending_bytes = 0, [], 0
     try:
         progress("tokenizing", sum(f.size for f in files[: counts.files]), total_bytes, 0)
-        for b in _batches(files, counts.files, text_field, kind == "bytes", val_fraction, seed):
-            arrays = tok.encode(b.texts)
+        encode, to_arrays = _encoder(tok)
+        batches = threaded(_batches(files, counts.files, text_field, kind == "bytes", val_fraction, seed),
+                           QUEUE_BATCHES, "loopscale-reader")
+        for b, encoded in threaded(((b, encode(b.texts)) for b in batches), 2, "loopscale-encoder"):
+            arrays = to_arrays(encoded)
+            del encoded
             pos = 0
             for end, fi in b.ends + [(len(b.texts), None)]:
                 tokens += out.write(arrays[pos:end], b.val[pos:end], b.texts[pos:end])

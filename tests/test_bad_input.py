@@ -73,6 +73,14 @@ CLI_CASES = {
     "unknown tokenizer": (["data", "prepare", "--tokenizer", "foo", "--out", "{d}/x"], "unknown tokenizer"),
     "tiny BPE vocabulary": (["data", "prepare", "--tokenizer", "bpe:10", "--out", "{d}/x"], "a BPE vocabulary needs"),
     "missing text input": (["data", "prepare", "--input", "{d}/nothing", "--out", "{d}/x"], "does not exist"),
+    "text input of unknown kind": (["data", "prepare", "--input", "{d}/bad.csv", "--out", "{d}/x"],
+                                   "unknown kind of file"),
+    "text input glob matching nothing": (["data", "prepare", "--input", "{d}/*.parquet", "--out", "{d}/x"],
+                                         "matches no files"),
+    "text input without its text field": (["data", "prepare", "--input", "{d}/notext.jsonl", "--out", "{d}/x"],
+                                          'notext.jsonl:1: expected a JSON object with a "text" field'),
+    "tokenizer.json that does not parse": (["data", "prepare", "--input", "{d}/notext.jsonl", "--tokenizer",
+                                            "{d}/bad.json", "--out", "{d}/x"], "not a tokenizer.json"),
     "train with r = 0": (["train", "--r", "0", "--width", "64", "--head-dim", "16", "--tokens", "4096",
                           "--data", "{data}"], "r must be a positive integer, got 0"),
     "train width vs head dim": (["train", "--r", "2", "--width", "40", "--head-dim", "16", "--tokens", "4096",
@@ -110,6 +118,7 @@ def world(tmp_path, data):
     (tmp_path / "nonnumeric.csv").write_text("r,width,tokens,n_once,n_rec,loss\n1,64,1000,10,20,abc\n")
     (tmp_path / "one.csv").write_text("r,width,tokens,n_once,n_rec,loss\n1,64,1000,10,20,3.0\n")
     (tmp_path / "bad.json").write_text("{bad json")
+    (tmp_path / "notext.jsonl").write_text('{"body": "no text field"}\n')
     (tmp_path / "afile").write_text("a file where a folder would go\n")
     (tmp_path / "plain").mkdir()
     sweep = tmp_path / "sweep"
