@@ -11,10 +11,13 @@ meta.json last). How:
 - Tokens: BOS then the document's tokens, for every document. ``bytes`` drops NUL (byte 0 is BOS);
   ``bpe:N`` first learns its merges from the training documents, up to ``BPE_SAMPLE_CHARS`` characters
   of them in processing order; a pretrained tokenizer.json is used as it is (``loopscale.pretrained``).
-- Work, in three overlapping stages (``loopscale.threaded``): a reader thread reads, decompresses and parses
-  the files into batches of about ``BATCH_CHARS`` characters; an encoding thread encodes each batch with one
-  ``encode_batch`` call (the tokenizers library spreads it over every core, outside the GIL); the main
-  thread turns the result into token arrays and appends them to the files, while the next batch encodes.
+- Work: the files are read, decompressed and parsed into batches of about ``BATCH_CHARS`` characters; each
+  batch is encoded with one ``encode_batch`` call (the tokenizers library spreads it over every core, outside
+  the GIL); the result becomes token arrays appended to the files. With ``STAGES_MIN_CORES`` cores or more
+  these are three overlapping stages (``loopscale.threaded``: a reader thread, an encoding thread, the main
+  thread), since the Python work (about 0.1 us a token) would otherwise cap the encoding; on fewer cores
+  the encoding alone keeps every core busy, the extra threads only compete with it (measured on 2 cores:
+  0.90 of the serial loop's rate), and the stages run one after another in the main thread.
 - Memory: a few batches, the tokenizer, and unigram counts of the vocabulary. The document index goes to
   a side file as it is found and becomes ``train.docs.npy`` by a chunked copy; the validation entropy is
   counted by chunked reads.
@@ -48,7 +51,17 @@ from loopscale.errors import UserError
 from loopscale.sources import InputFile, check_readable, expand_inputs, read_documents
 from loopscale.threaded import threaded
 
-BATCH_CHARS = max(1 << 20, (os.cpu_count() or 1) << 16)  # characters per encode_batch call: 64k per core, 1M at least
+
+def _cores() -> int:
+    """The cores this process may run on (the tokenizers library's thread pool takes as many)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+BATCH_CHARS = max(1 << 20, _cores() << 16)  # characters per encode_batch call: 64k per core, 1M at least
+STAGES_MIN_CORES = 6  # from this many cores on, reading and array-making run beside the encoding (see _encoded)
 BATCH_DOCS = 8192
 QUEUE_BATCHES = 4
 COMMIT_BYTES = 16 << 20  # of input between journal commits (each costs a few fsyncs)
@@ -145,6 +158,15 @@ def _encoder(tok) -> tuple[Callable, Callable]:
     # array.array reads the list of ids about twice as fast as np.array does; the array then shares its buffer.
     return (lambda texts: inner.encode_batch(texts, add_special_tokens=False),
             lambda encodings: [np.frombuffer(array.array(_U32, e.ids), dtype=np.uint32) for e in encodings])
+
+
+def _encoded(batches: Iterator[_Batch], encode: Callable) -> Iterator[tuple[_Batch, object]]:
+    """(batch, its encoding) in order: read and encoded in threads of their own on ``STAGES_MIN_CORES`` cores
+    or more, in the caller's thread otherwise (see the module docstring)."""
+    if _cores() < STAGES_MIN_CORES:
+        return ((b, encode(b.texts)) for b in batches)
+    read_ahead = threaded(batches, QUEUE_BATCHES, "loopscale-reader")
+    return threaded(((b, encode(b.texts)) for b in read_ahead), 2, "loopscale-encoder")
 
 
 # --- Token files ---
@@ -375,12 +397,11 @@ def prepare_stream(inputs: Sequence[str | Path], out_dir: str | Path, tokenizer:
     out = _Out(out_dir, dtype, tok.bos_id, counts, fresh=state is None)
     total_bytes = sum(f.size for f in files)
     tokens, pending, pending_bytes = 0, [], 0
+    encode, to_arrays = _encoder(tok)
+    pipeline = _encoded(_batches(files, counts.files, text_field, kind == "bytes", val_fraction, seed), encode)
     try:
         progress("tokenizing", sum(f.size for f in files[: counts.files]), total_bytes, 0)
-        encode, to_arrays = _encoder(tok)
-        batches = threaded(_batches(files, counts.files, text_field, kind == "bytes", val_fraction, seed),
-                           QUEUE_BATCHES, "loopscale-reader")
-        for b, encoded in threaded(((b, encode(b.texts)) for b in batches), 2, "loopscale-encoder"):
+        for b, encoded in pipeline:
             arrays = to_arrays(encoded)
             del encoded
             pos = 0
@@ -398,6 +419,7 @@ def prepare_stream(inputs: Sequence[str | Path], out_dir: str | Path, tokenizer:
                     pending, pending_bytes = [], 0
             progress("tokenizing", b.bytes_done, total_bytes, tokens)
     finally:
+        pipeline.close()  # stops the reader and encoder threads, if any, before the files close
         out.close()
         jr.close()
 

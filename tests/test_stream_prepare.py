@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -235,6 +235,38 @@ def test_empty_validation_takes_the_last_document(plays, tokenizer_json, tmp_pat
     assert [tok.decode(d) for d in split_documents_of(ds, "train")] == docs[:-1]
     assert np.array_equal(np.load(tmp_path / "out" / data.DOCS_INDEX), np.flatnonzero(np.asarray(ds.train) == 1))
     assert meta["val_chars"] == len(docs[-1])
+
+
+def test_stages_in_threads_write_the_same_bytes_and_pass_errors_on(plays, tokenizer_json, tmp_path, monkeypatch):
+    """Reading, encoding and writing in three threads (as on many cores) or one after another (as on few)."""
+    docs = documents(plays, 60, start=700, size=1200)
+    write_shards(tmp_path / "in", docs, kinds=(".jsonl.gz", ".parquet", ".jsonl"))
+    monkeypatch.setattr(stream_prepare, "BATCH_CHARS", 5000)
+    monkeypatch.setattr(stream_prepare, "STAGES_MIN_CORES", 10**6)
+    prepare_stream([tmp_path / "in"], tmp_path / "serial", str(tokenizer_json))
+    monkeypatch.setattr(stream_prepare, "STAGES_MIN_CORES", 1)
+    seen = []
+    prepare_stream([tmp_path / "in"], tmp_path / "threads", str(tokenizer_json),
+                   progress=lambda *a: seen.append({t.name for t in threading.enumerate()}))
+    assert {"loopscale-reader", "loopscale-encoder"} <= set().union(*seen)
+    assert files_of(tmp_path / "threads") == files_of(tmp_path / "serial")
+
+    def ours() -> list:
+        return [t.name for t in threading.enumerate() if t.name.startswith("loopscale-")]
+
+    bad = tmp_path / "in" / "shard2.jsonl"
+    bad.write_text(bad.read_text() + "{oops\n")  # a bad line deep in a file: raised here, the threads gone
+    with pytest.raises(UserError, match="shard2.jsonl:21: not a JSON object"):
+        prepare_stream([tmp_path / "in"], tmp_path / "bad", str(tokenizer_json))
+    assert not ours()
+
+    def interrupt(phase, done, total, tokens):
+        if tokens:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        prepare_stream([tmp_path / "in"], tmp_path / "interrupted", str(tokenizer_json), progress=interrupt)
+    assert not ours()
 
 
 # --- BOS of a pretrained tokenizer ---
