@@ -12,8 +12,9 @@ In one run it measures
     ``Tokenizer.encode_batch`` (every core) on batches of 1,024 documents: tokens/s;
 (b) ``loopscale data prepare --input SHARDS --tokenizer tokenizer.json`` in a subprocess: tokens/s over
     its whole wall time (start-up, reading, the journal, train.docs.npy and the validation entropy
-    included) and its peak RSS (getrusage of the child);
-and prints both rates, their ratio (target >= 0.8) and the peak RSS (target <= 1 GB). Both count the
+    included) and its RSS (polled from /proc);
+and prints both rates, their ratio (target >= 0.8), the peak RSS (target <= 1 GB; the child's VmHWM) and
+the most RSS in each half of the run (equal when memory does not grow with the input). Both count the
 tokens of the documents without BOS; the two counts must agree. --rounds N alternates (a) and (b) N times
 (a loaded machine drifts) and reports each round and the median ratio. --fast-reference also times
 ``encode_batch_fast`` (no offsets; what the prepare itself calls where the library has it).
@@ -38,6 +39,7 @@ import time
 from pathlib import Path
 
 SHARD_MB = 50
+POLL_S = 0.2
 DOC_CHARS = 3000
 REF_BATCH = 1024
 
@@ -140,19 +142,39 @@ def reference(shards: list[Path], tokenizer: Path, fast: bool = False) -> tuple[
     return tokens, time.perf_counter() - t0
 
 
-def prepare(shards: list[Path], tokenizer: Path, out: Path) -> tuple[int, float, float]:
-    """(tokens without BOS, seconds, peak RSS in bytes) of `loopscale data prepare` in a subprocess."""
+def _status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(field)
+
+
+def prepare(shards: list[Path], tokenizer: Path, out: Path) -> tuple[int, float, int, list[tuple[float, int]]]:
+    """(tokens without BOS, seconds, peak RSS in bytes, [(seconds, RSS bytes)] every POLL_S) of
+    `loopscale data prepare` in a subprocess. The peak is the child's VmHWM polled from /proc: its
+    getrusage ru_maxrss would count the forked image of this (large) process before the exec."""
     cmd = [sys.executable, "-m", "loopscale.cli", "data", "prepare", "--input", str(shards[0].parent),
            "--tokenizer", str(tokenizer), "--out", str(out), "--force"]
+    log = out.parent / "prepare.stdout"
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    with open(log, "w") as stdout:
+        proc = subprocess.Popen(cmd, stdout=stdout)
+        peak, samples = 0, []
+        while proc.poll() is None:
+            try:
+                peak = max(peak, _status_kib(proc.pid, "VmHWM") * 1024)
+                samples.append((time.perf_counter() - t0, _status_kib(proc.pid, "VmRSS") * 1024))
+            except (OSError, ValueError):  # exited between poll() and the read, or not Linux
+                pass
+            time.sleep(POLL_S)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
-        sys.exit(f"loopscale data prepare failed (exit {proc.returncode}):\n{proc.stdout}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
+        sys.exit(f"loopscale data prepare failed (exit {proc.returncode}):\n{log.read_text()}")
+    if not peak:  # no /proc: fall back to getrusage (an overestimate, see above)
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     meta = json.loads((out / "meta.json").read_text())
     tokens = meta["train_tokens"] + meta["val_tokens"] - meta["train_docs"] - meta["val_docs"]
-    return tokens, seconds, peak
+    return tokens, seconds, peak, samples
 
 
 def main() -> None:
@@ -183,9 +205,14 @@ def main() -> None:
                 fast_tokens, fast_s = reference(shards, tokenizer, fast=True)
                 print(f"(a') reference encode_batch_fast:  {fast_tokens:,} tokens in {fast_s:7.1f} s = "
                       f"{fast_tokens / fast_s:,.0f} tokens/s", flush=True)
-            tokens, seconds, peak = prepare(shards, tokenizer, work / "out")
+            tokens, seconds, peak, samples = prepare(shards, tokenizer, work / "out")
             print(f"(b) loopscale data prepare:        {tokens:,} tokens in {seconds:7.1f} s = "
                   f"{tokens / seconds:,.0f} tokens/s, peak RSS {peak / 2**20:,.0f} MiB", flush=True)
+            if samples:
+                halves = [max((r for t, r in samples if (t < seconds / 2) == first), default=0) for first in (1, 0)]
+                grows = "grows" if halves[1] > 1.1 * halves[0] else "flat"
+                print(f"    RSS, most in the first / second half of the run: {halves[0] / 2**20:,.0f} / "
+                      f"{halves[1] / 2**20:,.0f} MiB ({grows})")
             if tokens != ref_tokens:
                 sys.exit(f"token counts differ: reference {ref_tokens:,}, prepare {tokens:,}")
             ratios.append((tokens / seconds) / (ref_tokens / ref_s))

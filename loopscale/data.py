@@ -60,8 +60,12 @@ def default_data_dir() -> Path:
 # --- Tokenizers ---
 
 def is_tokenizer_path(spec: str) -> bool:
-    """Whether a tokenizer spec names a pretrained tokenizer.json (a ``.json`` name or an existing file)."""
-    return spec.lower().endswith(".json") or (spec not in ("bytes", "") and Path(spec).expanduser().is_file())
+    """Whether a tokenizer spec names a pretrained tokenizer.json: a ``.json`` name, an existing file, or a
+    folder holding a tokenizer.json (as a downloaded model's folder does)."""
+    if spec.lower().endswith(".json"):
+        return True
+    p = Path(spec).expanduser()
+    return spec not in ("bytes", "") and (p.is_file() or (p / "tokenizer.json").is_file())
 
 
 def parse_tokenizer(spec: str) -> tuple[str, int]:

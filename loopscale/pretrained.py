@@ -1,4 +1,5 @@
-"""A pretrained Hugging Face ``tokenizer.json`` (Llama-2's, GPT-2's, ...) as a loopscale tokenizer.
+"""A pretrained Hugging Face ``tokenizer.json`` (Llama-2's, GPT-2's, ...) as a loopscale tokenizer; the path
+may also be the folder that holds it.
 
 Its vocabulary size is one more than its largest id (added tokens included). Its BOS is, in this order:
 the token the user names (``--bos-token``); the special token its post-processor puts before the text
@@ -55,6 +56,8 @@ class PretrainedTokenizer:
         from tokenizers import Tokenizer
 
         self.path = Path(path).expanduser().resolve()
+        if self.path.is_dir():
+            self.path = self.path / "tokenizer.json"
         if not self.path.is_file():
             raise UserError(f"tokenizer file {self.path} does not exist")
         try:

@@ -287,6 +287,10 @@ def test_bos_from_template_sequence_roberta_convention_or_flag(tmp_path):
     assert PretrainedTokenizer(save("l3.json", v, seq)).bos_id == 1  # Llama-3 style
     assert PretrainedTokenizer(save("bert.json", v, processors.BertProcessing(("[SEP]", 4), ("[CLS]", 3)))).bos_id == 3
     assert PretrainedTokenizer(save("plain.json", v)).bos_token == "<s>"  # the first conventional name held
+    (tmp_path / "model").mkdir()
+    save("model/tokenizer.json", v)
+    assert data.is_tokenizer_path(str(tmp_path / "model")) and not data.is_tokenizer_path(str(tmp_path))
+    assert PretrainedTokenizer(tmp_path / "model").path == tmp_path / "model" / "tokenizer.json"
     gpt2 = save("gpt2.json", {"[UNK]": 0, "hello": 1, "<|endoftext|>": 2})
     assert PretrainedTokenizer(gpt2).bos_token == "<|endoftext|>"
     none = save("none.json", {"[UNK]": 0, "hello": 1})
