@@ -66,7 +66,8 @@ BATCH_DOCS = 8192
 QUEUE_BATCHES = 4
 COMMIT_BYTES = 16 << 20  # of input between journal commits (each costs a few fsyncs)
 BPE_SAMPLE_CHARS = 1 << 28
-READ_CHUNK = 1 << 22  # tokens per read when counting the validation unigrams, moving a document
+READ_CHUNK = 1 << 22  # tokens per read when moving a document, bytes per copy of the document index
+COUNT_CHUNK = 1 << 20  # tokens per read when counting the validation unigrams (bincount widens them to 8 bytes)
 _U32 = next(t for t in "IL" if array.array(t).itemsize == 4)  # array.array's code for 32-bit unsigned
 JOURNAL = ".prepare.journal"
 DOCS_PARTIAL = ".train.docs.partial"
@@ -270,7 +271,7 @@ def _write_index(out_dir: Path, n_docs: int) -> None:
 def _val_entropy(path: Path, dtype: str, vocab_size: int) -> float:
     def chunks():
         with open(path, "rb") as f:
-            while (chunk := np.fromfile(f, dtype=dtype, count=READ_CHUNK)).size:
+            while (chunk := np.fromfile(f, dtype=dtype, count=COUNT_CHUNK)).size:
                 yield chunk
     return entropy_of_chunks(chunks(), vocab_size)
 
