@@ -318,7 +318,9 @@ def _tokenizers_parallelism_note() -> str | None:
 # --- The whole prepare ---
 
 def _resume_state(out_dir: Path, header: dict, files: Sequence[InputFile], itemsize: int):
-    """(counts, records) of a journal in ``out_dir`` this prepare may continue, or None."""
+    """(counts, trained tokenizer's sha256 or None, bytes of whole records) of the journal in ``out_dir`` if
+    this prepare may continue it: same settings, the files it records done the first of ``files`` and
+    unchanged, the token files at least as long as it records. Else None."""
     records, valid = journal.read(out_dir / JOURNAL)
     if not records or records[0].get("settings") != header["settings"]:
         return None
