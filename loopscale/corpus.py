@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -203,50 +202,3 @@ def strip_gutenberg(text: str) -> str:
     if end:
         text = text[: end.start()]
     return text.strip("\n")
-
-
-# --- The user's own text ---
-
-def read_user_text(inputs: Iterable[str | Path]) -> tuple[list[Document], list[Path]]:
-    """Documents from files and folders: each .txt file is one document; each line of a .jsonl file is one,
-    its "text" field. Folders are searched recursively for both; a named file of another extension is
-    read as text. Returns the documents and the files read, in a fixed (sorted) order."""
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item).expanduser()
-        if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix in (".txt", ".jsonl"))
-            if not found:
-                raise UserError(f"input folder {p} holds no .txt or .jsonl files")
-            files += found
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise UserError(f"input {p} does not exist")
-    docs: list[Document] = []
-    for f in files:
-        if f.suffix == ".jsonl":
-            docs += _read_jsonl(f)
-        else:
-            text = normalize(f.read_text(encoding="utf-8", errors="replace"))
-            if text.strip():
-                docs.append(Document("text", str(f.resolve()), text))
-    return docs, files
-
-
-def _read_jsonl(path: Path) -> list[Document]:
-    docs = []
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for i, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                text = json.loads(line)["text"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise UserError(f"{path}:{i}: expected a JSON object with a \"text\" field") from None
-            if not isinstance(text, str):
-                raise UserError(f"{path}:{i}: \"text\" is not a string")
-            text = normalize(text)
-            if text.strip():
-                docs.append(Document("text", f"{path.resolve()}:{i}", text))
-    return docs
