@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -11,11 +12,12 @@ from typing import Any, Optional
 
 import typer
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
+from rich.text import Text
 
 from loopscale.errors import UserError
-from loopscale.fmt import sci, si
+from loopscale.fmt import finite, sci, si
 from loopscale.submit import SweepProgress
 
 SWEEPS_DIR = Path("sweeps")
@@ -99,17 +101,66 @@ def counts_line(counts: dict[str, int]) -> str:
 
 
 def states_table(entries: list[dict[str, Any]], title: str | None = None) -> Table:
-    """entries: run_id, r, d_model, probe, tokens, state, detail, loss."""
+    """entries: run_id, r, d_model, probe, tokens, state, detail, loss (the final validation loss) and the
+    live fields of loopscale.live.RunLive.to_dict (step, steps, train_loss, tokens_per_s, eta_s)."""
     t = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
-    for name in ("run id", "r", "d_model", "probe", "D tokens", "state", "loss", "detail"):
-        t.add_column(name, justify="right" if name in ("r", "d_model", "D tokens", "loss") else "left",
-                     overflow="fold" if name == "detail" else "ellipsis")
+    right = ("r", "d_model", "D tokens", "step", "train loss", "val loss", "tok/s", "ETA")
+    for name in ("run id", "r", "d_model", "probe", "D tokens", "state", "step", "train loss", "val loss", "tok/s",
+                 "ETA", "detail"):
+        t.add_column(name, justify="right" if name in right else "left",
+                     overflow="fold" if name == "detail" else "ellipsis", no_wrap=name != "detail")
     for e in entries:
-        loss = e.get("loss")
         t.add_row(e["run_id"], str(e.get("r") or "-"), str(e.get("d_model") or "-"), str(e.get("probe") or "-"),
-                  si(e.get("tokens")), styled(e["state"]), "-" if loss is None else f"{loss:.4f}",
-                  e.get("detail") or "")
+                  si(e.get("tokens")), styled(e["state"]), step_text(e.get("step"), e.get("steps")),
+                  loss_cell(e.get("train_loss")), loss_cell(e.get("loss")), si(e.get("tokens_per_s")),
+                  duration(e.get("eta_s")), e.get("detail") or "")
     return t
+
+
+def loss_cell(loss: float | None) -> str:
+    return "-" if loss is None else f"{loss:.4f}"
+
+
+def step_text(step: int | None, steps: int | None) -> str:
+    """'120/400'; '-/400' before the first logged step; '-' when neither is known."""
+    if step is None and steps is None:
+        return "-"
+    return f"{'-' if step is None else step}/{'?' if steps is None else steps}"
+
+
+def duration(s: float | None) -> str:
+    """Seconds for people: '45s', '3m 20s', '2h 05m', '3d 4h'; '-' for None."""
+    s = finite(s)
+    if s is None or s < 0:
+        return "-"
+    s = round(s)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def flops_line(now) -> str:
+    """The sweep's FLOPs done of planned and its time to go (loopscale.live.SweepLive)."""
+    pct = now.percent
+    text = f"FLOPs {sci(now.flops_done)} of {sci(now.flops_planned)}" + (f" ({pct:.1f}%)" if pct is not None else "")
+    if now.flops_per_s:
+        text += f" · {sci(now.flops_per_s)} FLOP/s"
+    if now.eta_s is not None:
+        text += f" · ETA {duration(now.eta_s)} at the current parallelism"
+    elif now.in_flight:
+        text += " · ETA - (no run running with a logged rate yet)"
+    return text
+
+
+def status_view(entries: list[dict[str, Any]], c: dict[str, int], now, title: str) -> Group:
+    """The status table with the sweep's counts and FLOPs below it (`status`, `status --watch`, `sweep --wait`)."""
+    entries = sorted(entries, key=lambda e: (state_order(e["state"]), e.get("r") or 0, e.get("d_model") or 0,
+                                             e["run_id"]))
+    return Group(states_table(entries, title), Text.from_markup(counts_line(c)), Text(flops_line(now)))
 
 
 def state_order(state: str) -> int:
@@ -236,24 +287,40 @@ def register(app: typer.Typer) -> None:
     def status(
         sweep_dir: Optional[Path] = typer.Argument(None, metavar="SWEEP", help="Sweep folder (default: the only "
                                                    "one under ./sweeps)."),
-        as_json: bool = typer.Option(False, "--json", help="Print counts and each run's state as JSON."),
+        as_json: bool = typer.Option(False, "--json", help="Print counts, the sweep's FLOPs done, planned and "
+                                     "ETA, and each run's state, step, steps, train_loss, tokens_per_s and eta_s "
+                                     "as JSON."),
+        watch: bool = typer.Option(False, "--watch", help="Follow the sweep: a live table, refreshed every --every "
+                                   "seconds, until no run is in flight (exit 0). Ctrl-C stops watching (exit 130; "
+                                   "the runs go on). Not on a terminal: one line per refresh in which something "
+                                   "changed, then the table."),
+        every: float = typer.Option(2.0, "--every", metavar="SECONDS", help="Seconds between refreshes with --watch."),
     ) -> None:
-        """Show the state of every run of a sweep (from its files; the scheduler for runs in flight)."""
-        from loopscale.store import counts, run_row, runs_root
-        from loopscale.submit.scheduler import run_states
+        """Show the state of every run of a sweep (from its files; the scheduler for runs in flight).
 
+        Per run: state, step of its steps, last training loss (train loss), final validation loss (val loss),
+        tokens/s and time to its last step (ETA, running runs). For the sweep: FLOPs done of planned and its
+        ETA, which assumes the current parallelism continues: the FLOPs left in the runs in flight over the
+        summed FLOP rate of the runs running now (runs that failed or were never submitted are not counted)."""
+        if watch and as_json:
+            raise UserError("--watch and --json do not go together: --json prints the sweep once; drop one")
+        if not (math.isfinite(every) and every > 0):
+            raise UserError(f"--every: {every:g} seconds; give a number of seconds above 0")
         sweep_dir = resolve_sweep(sweep_dir)
-        states = run_states(sweep_dir)
-        root = runs_root(sweep_dir)
-        entries = [entry(run_row(root / rid, st)) for rid, st in states.items()]
-        c = counts(states.values())
+        look = StatusLook(sweep_dir)
         if as_json:
-            print(json.dumps({"sweep": str(sweep_dir), "counts": c, "runs": entries}, indent=1))
+            entries, c, now = look()
+            print(json.dumps({"sweep": str(sweep_dir), "counts": c, **now.summary(), "runs": entries}, indent=1))
             return
         console = make_console()
-        entries.sort(key=lambda e: (state_order(e["state"]), e.get("r") or 0, e.get("d_model") or 0, e["run_id"]))
-        console.print(states_table(entries, f"{sweep_dir}: {len(entries)} runs"))
-        console.print(counts_line(c), highlight=False)
+        if not watch:
+            entries, c, now = look()
+            console.print(status_view(entries, c, now, f"{sweep_dir}: {len(entries)} runs"))
+            return
+        try:
+            watch_sweep(console, look, every)
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
 
     @app.command()
     def collect(
@@ -276,6 +343,65 @@ def register(app: typer.Typer) -> None:
         if export is not None:
             path = store.export(sweep_dir, export)
             console.print(f"wrote {path}", highlight=False)
+
+
+class StatusLook:
+    """A look at a sweep, afresh on each call: (entries, counts, loopscale.live.SweepLive). The states come
+    from the run folders and the scheduler, the rest from the files (store rows re-read only when a run's
+    state changes, metrics.jsonl by its tail)."""
+
+    def __init__(self, sweep_dir: Path):
+        from loopscale.live import Rows
+
+        self.sweep_dir, self.rows = sweep_dir, Rows(sweep_dir)
+
+    def __call__(self):
+        from loopscale.live import Planned, read_live
+        from loopscale.store import counts
+        from loopscale.submit.scheduler import run_states
+
+        states = run_states(self.sweep_dir)
+        rows = self.rows(states)
+        now = read_live(self.sweep_dir, states, {rid: Planned.of_row(row) for rid, row in rows.items()})
+        entries = [{**entry(rows[rid]), **now.runs[rid].to_dict()} for rid in states]
+        return entries, counts(states.values()), now
+
+
+def watch_line(c: dict[str, int], now) -> str:
+    """One line of `status --watch` off a terminal (without the time)."""
+    counted = " · ".join(f"{s} {n}" for s, n in c.items()) or "no runs"
+    pct = f"{now.percent:.1f}%" if now.percent is not None else "-"
+    return f"{counted}  FLOPs {pct} of {sci(now.flops_planned)}  ETA {duration(now.eta_s)}"
+
+
+def watch_title(sweep_dir: Path, entries: list) -> str:
+    return f"{sweep_dir}: {len(entries)} runs  [dim]{time.strftime('%H:%M:%S')}[/]"
+
+
+def watch_sweep(console: Console, look: StatusLook, every: float) -> None:
+    """Follow a sweep until no run is in flight: a live table on a terminal (its last render stays), else a
+    line per refresh in which something changed, then the table."""
+    if console.is_terminal:
+        from rich.live import Live
+
+        with Live(console=console, auto_refresh=False, transient=False) as live:
+            while True:
+                entries, c, now = look()
+                live.update(status_view(entries, c, now, watch_title(look.sweep_dir, entries)), refresh=True)
+                if not now.in_flight:
+                    return
+                time.sleep(every)
+    last = None
+    while True:
+        entries, c, now = look()
+        if not now.in_flight:
+            break
+        line = watch_line(c, now)
+        if line != last:
+            last = line
+            console.print(f"{time.strftime('%H:%M:%S')}  {line}", highlight=False, soft_wrap=True)
+        time.sleep(every)
+    console.print(status_view(entries, c, now, watch_title(look.sweep_dir, entries)))
 
 
 def entry(row: dict[str, Any]) -> dict[str, Any]:
@@ -375,19 +501,24 @@ class ConsoleProgress(SweepProgress):
             self.console.print(f"{time.strftime('%H:%M:%S')}  {text}", highlight=False)
             sys.stderr.flush()
 
-    def render(self, states) -> Table:
+    def render(self, states) -> Group:
+        """The status table of the runs waited on (as `loopscale status` shows it), their counts and FLOPs."""
+        from loopscale.live import Planned, read_live
         from loopscale.store import counts
 
-        info = {r.run_id: r for r in self.outcome.plan.rows}
+        plan = self.outcome.plan
+        info = {r.run_id: r for r in plan.rows}
+        plans = {rid: Planned(p.iterations, p.tokens, p.flops_per_token) for rid, p in info.items()}
+        now = read_live(plan.sweep_dir, states, plans)
         entries = []
         for rid, st in states.items():
             p = info.get(rid)
             loss = st.result.get("val_loss") if st.result else None
             entries.append({"run_id": rid, "r": p and p.r, "d_model": p and p.d_model, "probe": p and p.probe,
-                            "tokens": p and p.tokens, "state": st.state, "detail": st.detail, "loss": loss})
-        entries.sort(key=lambda e: (state_order(e["state"]), e["r"] or 0, e["d_model"] or 0))
-        return states_table(entries, f"{self.outcome.plan.sweep_dir}  {counts_line(counts(states.values()))}  "
-                                     f"[dim]{time.strftime('%H:%M:%S')}[/]")
+                            "tokens": p and p.tokens, "state": st.state, "detail": st.detail, "loss": loss,
+                            **now.runs[rid].to_dict()})
+        return status_view(entries, counts(states.values()), now,
+                           watch_title(plan.sweep_dir, entries))
 
     def close(self) -> None:
         if self.live is not None:
