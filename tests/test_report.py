@@ -15,7 +15,7 @@ from sweep_fixtures import GRIDS, cli, cli_json, make_tiny_data
 
 pytestmark = pytest.mark.slow
 
-SECTIONS = ("Summary", "Grid and status", "Compute spent", "Fit", "Residuals", "Probe comparisons", "Runs")
+SECTIONS = ("Summary", "Grid and status", "Compute spent", "Training", "Fit", "Residuals", "Probe comparisons", "Runs")
 IMG = '<img src="data:image/png;base64,'
 FAST = ("--starts", "20", "--bootstrap", "20", "--workers", "1")  # fit and compare settings, small for a test
 
@@ -60,12 +60,12 @@ def test_report_of_a_real_sweep_fit_probe_and_runs(probe_sweep, tmp_path):
     sweep, out = probe_sweep
     html = (sweep / "report.html").read_text()
     md = (sweep / "report.md").read_text()
-    assert f"wrote {sweep / 'report.html'} (5 figures inside) and {sweep / 'report.md'}" in out.stdout
+    assert f"wrote {sweep / 'report.html'} (9 figures inside) and {sweep / 'report.md'}" in out.stdout
     assert sections(html) == list(SECTIONS)
     assert [h[3:] for h in md.splitlines() if h.startswith("## ")] == list(SECTIONS)
 
-    # self-contained: 4 fit figures + 1 compare figure inside, nothing fetched
-    assert html.count(IMG) == 5
+    # self-contained: training curves, 4 fit figures, 3 compute-optimal figures, 1 compare figure; nothing fetched
+    assert html.count(IMG) == 9
     for blob in re.findall(r'data:image/png;base64,([A-Za-z0-9+/=]+)"', html):
         png = base64.b64decode(blob, validate=True)
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -116,7 +116,8 @@ def test_too_few_runs_still_reports_and_says_why(tmp_path, data):
     html = (tmp_path / "shared" / "smoke.html").read_text()
     md = (tmp_path / "shared" / "smoke.md").read_text()
     assert not (sweep / "report.html").exists()
-    assert sections(html) == list(SECTIONS) and IMG not in html
+    assert sections(html) == list(SECTIONS) and html.count(IMG) == 1  # the training curves only: token budgets, no fit
+    assert 'alt="training_curves.png"' in html
     assert reason in html and reason in md
     assert "No fit, so no residuals." in html
     assert "This sweep has no probe runs" in html and "This sweep has no probe runs" in md

@@ -70,5 +70,5 @@ def register(app: typer.Typer) -> None:
             if p.doc is not None:
                 line = f"Δφ = {num(p.doc['delta_phi'], 3, sign='+')}. {p.doc['verdict']['text']}"
             console.print(f"compare {p.probe}: {line}", highlight=False, soft_wrap=True, markup=False)
-        n_fig = len(rep.fit.figures) + sum(p.figure is not None for p in rep.probes)
+        n_fig = rep.n_figures
         console.print(f"wrote {html} ({n_fig} figures inside) and {md}", highlight=False, soft_wrap=True, markup=False)

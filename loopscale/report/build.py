@@ -3,7 +3,8 @@
 :func:`gather` reads the sweep (run states with the scheduler's word, the results store), sums the
 compute spent, fits the law to the baseline runs as `loopscale fit` does (analysis.fit.run_fit),
 compares each probe present with the baseline as `loopscale compare` does (analysis.compare.compare),
-and renders their figures as PNG bytes. Nothing here formats: report.sections lays the report out as
+reads every run's training curve (analysis.curves), finds the compute-optimal points of the fitted
+runs, measured and as the law predicts them (analysis.optimal), and renders the figures as PNG bytes. Nothing here formats: report.sections lays the report out as
 tables, report.html and report.md render it, report.write writes both.
 """
 
@@ -19,7 +20,7 @@ import yaml
 from loopscale.analysis.compare import compare
 from loopscale.analysis.fit import HUBER_DELTA, FitData, check_settings, predict_loss, run_fit
 from loopscale.errors import UserError
-from loopscale.report.data import BASELINE, FitPart, ProbePart, Report
+from loopscale.report.data import BASELINE, FitPart, ProbePart, Report, TrainingPart
 from loopscale.runs_table import select_probe, usable_rows
 from loopscale.store import FINISHED, GRID_FILE, STATES, load_results
 from loopscale.submit.scheduler import run_states
@@ -44,6 +45,7 @@ def gather(sweep_dir: str | Path, *, starts: int = 500, bootstrap: int = 200, se
     runs["probe"] = labels
     say("read the sweep", 1, 1)
 
+    training = training_part(sweep_dir, runs, plots=plots, progress=say)
     kw = dict(starts=starts, bootstrap=bootstrap, seed=seed, huber_delta=huber_delta)
     fit = fit_part(runs, resample=resample, workers=workers, plots=plots, progress=_prefixed(say, "fit"), **kw)
     probes = []
@@ -56,7 +58,27 @@ def gather(sweep_dir: str | Path, *, starts: int = 500, bootstrap: int = 200, se
     return Report(sweep_dir=sweep_dir, name=name, description=description, grid_text=grid_text,
                   created=time.strftime("%Y-%m-%d %H:%M %Z"), runs=runs,
                   counts=status_counts(runs["status"]),
-                  cost=cost_table(runs), fit=fit, probes=probes, settings=settings)
+                  cost=cost_table(runs), fit=fit, probes=probes, settings=settings, training=training)
+
+
+def training_part(sweep_dir: Path, runs: pd.DataFrame, *, plots: bool = True, progress=None) -> TrainingPart:
+    """Every run's training curve (runs/<id>/metrics.jsonl), drawn one panel per budget and a row per
+    probe; unreadable files are noted, never fatal."""
+    from loopscale.analysis.curves import curve_panels, sweep_curves
+
+    say = progress or (lambda stage, done, total: None)
+    say("training curves", 0, 1)
+    curves, notes = sweep_curves(sweep_dir, runs)
+    panels = curve_panels(runs, curves, BASELINE)
+    part = TrainingPart(n_runs=len({i for p in panels for i in p.run_ids}), notes=notes,
+                        kind=panels[0].kind if panels else "flops",
+                        probes=list(dict.fromkeys(p.probe for p in panels)))
+    if plots and panels:
+        from loopscale.analysis.paper_plots import training_curves
+
+        part.figure = training_curves(panels)
+    say("training curves", 1, 1)
+    return part
 
 
 def probe_labels(runs: pd.DataFrame) -> pd.Series:
@@ -83,13 +105,15 @@ def fit_part(runs: pd.DataFrame, *, starts: int, bootstrap: int, seed: int, hube
         have = "has" if len(usable) == 1 else "have"
         part.reason = (f"Not enough finished runs to fit the law: {len(usable)} of the {_runs(len(table))} "
                        f"{have} a loss, fewer than the {n_params} parameters of the law.")
-        return part
+        return _without_fit(part, usable, plots, progress)
     try:
         part.result = run_fit(table, starts=starts, bootstrap=bootstrap, seed=seed, huber_delta=huber_delta,
                               resample=resample, workers=workers, progress=progress)
     except UserError as e:
         part.reason = f"No fit: {str(e).rstrip('.')}."
-        return part
+        return _without_fit(part, usable, plots, progress)
+    if part.result.diagnostics is not None:
+        part.diagnostics = part.result.diagnostics.to_json()
     fitted = part.result.runs
     predicted = predict_loss(part.result.fit.theta, FitData.from_table(fitted))
     ids = fitted["run_id"].astype(str).to_numpy() if "run_id" in fitted else np.arange(len(fitted)).astype(str)
@@ -100,7 +124,32 @@ def fit_part(runs: pd.DataFrame, *, starts: int, bootstrap: int, seed: int, hube
         from loopscale.analysis.fit_plots import render
 
         part.figures = _staged("figures", render, part.result, progress)
+        part.figures.update(_staged("compute-optimal figures", optima_figures, (fitted, part.result.fit.theta),
+                                    progress))
     return part
+
+
+def _without_fit(part: FitPart, usable: pd.DataFrame, plots: bool, progress) -> FitPart:
+    """A fit part without a fit still judges the design (regime diagnostics without fit checks) and
+    draws the iso-FLOP cells' minima."""
+    if len(usable) == 0:
+        return part
+    from loopscale.analysis.regime import regime_diagnostics
+
+    part.diagnostics = regime_diagnostics(usable).to_json()
+    part.design_only = True
+    if plots:
+        part.figures.update(_staged("compute-optimal figures", optima_figures, (usable, None), progress))
+    return part
+
+
+def optima_figures(args) -> dict[str, bytes]:
+    """The iso-FLOP minima, N* against C and loss-gap figures of the fitted runs; args = (runs, θ or None)."""
+    from loopscale.analysis.optimal import optima
+    from loopscale.analysis.paper_plots import render_optima
+
+    table, theta = args
+    return render_optima(optima(table, theta))
 
 
 def probe_part(runs: pd.DataFrame, probe: str, *, starts: int, bootstrap: int, seed: int, huber_delta: float,

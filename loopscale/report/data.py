@@ -25,8 +25,23 @@ class FitPart:
     result: FitReport | None = None
     reason: str | None = None
     notes: list[str] = field(default_factory=list)  # which runs were fitted
-    figures: dict[str, bytes] = field(default_factory=dict)  # fit_*.png by name
+    figures: dict[str, bytes] = field(default_factory=dict)  # fit_*.png and the compute-optimal figures by name
     residuals: pd.DataFrame | None = None  # run_id, predicted, resid (nats), one row per fitted run
+    # regime.Diagnostics.to_json() of the fitted runs: the fit's own, or, when there is no fit, the
+    # design's alone (cells, tokens per parameter; no fit checks), flagged by ``design_only``
+    diagnostics: dict | None = None
+    design_only: bool = False
+
+
+@dataclass
+class TrainingPart:
+    """The training curves (loss against tokens from each run's metrics.jsonl)."""
+
+    figure: bytes | None = None
+    n_runs: int = 0  # runs with a curve
+    kind: str = "flops"  # panels per FLOP budget, or per token budget ("tokens")
+    probes: list[str] = field(default_factory=list)  # a row of panels each
+    notes: list[str] = field(default_factory=list)  # metrics files that could not be read
 
 
 @dataclass
@@ -53,3 +68,10 @@ class Report:
     fit: FitPart
     probes: list[ProbePart]  # one per probe with looped runs in the sweep, besides the baseline
     settings: dict  # fit settings: starts, bootstrap, seed, huber_delta, resample
+    training: TrainingPart = field(default_factory=TrainingPart)
+
+    @property
+    def n_figures(self) -> int:
+        """Figures in the HTML report."""
+        return (len(self.fit.figures) + sum(p.figure is not None for p in self.probes)
+                + (self.training.figure is not None))

@@ -25,12 +25,30 @@ FIGURE_CAPTIONS = {
     "fit_isoflop.png": "Loss against unique parameters per FLOP budget, with the fitted law along each budget's runs.",
     "fit_residuals.png": "Residuals L − L̂ of the joint fit against N_eff and tokens D (nats).",
     "fit_phi_bootstrap.png": "Bootstrap distribution of φ with the 95% percentile interval (dashed).",
+    "training_curves.png": "Training loss (of the batch at each logged step, nats) against tokens seen, one panel "
+                           "per {budget}, one line per run coloured by r; dashed: runs not finished yet.",
+    "isoflop_minima.png": "Final loss against N = N_once + N_rec of the fitted runs, one panel per r, one colour per "
+                          "FLOP budget: the parabola in log N through each (budget × r) cell over the widths trained, "
+                          "and its vertex (N*, L*), filled when the cell brackets it, hollow (the parabola dotted out "
+                          "to it) when it lies outside the widths trained; vertices more than 4× beyond them are in "
+                          "the table only.",
+    "optimal_n.png": "Compute-optimal N* against the FLOP budget C per r (log-log). Points: the cells' parabola "
+                     "vertices (filled: bracketed; hollow: outside the widths trained; more than 4× outside: left "
+                     "out). Lines: the fitted law's N*(C), the N minimising L̂ along D = C / F(N), with F(N) "
+                     "(FLOPs per token) and N_once/N fitted to each r's runs against log N.",
+    "loss_gap.png": "Loss gap to r = 1 at compute-optimal width, L*(C, r) − L*(C, 1) (nats), per r. Points: the cell "
+                    "vertices' L* at one budget (filled when both cells bracket their optimum, hollow otherwise). "
+                    "Lines: the fitted law's gap. The paper reports 0.03–0.12 nats at its scale (r = 2: 0.03–0.06, "
+                    "r = 4: 0.05–0.08, r = 8: 0.09–0.12, budgets 4.6e17–2.2e19 FLOPs): the paper's number, not a "
+                    "target for this sweep.",
 }
+NO_LAW = " No fit, so no law lines."
+OPTIMA_FIGURES = ("isoflop_minima.png", "optimal_n.png", "loss_gap.png")
 
 
 def layout(report: Report) -> list[Section]:
-    return [summary(report), status(report), cost(report), fit(report), residuals(report), probes(report),
-            runs(report)]
+    return [summary(report), status(report), cost(report), training(report), fit(report), residuals(report),
+            probes(report), runs(report)]
 
 
 # --- sections --------------------------------------------------------------------------------------
@@ -119,9 +137,14 @@ def fit(rep: Report) -> Section:
     blocks += [Para(n, "note") for n in part.notes]
     if part.result is None:
         blocks.append(Para(part.reason or "No fit.", "reason"))
+        if part.diagnostics is not None:
+            blocks += design_blocks(part.diagnostics)
+        blocks += optima_blocks(part, part.diagnostics)
         return Section("fit", "Fit", blocks)
     f = part.result
-    diag = f.diagnostics.to_json() if f.diagnostics is not None else None
+    diag = part.diagnostics
+    if diag is None and f.diagnostics is not None:
+        diag = f.diagnostics.to_json()
     if diag is not None:
         blocks = diagnostics_blocks(diag) + blocks
     blocks += [Para(w, "warning") for w in f.warnings] + [Para(n, "note") for n in f.notes]
@@ -133,7 +156,7 @@ def fit(rep: Report) -> Section:
     if diag is not None:
         line = noise_line(diag)
         blocks.append(Para(line[0].upper() + line[1:] + "."))
-        blocks += cells_blocks(diag) + seed_blocks(diag)
+        blocks += seed_blocks(diag)
     blocks.append(Heading("Free and restricted fits"))
     rows = []
     for name, lf in [("free", f.fit)] + list(f.restricted.items()):
@@ -158,10 +181,33 @@ def fit(rep: Report) -> Section:
         blocks.append(Para(f"Bootstrap: {doc['n_resamples']} resamples of {doc['n_units']} {doc['resample']}, "
                            f"{doc['n_failed']} failed, {doc['n_unconverged']} not converged; "
                            "95% percentile intervals."))
-    for name in ("fit_loss_vs_neff.png", "fit_isoflop.png", "fit_phi_bootstrap.png"):
+    for name in ("fit_loss_vs_neff.png", "fit_isoflop.png"):
         if name in part.figures:
             blocks.append(Figure(name, part.figures[name], FIGURE_CAPTIONS[name]))
+    blocks += optima_blocks(part, diag)
+    if "fit_phi_bootstrap.png" in part.figures:
+        blocks.append(Figure("fit_phi_bootstrap.png", part.figures["fit_phi_bootstrap.png"],
+                             FIGURE_CAPTIONS["fit_phi_bootstrap.png"]))
     return Section("fit", "Fit", blocks)
+
+
+def training(rep: Report) -> Section:
+    t = rep.training
+    blocks: list = [Para(f"{t.n_runs} runs' training loss, read from runs/<id>/metrics.jsonl (one line every "
+                         "`train.log_every` steps; files of more than 300 lines thinned to 300 evenly spaced "
+                         "points). Training loss is the loss of the batches trained on, not the held-out loss "
+                         "the fit uses.", "lead")] if t.figure is not None else []
+    blocks += [Para(n, "note") for n in t.notes]
+    if t.figure is None:
+        blocks.append(Para("No training curves: no run has written a readable metrics.jsonl yet.", "reason"))
+        return Section("training", "Training", blocks)
+    budget = "FLOP budget" if t.kind == "flops" else "token budget (no run has a FLOP budget)"
+    caption = FIGURE_CAPTIONS["training_curves.png"].format(budget=budget)
+    if len(t.probes) > 1:
+        caption += (f" A row of panels per probe ({', '.join(t.probes)}); a probe's row also shows the r = 1 runs "
+                    f"of probe {BASELINE} when it has none of its own (at r = 1 there is no loop to change).")
+    blocks.append(Figure("training_curves.png", t.figure, caption))
+    return Section("training", "Training", blocks)
 
 
 def residuals(rep: Report) -> Section:
@@ -262,6 +308,36 @@ def diagnostics_blocks(diag: dict, who: str = "Fit") -> list:
     if diag["reasons"]:
         blocks.append(Bullets(list(diag["reasons"])))
     blocks += [Para(n, "note") for n in diag["notes"]]
+    return blocks
+
+
+def design_blocks(diag: dict) -> list:
+    """Regime diagnostics of runs without a fit: the design's checks alone (cells, one recipe, tokens per
+    parameter), never a verdict on a fit."""
+    cells = f"{diag['cells_bracketed']}/{diag['n_cells']} iso-FLOP cells bracket their optimum"
+    ok = not diag["reasons"]
+    blocks: list = [Para(f"Regime of the runs (no fit to judge): {cells}"
+                         + (", and the design passes every check that needs no fit." if ok else "."),
+                         "lead" if ok else "warning")]
+    if diag["reasons"]:
+        blocks.append(Bullets(list(diag["reasons"])))
+    blocks += [Para(n, "note") for n in diag["notes"]]
+    return blocks
+
+
+def optima_blocks(part: FitPart, diag: dict | None) -> list:
+    """The iso-FLOP minima figure with the cell-minima table beside it, then N* against C and the loss
+    gap to r = 1 (figures that were drawn; the table whenever there are cells)."""
+    suffix = NO_LAW if part.result is None else ""
+    blocks: list = []
+    if "isoflop_minima.png" in part.figures:
+        blocks.append(Figure("isoflop_minima.png", part.figures["isoflop_minima.png"],
+                             FIGURE_CAPTIONS["isoflop_minima.png"]))
+    if diag is not None:
+        blocks += cells_blocks(diag)
+    for name in OPTIMA_FIGURES[1:]:
+        if name in part.figures:
+            blocks.append(Figure(name, part.figures[name], FIGURE_CAPTIONS[name] + suffix))
     return blocks
 
 
