@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "loopscale.commands.data",
     "loopscale.commands.train",
     "loopscale.commands.sweep",
+    "loopscale.commands.cancel",
     "loopscale.commands.fit",
     "loopscale.commands.plan",
     "loopscale.commands.compare",

@@ -21,6 +21,7 @@ from typing import Any
 
 import submitit
 
+from loopscale.store import CANCEL_FILE
 from loopscale.train import train_run
 
 CHECKPOINT_WAIT_S = 600.0  # longest a step may take before the handler gives up waiting
@@ -67,10 +68,16 @@ class TrainJob(submitit.helpers.Checkpointable):
 
         worker = threading.Thread(target=work, name="loopscale-train", daemon=True)
         worker.start()
+        cancel = Path(self.run_dir) / CANCEL_FILE
         while not self._done.wait(timeout=0.5):  # short waits keep the main thread responsive to signals
-            pass
+            if cancel.exists():  # `loopscale cancel`: checkpoint at the next step boundary, before scancel's kill
+                self._stop.set()
         if "error" in box:
             raise box["error"]
+        if box["result"].get("status") == "stopped" and cancel.exists():
+            from loopscale.submit.cancel import mark_released
+
+            mark_released(self.run_dir, box["result"].get("step"))
         if box["result"].get("status") == "done":
             _ignore_late_warning_signal()
         return box["result"]

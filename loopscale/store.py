@@ -8,6 +8,7 @@ A sweep folder::
                           started.json written by the job when training starts
                           result.json the trainer's record (status done | diverged, val_loss in nats/token)
                           error.json  the trainer's failure record
+                          cancel.json `loopscale cancel` (or a SIGTERM to a local worker) stopped the run
                           job.out/err the job's stdout/stderr
     <sweep>/jobs/                     submitit's pickles, submission scripts and logs
     <sweep>/results.db                SQLite, one row per run (``collect``)
@@ -18,7 +19,8 @@ the one place states are derived:
 
 - finished: ``done``, ``diverged`` (result.json)
 - retryable: ``failed`` (error.json, or the scheduler says it failed), ``corrupt`` (result.json
-  unreadable or inconsistent), ``cancelled``, ``timeout``, ``lost`` (the job is gone, no record)
+  unreadable or inconsistent), ``cancelled`` (cancel.json and no result.json, or the scheduler says so),
+  ``timeout``, ``lost`` (the job is gone, no record)
 - in flight: ``submitted`` (scheduler not asked), ``pending``, ``running``, ``unknown``
 - ``new``: never submitted
 """
@@ -42,6 +44,7 @@ from loopscale.fmt import flatten
 RUNS_DIR, JOBS_DIR, DB_FILE, GRID_FILE = "runs", "jobs", "results.db", "grid.yaml"
 CONFIG_FILE, RESULT_FILE, ERROR_FILE = "config.yaml", "result.json", "error.json"
 JOB_FILE, STARTED_FILE, METRICS_FILE = "job.json", "started.json", "metrics.jsonl"
+CANCEL_FILE = "cancel.json"
 
 FINISHED = ("done", "diverged")
 RETRYABLE = ("failed", "corrupt", "cancelled", "timeout", "lost")
@@ -109,8 +112,22 @@ def check_result(rec: Any, run_id: str) -> str | None:
     return None
 
 
+def cancel_detail(mark: Any, why: str | None = None) -> str:
+    """One line on a cancel marker (cancel.json): who cancelled the run, when, why, where it stopped."""
+    if not isinstance(mark, dict):
+        return f"cancelled ({why or 'cancel.json is not a JSON object'})"
+    who = "@".join(str(mark[k]) for k in ("user", "host") if mark.get(k))
+    text = "cancelled" + (f" by {who}" if who else "") + (f" at {mark['time']}" if mark.get("time") else "")
+    if mark.get("reason"):
+        text += f" ({mark['reason']})"
+    if mark.get("stopped_at_step") is not None:
+        text += f"; stopped at step {mark['stopped_at_step']}, checkpoint kept"
+    return text
+
+
 def file_state(run_dir: Path) -> RunState:
-    """A run's state from its own files alone (in flight = ``submitted``)."""
+    """A run's state from its own files alone (in flight = ``submitted``). A result.json wins over a
+    cancel marker (the run finished before the cancel reached it); a cancel marker wins over error.json."""
     run_id = run_dir.name
     rec, why = read_json(run_dir / RESULT_FILE)
     if why is None:
@@ -123,6 +140,9 @@ def file_state(run_dir: Path) -> RunState:
         return RunState(run_id, "corrupt", why)
     job, _ = read_json(run_dir / JOB_FILE)
     job = job if isinstance(job, dict) else None
+    mark, why = read_json(run_dir / CANCEL_FILE)
+    if why != "missing":
+        return RunState(run_id, "cancelled", cancel_detail(mark, why), job=job)
     err, why = read_json(run_dir / ERROR_FILE)
     if why != "missing":
         line = err.get("error", "") if isinstance(err, dict) else why

@@ -12,6 +12,7 @@ from loopscale.atomic import write_bytes_atomic
 from loopscale.errors import UserError
 from loopscale.grid import Grid, RunSpec, grid_changes, parse_yaml
 from loopscale.store import (
+    CANCEL_FILE,
     CONFIG_FILE,
     ERROR_FILE,
     GRID_FILE,
@@ -23,7 +24,7 @@ from loopscale.store import (
 from loopscale.submit.records import LOG_LINKS, replace_file
 
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when present: 10x faster for big sweeps
-ATTEMPT_FILES = (JOB_FILE, ERROR_FILE, RESULT_FILE, STARTED_FILE, METRICS_FILE) + LOG_LINKS
+ATTEMPT_FILES = (JOB_FILE, ERROR_FILE, RESULT_FILE, STARTED_FILE, METRICS_FILE, CANCEL_FILE) + LOG_LINKS
 
 
 def sweep_changes(sweep_dir: Path, grid: Grid) -> list[str]:
@@ -96,8 +97,8 @@ def write_config(run_dir: Path, spec: RunSpec) -> None:
 
 
 def archive_attempt(run_dir: Path) -> Path | None:
-    """Move a failed attempt's records (job, error, corrupt result, logs; metrics unless a checkpoint
-    will resume them) to attempts/<n>/. Checkpoints stay: the next attempt resumes from them."""
+    """Move a failed attempt's records (job, error, corrupt result, cancel marker, logs; metrics unless a
+    checkpoint will resume them) to attempts/<n>/. Checkpoints stay: the next attempt resumes from them."""
     resumes = any((run_dir / "checkpoints").glob("step_*.pt"))
     present = [f for f in ATTEMPT_FILES if ((run_dir / f).exists() or (run_dir / f).is_symlink())
                and not (resumes and f == METRICS_FILE)]

@@ -118,6 +118,12 @@ def _sacct_arrays(array_ids: set[str]) -> set[str]:
     return {line.split("_")[0] for line in out.stdout.split() if "_" in line} & array_ids
 
 
+def queued(job_ids: list[str]) -> dict[str, str] | None:
+    """{job_id: STATE} of the jobs among ``job_ids`` (array tasks as A_a) that SLURM still has in its queue,
+    pending or running; None when squeue does not answer."""
+    return _squeue(job_ids) if job_ids else {}
+
+
 def _squeue(job_ids: list[str]) -> dict[str, str] | None:
     """{job_id: STATE} of queued/running jobs among ``job_ids`` (array tasks as A_a), None if squeue fails."""
     mains = sorted({j.split("_")[0] for j in job_ids})
@@ -156,7 +162,7 @@ def process_start(pid: int) -> int | None:
     return int(fields[19])
 
 
-def _alive(pid: Any, pid_start: Any) -> bool:
+def alive(pid: Any, pid_start: Any) -> bool:
     """The process is running and is the one recorded (not a later process with a reused pid)."""
     if not isinstance(pid, int):
         return False
@@ -172,7 +178,7 @@ def _process_state(job: dict[str, Any], run_dir: Path) -> tuple[str, str]:
         return "unknown", f"{kind} job on host {job.get('host')}; run status there"
     started, why = read_json(run_dir / STARTED_FILE)
     if isinstance(started, dict) and "pid" in started:
-        if _alive(started.get("pid"), started.get("pid_start")):
+        if alive(started.get("pid"), started.get("pid_start")):
             return "running", f"{kind} job {jid}, pid {started['pid']}"
         return "lost", f"{kind} job {jid}: its process ended without result.json or error.json"
     workers = job.get("workers") or []
@@ -180,6 +186,6 @@ def _process_state(job: dict[str, Any], run_dir: Path) -> tuple[str, str]:
         if time.time() - float(job.get("submitted_unix") or 0) < 120:
             return "pending", f"{kind} job {jid} being submitted"
         return "lost", f"{kind} job {jid}: its submission never started a worker"
-    if any(_alive(w.get("pid"), w.get("pid_start")) for w in workers):
+    if any(alive(w.get("pid"), w.get("pid_start")) for w in workers):
         return ("running" if why != "missing" else "pending"), f"{kind} job {jid}"
     return "lost", f"{kind} job {jid}: its workers ended before it started"
