@@ -196,6 +196,25 @@ def test_law_gap_is_the_difference_of_the_optima_and_r_costs_come_from_each_rs_r
         assert g.gap == pytest.approx(two - one) and g.gap > 0  # at φ < 1 looping costs loss at equal compute
 
 
+def test_the_papers_law_on_the_papers_design_gives_the_papers_gaps_and_widths():
+    """method.md §7: compute-optimal loss gap to r = 1 of 0.03–0.06 (r = 2), 0.05–0.08 (r = 4), 0.09–0.12 (r = 8)
+    nats over 4.64e17–2.15e19 FLOPs; the project page's r = 1 cell minimum at 4.64e17 is N* = 67.8M. F(N) comes
+    from the design's own tokens (D = C / F), as it would from a sweep's runs."""
+    from loopscale.analysis.law import PAPER_LAW
+    from loopscale.runs_table import paper_design
+
+    runs = paper_design()
+    runs["flops_per_token"] = runs["budget_flops"] / runs["tokens"]
+    law = law_optima(law_theta(PAPER_LAW), run_costs(runs), [4.64e17, 2.15e19])
+    assert len(law) == 8
+    gaps = law_gaps(law).groupby("r")["gap"]
+    lo, hi = gaps.min(), gaps.max()
+    for r, (a, b) in {2: (0.02, 0.06), 4: (0.045, 0.09), 8: (0.07, 0.13)}.items():
+        assert a < lo[r] < hi[r] < b, (r, lo[r], hi[r])
+    n1 = law[(law.r == 1) & (law.budget == 4.64e17)].n_star.item()
+    assert n1 == pytest.approx(67.8e6, rel=0.15)
+
+
 # --- the figures for sweeps with little to show ----------------------------------------------------------
 
 def test_optima_figures_for_full_one_budget_token_budget_and_empty_sweeps():

@@ -13,10 +13,28 @@ import numpy as np
 
 from loopscale.analysis.curves import CurvePanel
 from loopscale.analysis.optimal import SEARCH_DECADES, Optima
-from loopscale.analysis.plots import log_x, png_bytes, pyplot
+from loopscale.analysis.plots import png_bytes, pyplot
 
 MAX_COLUMNS = 4  # panels per row; more budgets (or r) wrap onto further rows
 VERTEX_REACH = 4.0  # an unbracketed vertex is drawn when within this factor of the N trained
+
+
+def log_ticks(ax, axis: str = "x", flops: bool = False) -> None:
+    """A log axis labelled readably: over less than 2.5 decades at 1, 2 and 5 × 10^k, else at decades;
+    labels short (20k, 1.5M for counts; 2e10 for FLOPs) so that neighbours do not collide. Call after
+    drawing (it reads the axis limits)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    from loopscale.fmt import sci, si
+
+    a = ax.xaxis if axis == "x" else ax.yaxis
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    lo, hi = sorted(ax.get_xlim() if axis == "x" else ax.get_ylim())
+    narrow = lo > 0 and hi / lo < 10**2.5
+    a.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if narrow else (1.0,)))
+    a.set_major_formatter(FuncFormatter(lambda v, _: sci(v) if flops else si(v)))
+    a.set_minor_locator(LogLocator(base=10, subs=np.arange(2, 10)))
+    a.set_minor_formatter(NullFormatter())
 
 
 def r_colours(rs) -> dict[int, str]:
@@ -64,7 +82,7 @@ def training_curves(panels: list[CurvePanel]) -> bytes | None:
             ax.plot(c.tokens, c.loss, color=colours[r], lw=0.9, alpha=0.85, ls="-" if done else "--")
             late = c.loss[c.tokens >= c.tokens[-1] * 0.1]  # past the first tenth: the start's spike left out
             lo, hi = min(lo, float(c.loss.min())), max(hi, float(late.max() if late.size else c.loss.max()))
-        log_x(ax)
+        log_ticks(ax, "x")
         title = _budget_label(p.key, p.kind)
         ax.set_title(title if len(probes) == 1 else f"{p.probe} · {title}", fontsize=9)
     for ax in axes.flat:
@@ -106,8 +124,9 @@ def isoflop_minima(opt: Optima) -> bytes | None:
         for cell in (c for c in opt.cells if c.r == r):
             colour = colours[cell.budget]
             ax.scatter(cell.n, cell.loss, s=14, color=colour, label=f"{cell.budget:.3g}".replace("e+", "e"), zorder=3)
-            if cell.curve_n.size:
-                ax.plot(cell.curve_n, cell.curve_loss, color=colour, lw=1)
+            if cell.curve_n.size:  # dashed: no minimum (the parabola is not convex)
+                convex = cell.minimum.curvature is not None and cell.minimum.curvature > 0
+                ax.plot(cell.curve_n, cell.curve_loss, color=colour, lw=1, ls="-" if convex else "--")
             m = cell.minimum
             if m.n_star is None:
                 continue
@@ -120,7 +139,7 @@ def isoflop_minima(opt: Optima) -> bytes | None:
                         lw=0.8, ls=":")
             ax.scatter([m.n_star], [m.loss_star], s=46, marker="D", zorder=4, linewidths=1.2,
                        facecolors=colour if m.bracketed else "white", edgecolors=colour)
-        log_x(ax)
+        log_ticks(ax, "x")
         ax.set_title(f"r = {r}", fontsize=9)
         ax.set_xlabel("N = N_once + N_rec")
     for ax in list(axes.flat)[len(rs):]:
@@ -165,13 +184,6 @@ def _unresolved(ax, opt: Optima) -> None:
                 transform=ax.transAxes, fontsize=6.5, color="0.35", va="bottom")
 
 
-def _log_y(ax) -> None:
-    from matplotlib.ticker import NullFormatter
-
-    ax.set_yscale("log")
-    ax.yaxis.set_minor_formatter(NullFormatter())
-
-
 def optimal_n(opt: Optima) -> bytes | None:
     """Compute-optimal N* against C per r (log-log): measured cell vertices as points, the law's N*(C)
     as lines. None when there is neither."""
@@ -185,8 +197,8 @@ def optimal_n(opt: Optima) -> bytes | None:
         if not law.empty:
             ax.plot(law["budget"], law["n_star"], color=colour, lw=1.2)
         _marked(ax, opt.measured[opt.measured["r"] == r], "n_star", colour)
-    log_x(ax)
-    _log_y(ax)
+    log_ticks(ax, "x", flops=True)
+    log_ticks(ax, "y")
     ax.set_xlabel("FLOP budget C")
     ax.set_ylabel("compute-optimal N* = N_once + N_rec")
     _unresolved(ax, opt)
@@ -211,7 +223,7 @@ def loss_gap(opt: Optima) -> bytes | None:
         if not law.empty:
             ax.plot(law["budget"], law["gap"], color=colour, lw=1.2)
         _marked(ax, opt.gaps[opt.gaps["r"] == r], "gap", colour)
-    log_x(ax)
+    log_ticks(ax, "x", flops=True)
     ax.set_xlabel("FLOP budget C")
     ax.set_ylabel(f"L*(C, r) − L*(C, {opt.reference_r}) (nats)")
     _unresolved(ax, opt)

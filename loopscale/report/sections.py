@@ -28,7 +28,8 @@ FIGURE_CAPTIONS = {
     "training_curves.png": "Training loss (of the batch at each logged step, nats) against tokens seen, one panel "
                            "per {budget}, one line per run coloured by r; dashed: runs not finished yet.",
     "isoflop_minima.png": "Final loss against N = N_once + N_rec of the fitted runs, one panel per r, one colour per "
-                          "FLOP budget: the parabola in log N through each (budget × r) cell over the widths trained, "
+                          "FLOP budget: the parabola in log N through each (budget × r) cell over the widths trained "
+                          "(dashed where it is not convex: no minimum), "
                           "and its vertex (N*, L*), filled when the cell brackets it, hollow (the parabola dotted out "
                           "to it) when it lies outside the widths trained; vertices more than 4× beyond them are in "
                           "the table only.",
