@@ -16,12 +16,20 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from loopscale.fmt import finite
-from loopscale.store import FINISHED, IN_FLIGHT, METRICS_FILE, RunState, run_row, runs_root
+from loopscale.store import (
+    FINISHED,
+    IN_FLIGHT,
+    METRICS_FILE,
+    RunState,
+    run_row,
+    runs_root,
+)
 
 TAIL_BYTES = 4096  # a metrics line is ~150 bytes: the first window holds ~25 of them
 MAX_TAIL_BYTES = 1 << 20  # give up on a file whose last MiB holds no JSON object line
@@ -31,26 +39,39 @@ def last_metrics(path: str | Path, tail_bytes: int = TAIL_BYTES) -> dict[str, An
     """The last JSON object line of a metrics.jsonl, reading only its end: ``tail_bytes`` from the end,
     doubled (up to 1 MiB) while the window holds no complete line. A partial last line (the trainer
     mid-write) and lines that are not JSON objects are passed over; a missing, empty or garbage file
-    gives None. Never raises."""
+    gives None. Never raises. (os.open and pread: a third of the cost of a buffered open per file.)"""
     try:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            window = min(size, max(int(tail_bytes), 64))
-            while window > 0:
-                f.seek(size - window)
-                lines = f.read(window).split(b"\n")
-                whole_file = window >= size
-                if not whole_file:
-                    lines = lines[1:]  # the first piece may start mid-line
-                for line in reversed(lines):
-                    rec = _object(line)
-                    if rec is not None:
-                        return rec
-                if whole_file or window >= MAX_TAIL_BYTES:
-                    return None
-                window = min(size, window * 2, MAX_TAIL_BYTES)
+        fd = os.open(path, os.O_RDONLY)
     except (OSError, ValueError):
         return None
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)
+        window = min(size, max(int(tail_bytes), 64))
+        while window > 0:
+            whole_file = window >= size
+            rec = _last_object(os.pread(fd, window, size - window), whole_file)
+            if rec is not None or whole_file or window >= MAX_TAIL_BYTES:
+                return rec
+            window = min(size, window * 2, MAX_TAIL_BYTES)
+        return None
+    except (OSError, ValueError, OverflowError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def _last_object(chunk: bytes, whole_file: bool) -> dict[str, Any] | None:
+    """The last line of ``chunk`` that is a JSON object; its first line counts only when ``chunk`` is the
+    whole file (else it may start mid-line)."""
+    end = len(chunk)
+    while end > 0:
+        start = chunk.rfind(b"\n", 0, end) + 1
+        if start == 0 and not whole_file:
+            return None
+        rec = _object(chunk[start:end])
+        if rec is not None:
+            return rec
+        end = start - 1
     return None
 
 
@@ -180,12 +201,12 @@ def read_live(sweep_dir: str | Path, states: Mapping[str, RunState | str],
               plans: Mapping[str, Planned]) -> SweepLive:
     """The sweep now: for each run in ``states`` (run id → RunState or state name), the tail of its
     metrics.jsonl with its plan (``Planned()`` of unknowns where ``plans`` lacks it)."""
-    root = runs_root(sweep_dir)
+    root = str(runs_root(sweep_dir))
     unknown = Planned(None, None, None)
     runs = []
     for rid, st in states.items():
         state = st.state if isinstance(st, RunState) else st
-        metrics = last_metrics(root / rid / METRICS_FILE) if state != "new" else None
+        metrics = last_metrics(os.path.join(root, rid, METRICS_FILE)) if state != "new" else None
         runs.append(run_live(rid, state, plans.get(rid, unknown), metrics))
     return sweep_live(runs)
 

@@ -3,7 +3,6 @@ rate and ETA, the sweep's FLOPs done and ETA, and `loopscale status --json / --w
 
 from __future__ import annotations
 
-import builtins
 import json
 import os
 import socket
@@ -14,14 +13,14 @@ from types import SimpleNamespace
 
 import pytest
 from rich.console import Console
+from sweep_fixtures import cli, cli_in_process, fake_result
+from test_store import smoke_specs
 
 from loopscale import live
 from loopscale.commands.sweep import ConsoleProgress, duration, step_text
 from loopscale.live import Planned, last_metrics, run_live, sweep_live
 from loopscale.store import RunState
 from loopscale.submit import scheduler, write_config
-from sweep_fixtures import cli, cli_in_process, fake_result
-from test_store import smoke_specs
 
 
 def metric(step: int, **extra) -> dict:
@@ -60,26 +59,14 @@ def test_a_big_file_is_read_from_its_end_only(tmp_path, monkeypatch):
     p = tmp_path / "metrics.jsonl"
     write_metrics(p, range(1, 40001))  # ~4 MB
     read = []
+    pread = os.pread
 
-    class Counting:
-        def __init__(self, f):
-            self.f = f
+    def counting(fd, n, offset):
+        got = pread(fd, n, offset)
+        read.append(len(got))
+        return got
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            self.f.close()
-
-        def seek(self, *a):
-            return self.f.seek(*a)
-
-        def read(self, n=-1):
-            got = self.f.read(n)
-            read.append(len(got))
-            return got
-
-    monkeypatch.setattr(live, "open", lambda *a, **k: Counting(builtins.open(*a, **k)), raising=False)
+    monkeypatch.setattr(os, "pread", counting)
     assert p.stat().st_size > 3_000_000
     assert last_metrics(p)["step"] == 40000 and sum(read) <= live.TAIL_BYTES
     # a last line longer than the first window: the window grows until it holds the whole line
@@ -159,7 +146,7 @@ def make_sweep(tmp_path, running_pid: dict | None = None):
     for s in specs:
         (runs / s.run_id).mkdir(parents=True)
         write_config(runs / s.run_id, s)
-    done, running, new = specs
+    done, running, _ = specs
     fake_result(runs / done.run_id, done.run_id, loss=3.5)
     if running_pid is not None:
         (runs / running.run_id / "job.json").write_text(json.dumps(
@@ -198,7 +185,7 @@ def test_status_json_has_the_live_fields(tmp_path, capsys):
 
 
 def test_watch_with_nothing_in_flight_prints_the_table_and_exits(tmp_path):
-    done, running, new = make_sweep(tmp_path)
+    done, _, _ = make_sweep(tmp_path)
     t0 = time.time()
     out = cli("status", tmp_path, "--watch", "--every", "30")
     assert out.returncode == 0, out.stderr
@@ -211,7 +198,7 @@ def test_watch_follows_runs_in_flight_until_they_end(tmp_path):
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         rec = {"pid": worker.pid, "pid_start": scheduler.process_start(worker.pid)}
-        done, running, new = make_sweep(tmp_path, running_pid=rec)
+        _, running, new = make_sweep(tmp_path, running_pid=rec)
         watch = subprocess.Popen([sys.executable, "-m", "loopscale.cli", "status", str(tmp_path), "--watch", "--every",
                                   "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                  env=dict(os.environ, COLUMNS="200"))
@@ -258,3 +245,22 @@ def test_sweep_wait_table_shows_the_same_columns(tmp_path):
     steps = specs[0].config.iterations()
     assert f"3/{steps}" in text and duration((steps - 3) * specs[0].config.train.batch_tokens / 4096) in text
     assert "running 1" in text and "FLOPs" in text
+
+
+def test_the_live_view_fits_the_screen_runs_in_flight_first():
+    from loopscale.commands.sweep import status_view
+
+    entries = [{"run_id": f"run{i:03d}", "r": 1, "d_model": 8, "probe": "none", "tokens": 4096, "loss": 3.0,
+                "state": "done", "detail": None, **run_live(f"run{i:03d}", "done", PLAN, None).to_dict()}
+               for i in range(40)]
+    entries.append({"run_id": "flying", "r": 4, "d_model": 8, "probe": "none", "tokens": 4096, "loss": None,
+                    "state": "running", "detail": "local job 1, pid 2 " + "x" * 300,
+                    **run_live("flying", "running", PLAN, metric(100, tokens_per_s=1024.0)).to_dict()})
+    now = sweep_live([run_live("flying", "running", PLAN, metric(100, tokens_per_s=1024.0))])
+    console = Console(record=True, width=120, height=20)
+    console.print(status_view(entries, {"running": 1, "done": 40}, now, "title", console.height))
+    lines = console.export_text().splitlines()
+    assert len(lines) <= 20 and all(len(ln) <= 120 for ln in lines)
+    assert lines[0] == "title" and lines[1].startswith("running 1") and lines[2].startswith("FLOPs")
+    assert "flying" in lines[6] and "100/400" in lines[6] and "10m 00s" in lines[6]  # first row: the run in flight
+    assert lines[-1].startswith("29 more run(s) not shown: done 29")

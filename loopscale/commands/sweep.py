@@ -100,20 +100,26 @@ def counts_line(counts: dict[str, int]) -> str:
     return " · ".join(f"{styled(s)} {n}" for s, n in counts.items()) or "no runs"
 
 
-def states_table(entries: list[dict[str, Any]], title: str | None = None) -> Table:
+def states_table(entries: list[dict[str, Any]], title: str | None = None, live: bool = False) -> Table:
     """entries: run_id, r, d_model, probe, tokens, state, detail, loss (the final validation loss) and the
-    live fields of loopscale.live.RunLive.to_dict (step, steps, train_loss, tokens_per_s, eta_s)."""
-    t = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    live fields of loopscale.live.RunLive.to_dict (step, steps, train_loss, tokens_per_s, eta_s). The probe
+    column only where a run has a probe. ``live``: one line per run (the detail cut short, not folded)."""
+    t = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
+              collapse_padding=True)  # 2 spaces between columns: 12 columns fit 120
+    show_probe = any(e.get("probe") not in (None, "none") for e in entries)
     right = ("r", "d_model", "D tokens", "step", "train loss", "val loss", "tok/s", "ETA")
-    for name in ("run id", "r", "d_model", "probe", "D tokens", "state", "step", "train loss", "val loss", "tok/s",
-                 "ETA", "detail"):
-        t.add_column(name, justify="right" if name in right else "left",
-                     overflow="fold" if name == "detail" else "ellipsis", no_wrap=name != "detail")
+    for name in ("run id", "r", "d_model") + ("probe",) * show_probe + (
+            "D tokens", "state", "step", "train loss", "val loss", "tok/s", "ETA", "detail"):
+        detail = name == "detail"  # the one column that gives way on a narrow screen (folded, or cut when live)
+        t.add_column(name, justify="right" if name in right else "left", overflow="fold" if detail else "ellipsis",
+                     no_wrap=not detail, min_width=12 if detail else None)
     for e in entries:
-        t.add_row(e["run_id"], str(e.get("r") or "-"), str(e.get("d_model") or "-"), str(e.get("probe") or "-"),
+        t.add_row(e["run_id"], str(e.get("r") or "-"), str(e.get("d_model") or "-"),
+                  *[str(e.get("probe") or "-")] * show_probe,
                   si(e.get("tokens")), styled(e["state"]), step_text(e.get("step"), e.get("steps")),
                   loss_cell(e.get("train_loss")), loss_cell(e.get("loss")), si(e.get("tokens_per_s")),
-                  duration(e.get("eta_s")), e.get("detail") or "")
+                  duration(e.get("eta_s")),
+                  Text(e.get("detail") or "", no_wrap=True, overflow="ellipsis") if live else e.get("detail") or "")
     return t
 
 
@@ -156,11 +162,25 @@ def flops_line(now) -> str:
     return text
 
 
-def status_view(entries: list[dict[str, Any]], c: dict[str, int], now, title: str) -> Group:
-    """The status table with the sweep's counts and FLOPs below it (`status`, `status --watch`, `sweep --wait`)."""
+def status_view(entries: list[dict[str, Any]], c: dict[str, int], now, title: str,
+                height: int | None = None) -> Group:
+    """The status table with the sweep's counts and FLOPs below it (`status`), or, for a live view of
+    ``height`` lines (`status --watch`, `sweep --wait`), above it, one line per run, the runs that do not
+    fit left off with a count (runs in flight come first)."""
     entries = sorted(entries, key=lambda e: (state_order(e["state"]), e.get("r") or 0, e.get("d_model") or 0,
                                              e["run_id"]))
-    return Group(states_table(entries, title), Text.from_markup(counts_line(c)), Text(flops_line(now)))
+    summary = [Text.from_markup(counts_line(c)), Text(flops_line(now))]
+    if height is None:
+        return Group(states_table(entries, title), *summary)
+    fit = max(height - 8, 1)  # the title and summary (3), the table's blank lines, header and rule (4), the count (1)
+    shown, left = (entries, []) if len(entries) <= fit else (entries[: fit], entries[fit:])
+    more = []
+    if left:
+        from loopscale.store import RunState, counts
+
+        off = counts(RunState(e["run_id"], e["state"]) for e in left)
+        more = [Text.from_markup(f"[dim]{len(left)} more run(s) not shown:[/] {counts_line(off)}")]
+    return Group(Text.from_markup(title), *summary, states_table(shown, live=True), *more)
 
 
 def state_order(state: str) -> int:
@@ -387,7 +407,8 @@ def watch_sweep(console: Console, look: StatusLook, every: float) -> None:
         with Live(console=console, auto_refresh=False, transient=False) as live:
             while True:
                 entries, c, now = look()
-                live.update(status_view(entries, c, now, watch_title(look.sweep_dir, entries)), refresh=True)
+                live.update(status_view(entries, c, now, watch_title(look.sweep_dir, entries), console.height),
+                            refresh=True)
                 if not now.in_flight:
                     return
                 time.sleep(every)
@@ -517,8 +538,8 @@ class ConsoleProgress(SweepProgress):
             entries.append({"run_id": rid, "r": p and p.r, "d_model": p and p.d_model, "probe": p and p.probe,
                             "tokens": p and p.tokens, "state": st.state, "detail": st.detail, "loss": loss,
                             **now.runs[rid].to_dict()})
-        return status_view(entries, counts(states.values()), now,
-                           watch_title(plan.sweep_dir, entries))
+        return status_view(entries, counts(states.values()), now, watch_title(plan.sweep_dir, entries),
+                           self.console.height)
 
     def close(self) -> None:
         if self.live is not None:
