@@ -22,14 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from loopscale.fmt import finite
-from loopscale.store import (
-    FINISHED,
-    IN_FLIGHT,
-    METRICS_FILE,
-    RunState,
-    run_row,
-    runs_root,
-)
+from loopscale.store import FINISHED, IN_FLIGHT, METRICS_FILE, RunState, run_row, runs_root
 
 TAIL_BYTES = 4096  # a metrics line is ~150 bytes: the first window holds ~25 of them
 MAX_TAIL_BYTES = 1 << 20  # give up on a file whose last MiB holds no JSON object line
