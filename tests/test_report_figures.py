@@ -270,7 +270,7 @@ def test_report_places_the_optimal_figures_after_the_isoflop_and_the_cells_besid
     assert rep.n_figures == len(part.figures) + 1
     assert [h[3:] for h in md.splitlines() if h.startswith("## ")][3:5] == ["Training", "Fit"]
     training = md[md.index("## Training"):md.index("## Fit")]
-    assert "3 runs' training loss" in training and "one panel per FLOP budget" in training
+    assert "Training loss of 3 runs" in training and "one panel per FLOP budget" in training
     fit = md[md.index("## Fit"):md.index("## Residuals")]
     assert fit.split("\n\n")[1].startswith(("Fit verdict", "> **Warning:** Fit verdict"))  # the verdict leads
     order = [fit.index(s) for s in ("`fit_isoflop.png`", "`isoflop_minima.png`", "### Iso-FLOP cells",
@@ -287,7 +287,7 @@ def test_report_without_a_fit_still_judges_the_design_and_draws_the_cells(tmp_pa
     assert part.result is None and part.reason.startswith("Not enough finished runs")
     assert part.design_only and part.diagnostics["n_cells"] == 1
     assert list(part.figures) == ["isoflop_minima.png", "optimal_n.png"]  # no r = 2: no gap; no fit: no law
-    rep, md = report_md(runs, tmp_path, part)
+    _, md = report_md(runs, tmp_path, part)
     fit = md[md.index("## Fit"):md.index("## Residuals")]
     assert "Regime of the runs (no fit to judge): " in fit and "### Iso-FLOP cells" in fit
     assert "No fit, so no law lines." in fit and "Fit verdict" not in fit

@@ -122,7 +122,7 @@ def curve_panels(runs: pd.DataFrame, curves: dict[str, Curve], baseline: str = "
     :func:`panel_key`), the runs with a curve in each, sorted by r then N. A probe without r = 1
     runs of its own shows the baseline's r = 1 runs beside its own (at r = 1 there is no loop to
     change, as runs_table.select_probe reuses them)."""
-    if runs.empty or not curves:
+    if runs.empty or not curves or "r" not in runs:
         return []
     df = runs.copy()
     df["_probe"] = df["probe"].fillna(baseline).astype(str).replace("", baseline) if "probe" in df else baseline

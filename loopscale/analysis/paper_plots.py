@@ -20,9 +20,9 @@ VERTEX_REACH = 4.0  # an unbracketed vertex is drawn when within this factor of 
 
 
 def log_ticks(ax, axis: str = "x", flops: bool = False) -> None:
-    """A log axis labelled readably: over less than 2.5 decades at 1, 2 and 5 × 10^k, else at decades;
-    labels short (20k, 1.5M for counts; 2e10 for FLOPs) so that neighbours do not collide. Call after
-    drawing (it reads the axis limits)."""
+    """A log axis labelled readably: at 1, 2 and 5 × 10^k over a span of up to 20×, at 1 and 3 × 10^k up
+    to 1000×, else at decades; labels short (20k, 1.5M for counts; 2e10 for FLOPs) so that neighbours do
+    not collide. Call after drawing (it reads the axis limits)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     from loopscale.fmt import sci, si
@@ -30,8 +30,9 @@ def log_ticks(ax, axis: str = "x", flops: bool = False) -> None:
     a = ax.xaxis if axis == "x" else ax.yaxis
     (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
     lo, hi = sorted(ax.get_xlim() if axis == "x" else ax.get_ylim())
-    narrow = lo > 0 and hi / lo < 10**2.5
-    a.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if narrow else (1.0,)))
+    span = hi / lo if lo > 0 else math.inf
+    a.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if span <= 20 else (1.0, 3.0) if span <= 1e3
+                                   else (1.0,)))
     a.set_major_formatter(FuncFormatter(lambda v, _: sci(v) if flops else si(v)))
     a.set_minor_locator(LogLocator(base=10, subs=np.arange(2, 10)))
     a.set_minor_formatter(NullFormatter())

@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from loopscale.analysis.curves import MAX_POINTS
 from loopscale.analysis.law import FORMULA_TEXT, PARAM_NAMES
 from loopscale.analysis.regime import cell_rows, ci_text, noise_line, verdict_line
 from loopscale.fmt import finite, num, sci, si
@@ -194,15 +195,15 @@ def fit(rep: Report) -> Section:
 
 def training(rep: Report) -> Section:
     t = rep.training
-    blocks: list = [Para(f"{t.n_runs} runs' training loss, read from runs/<id>/metrics.jsonl (one line every "
-                         "`train.log_every` steps; files of more than 300 lines thinned to 300 evenly spaced "
-                         "points). Training loss is the loss of the batches trained on, not the held-out loss "
+    blocks: list = [Para(f"Training loss of {_plural(t.n_runs, 'run')}, read from runs/<id>/metrics.jsonl (one "
+                         f"line every `train.log_every` steps; files of more than {MAX_POINTS} lines thinned to "
+                         f"{MAX_POINTS} evenly spaced points). Training loss is the loss of the batches trained on, not the held-out loss "
                          "the fit uses.", "lead")] if t.figure is not None else []
     blocks += [Para(n, "note") for n in t.notes]
     if t.figure is None:
         blocks.append(Para("No training curves: no run has written a readable metrics.jsonl yet.", "reason"))
         return Section("training", "Training", blocks)
-    budget = "FLOP budget" if t.kind == "flops" else "token budget (no run has a FLOP budget)"
+    budget = "FLOP budget" if t.kind == "flops" else "token budget (not every run has a FLOP budget)"
     caption = FIGURE_CAPTIONS["training_curves.png"].format(budget=budget)
     if len(t.probes) > 1:
         caption += (f" A row of panels per probe ({', '.join(t.probes)}); a probe's row also shows the r = 1 runs "
