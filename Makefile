@@ -12,7 +12,8 @@ $(BIN)/loopscale: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU wheel first: a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH_PIN)
-	$(BIN)/pip install -q -e '.[dev]'
+	# trackers: `make test` runs the tracker tests for real (tensorboard, mlflow-skinny, wandb offline)
+	$(BIN)/pip install -q -e '.[dev,trackers]'
 	touch $(BIN)/loopscale
 
 install: $(BIN)/loopscale

@@ -8,6 +8,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from loopscale.errors import UserError
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="loopscale")
     except UserError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # as written: [x] too
         sys.exit(2)
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted")

@@ -15,6 +15,8 @@ from typing import Any, get_type_hints
 
 from loopscale.counting import Arch, ArchError, flops_per_token, iterations_for_budget
 from loopscale.errors import UserError
+from loopscale.trackers.section import TrackerConfig, TrackerSectionError
+from loopscale.trackers.section import from_dict as tracker_from_dict
 
 
 class ConfigError(UserError, ValueError):
@@ -90,6 +92,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     vocab_size: int = 0  # filled from the data's meta.json when 0
+    # The experiment tracker the run logs to (the grid's `tracker:` section); execution only, never in the id.
+    tracker: TrackerConfig | None = None
 
     # -- derived quantities (method.md §3) ---------------------------------------------------
     def flops_per_token(self) -> int:
@@ -110,6 +114,10 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["train"]["betas"] = list(self.train.betas)
+        if self.tracker is None:  # no tracker: the config reads as it did before trackers existed
+            del d["tracker"]
+        else:
+            d["tracker"] = self.tracker.to_dict()
         if d["model"]["probe_settings"] is None:  # only a probe with settings of its own writes them:
             del d["model"]["probe_settings"]  # the ids of every other run stay as they were
         if self.train.optimizer != "muonh":  # MuonH's setting means nothing to another optimizer
@@ -119,6 +127,7 @@ class RunConfig:
     def semantic_dict(self) -> dict[str, Any]:
         """The fields that change the result (execution-only settings dropped)."""
         d = self.to_dict()
+        d.pop("tracker", None)  # where a run is logged changes nothing in it
         for k in EXECUTION_FIELDS:
             d["train"].pop(k, None)
         # A FLOP budget is resolved to its iterations: what is trained is what matters.
@@ -239,9 +248,9 @@ def run_config_from_dict(raw: dict[str, Any]) -> RunConfig:
     """Build and validate a RunConfig from {'model': …, 'train': …, 'data': …, 'vocab_size': …}."""
     if not isinstance(raw, dict):
         raise ConfigError(f"config: expected a mapping, got {raw!r}")
-    unknown = sorted(set(raw) - {"model", "train", "data", "vocab_size"})
+    unknown = sorted(set(raw) - {"model", "train", "data", "vocab_size", "tracker"})
     if unknown:
-        raise ConfigError(f"config: unknown key {unknown[0]!r} (allowed: data, model, train, vocab_size)")
+        raise ConfigError(f"config: unknown key {unknown[0]!r} (allowed: data, model, tracker, train, vocab_size)")
     if "model" not in raw or not raw["model"] or "d_model" not in raw["model"]:
         raise ConfigError("model.d_model: missing (the width of the model)")
     model = build(Arch, raw.get("model"), "model")
@@ -253,7 +262,11 @@ def run_config_from_dict(raw: dict[str, Any]) -> RunConfig:
     vocab = raw.get("vocab_size", 0) or 0
     if not isinstance(vocab, int) or vocab < 0:
         raise ConfigError(f"vocab_size: expected a non-negative integer, got {vocab!r}")
-    return RunConfig(model=model, train=train, data=data, vocab_size=vocab)
+    try:
+        tracker = tracker_from_dict(raw["tracker"]) if raw.get("tracker") is not None else None
+    except TrackerSectionError as e:
+        raise ConfigError(str(e)) from None
+    return RunConfig(model=model, train=train, data=data, vocab_size=vocab, tracker=tracker)
 
 
 def check_budget(cfg: RunConfig) -> None:

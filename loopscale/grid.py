@@ -29,6 +29,8 @@ A grid names the model family, the training settings, and the axes of the sweep:
       - {d_model: 64, budget_flops: 1e13, r: 2, seed: 1}   #   seed (the seed-to-seed noise that
                                     #   `plan --from` measures); entries as in `runs:`, seed required
     executor: {kind: auto, ...}     # see ExecutorConfig; never part of a run's identity
+    tracker: {kind: tensorboard}    # optional experiment tracker (loopscale.trackers): tensorboard | wandb
+                                    #   (project, entity, mode) | mlflow (tracking_uri); never in a run's id
 
 Identical runs expand once: the r = 1 model is the same for every probe, so a grid with
 ``probes: [none, tbptt]`` trains each r = 1 run a single time (its ``probes`` lists both; a probe's
@@ -64,10 +66,11 @@ from loopscale.counting import Arch, ArchError, n_once, n_rec, probe_arch
 from loopscale.errors import UserError
 from loopscale.fmt import flatten
 from loopscale.lr_transfer import LR_KEYS, with_paper_lrs
+from loopscale.trackers import section as tracker_section
 
 WIDTH_UNIT = 64  # d = 64·s (method.md §2)
 TOP_KEYS = ("name", "description", "model", "train", "data", "vocab_size", "r", "widths", "s", "tokens",
-            "flops", "runs", "repeats", "probes", "seeds", "executor")
+            "flops", "runs", "repeats", "probes", "seeds", "executor", "tracker")
 AXIS_MODEL_KEYS = {"d_model": "widths/s", "r": "r", "probe": "probes"}
 AXIS_TRAIN_KEYS = {"tokens": "tokens/flops/runs", "budget_flops": "flops/runs", "seed": "seeds"}
 RUN_KEYS = ("r", "d_model", "s", "tokens", "budget_flops", "probe", "seed")
@@ -171,6 +174,7 @@ class Grid:
     data_dir: Path
     vocab_size: int
     vocab_from_data: bool  # vocab_size was read from the data dir rather than given
+    tracker: tracker_section.TrackerConfig | None = None  # the grid's tracker section (also in each run's config)
 
     @property
     def total_flops(self) -> float:
@@ -246,6 +250,10 @@ def grid_from_dict(raw: dict[str, Any], where: str = "grid", *, text: str | None
     executor = parse_executor(raw.get("executor"), where)
     data = _section(raw, "data", where)
     base = Path(cwd) if cwd is not None else Path.cwd()
+    try:
+        tracker = tracker_section.from_grid(raw.get("tracker"), name, base)
+    except tracker_section.TrackerSectionError as e:
+        raise GridError(f"{where}: {e}") from None
     if data_dir is not None:  # an override changes the runs: the kept grid must say so
         data["dir"] = str((base / Path(data_dir).expanduser()).resolve())
         raw, text = {**raw, "data": dict(data)}, None
@@ -258,8 +266,10 @@ def grid_from_dict(raw: dict[str, Any], where: str = "grid", *, text: str | None
     elif isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1:
         raise GridError(f"{where}: vocab_size: expected a positive integer, got {_show(vocab)}")
     runs = expand({**raw, "data": data, "vocab_size": vocab}, where)
+    if tracker is not None:  # every run's config carries it; run ids are unchanged (not in semantic_dict)
+        runs = [dataclasses.replace(s, config=dataclasses.replace(s.config, tracker=tracker)) for s in runs]
     dumped = text if text is not None else yaml.safe_dump(raw, sort_keys=False)
-    return Grid(name, path, dumped, raw, runs, executor, resolved, vocab, raw.get("vocab_size") is None)
+    return Grid(name, path, dumped, raw, runs, executor, resolved, vocab, raw.get("vocab_size") is None, tracker)
 
 
 def _default_data_dir() -> str:

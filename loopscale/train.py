@@ -43,6 +43,7 @@ from loopscale.store import CONFIG_FILE, ERROR_FILE, METRICS_FILE, RESULT_FILE
 from loopscale.model import LoopedLM, cross_entropy
 from loopscale.optim import build_optimizer, lr_factor
 from loopscale.progress import TrainProgress
+from loopscale.trackers.base import Background, make_tracker
 
 
 
@@ -183,13 +184,15 @@ def train(
     progress: bool | None = None,
     stop: threading.Event | None = None,
     dist: DistEnv = distributed.SINGLE,
+    tracker: Background | None = None,
 ) -> TrainOutcome:
     """Train ``cfg`` on its data dir; return the final validation loss (nats/token).
 
     With a run folder, resumes from its latest checkpoint and checkpoints every
     ``checkpoint_every_steps`` steps / ``checkpoint_every_min`` minutes. When ``stop`` is set (on any
     rank), saves a checkpoint at the next step boundary and returns with status "stopped". Under
-    data parallelism (``dist``) every rank calls this; rank 0 alone writes to the run folder.
+    data parallelism (``dist``) every rank calls this; rank 0 alone writes to the run folder. A ``tracker``
+    (rank 0's, from ``make_tracker``) is started here and fed each metrics line; the caller ends it.
     """
     t_start = time.time()
     check_budget(cfg)
@@ -239,6 +242,8 @@ def train(
     peak = perf.peak_flops(device, amp) if dist.main else None
     fpt = cfg.flops_per_token()
     metrics = open(Path(run_dir) / METRICS_FILE, "a") if run_dir and dist.main else None
+    if tracker:
+        tracker.start(cfg.to_dict(), resumed_from)
     bar = TrainProgress(iters, enabled=progress, start=first) if dist.main else _Silent()
     status, diverged_step = "done", None
     t_train = last_ckpt = time.time()
@@ -279,6 +284,8 @@ def train(
                        "mfu": perf.mfu(tps, fpt, peak, dist.world_size)}
                 metrics.write(json.dumps(rec) + "\n")
                 metrics.flush()
+                if tracker:
+                    tracker.log(step + 1, rec)  # a queue put: the tracker's own thread does the rest
             due_steps = t.checkpoint_every_steps and (step + 1) % t.checkpoint_every_steps == 0
             due_time = t.checkpoint_every_min and time.time() - last_ckpt >= 60 * t.checkpoint_every_min
             if run_dir and step + 1 < iters and (due_steps or due_time):
@@ -380,23 +387,34 @@ def train_run(run_dir: str | Path, stop: threading.Event | None = None) -> dict[
     if (run_dir / RESULT_FILE).exists():
         with open(run_dir / RESULT_FILE) as f:
             return json.load(f)
-    dist = None
+    dist, tracker = None, None
     try:
         cfg = load_run_config(run_dir)
         dist = distributed.init(resolve_device(cfg))
         device = distributed.local_device(resolve_device(cfg), dist)
-        out = train(cfg, run_dir, stop=stop, dist=dist)
+        # The grid's experiment tracker (rank 0): fed on a thread of its own, never failing the run.
+        tracker = make_tracker(cfg.tracker, run_dir) if dist.main else None
+        out = train(cfg, run_dir, stop=stop, dist=dist, tracker=tracker)
         if out.status == "stopped":
             step = load_latest_checkpoint(run_dir, report=dist.main)["step"]
+            if tracker:
+                tracker.close()  # checkpointed, to be resumed: not marked finished
+                tracker.wait()
             return {"run_id": cfg.run_id(), "status": "stopped", "step": step}
         record = result_record(cfg, out, str(device) if device.type == "cpu" else torch.cuda.get_device_name(device))
         if dist.main:
             write_json_atomic(run_dir / RESULT_FILE, record)
             (run_dir / ERROR_FILE).unlink(missing_ok=True)
             remove_checkpoints(run_dir)
+        if tracker:
+            tracker.finish(out.status, out.val_loss, out.iterations)
+            tracker.wait()
         return record
     except BaseException as e:  # noqa: BLE001 - record every way a run can end, then re-raise
         _write_error(run_dir, e, dist)
+        if tracker:
+            tracker.finish("failed", None, None)
+            tracker.wait()
         raise
     finally:
         distributed.shutdown(dist)

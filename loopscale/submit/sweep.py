@@ -29,6 +29,7 @@ from loopscale.submit.folder import (
     sweep_changes,
 )
 from loopscale.submit.lock import sweep_lock
+from loopscale.trackers import check_available
 
 SUBMITTING = ("submit", "resubmit")
 
@@ -101,7 +102,9 @@ class SweepProgress:
 
 def plan_sweep(grid: Grid, sweep_dir: str | Path, ex: ExecutorConfig, retry_failed: bool = False) -> SweepPlan:
     """The plan of ``grid`` in ``sweep_dir`` from the runs' states (files, and the scheduler for runs in
-    flight). Reads only: no lock, nothing written."""
+    flight). Reads only: no lock, nothing written. A grid whose tracker's package is not installed here stops
+    it (a UserError naming the extra to install), so neither a dry run nor a submission gets past it."""
+    check_available(grid.tracker)
     sweep_dir = Path(sweep_dir)
     ids = [s.run_id for s in grid.runs]
     changes = sweep_changes(sweep_dir, grid)
