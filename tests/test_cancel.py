@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from loopscale import store
-from loopscale.submit import archive_attempt, run_job
+from loopscale.grid import load_grid
+from loopscale.submit import archive_attempt, run_job, run_sweep
 from loopscale.submit.cancel import cancel_runs
 from loopscale.submit.scheduler import alive, run_states
 from sweep_fixtures import cli, cli_in_process, cli_json, fake_result, make_tiny_data
@@ -34,16 +35,17 @@ def data(tmp_path_factory):
     return make_tiny_data(tmp_path_factory.mktemp("data") / "tiny")
 
 
-def start_sweep(tmp_path, data, steps: list[int], jobs: int = 1):
+def start_sweep(tmp_path, data, steps: list[int]):
     """A local sweep of one run per entry of ``steps`` (optimizer steps); returns (sweep dir, {steps: run id},
     the `sweep` command's arguments). The queue starts the longest run first."""
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({**GRID, "tokens": [s * STEP for s in steps]}))
     sweep_dir = tmp_path / "sweep"
-    base = ("sweep", grid, "--data", data, "--out", sweep_dir, "--executor", "local", "--jobs", str(jobs),
+    base = ("sweep", grid, "--data", data, "--out", sweep_dir, "--executor", "local", "--jobs", "1",
             "--threads-per-job", "1")
-    rows = cli_json(*base, "--json")
-    return sweep_dir, {r["tokens"] // STEP: r["run_id"] for r in rows}, base
+    g = load_grid(grid, data_dir=data)
+    run_sweep(g, sweep_dir, g.executor)  # what `loopscale sweep *base` does, without a second interpreter's start
+    return sweep_dir, {s.tokens // STEP: s.run_id for s in g.runs}, base
 
 
 def wait_training(run_dir, deadline):
@@ -79,7 +81,7 @@ def test_cancelling_a_running_run_stops_it_and_the_others_go_on_then_retry_resum
     try:
         started = wait_training(long_dir, deadline)
         got = cancel_runs(sweep_dir, [ids[100]], reason="testing")
-        assert got.seconds < 5, got
+        assert got.seconds < 10, got
         (run,) = got.runs
         assert (run.run_id, run.was, run.outcome) == (ids[100], "running", "stopped"), got
         step = run.step
@@ -144,7 +146,7 @@ def test_sigterm_to_a_local_worker_checkpoints_its_run_and_ends_it(tmp_path, dat
         t0 = time.time()
         os.kill(worker["pid"], signal.SIGTERM)
         while alive(worker["pid"], worker["pid_start"]) or alive(started["pid"], started["pid_start"]):
-            assert time.time() - t0 < 8, "the local worker did not end within 8 s of SIGTERM"
+            assert time.time() - t0 < 10, "the local worker did not end within 10 s of SIGTERM"
             time.sleep(0.1)
         mark = json.loads((run_dir / "cancel.json").read_text())
         assert mark["reason"] == f"worker pid {started['pid']} got SIGTERM" and mark["stopped_at_step"] > 0

@@ -168,3 +168,67 @@ def test_slurm_timeout_requeues_and_resumes_to_the_same_loss(tmp_path):
     assert logged == list(range(1, steps + 1))  # the resumed attempt did not log steps twice
     assert not (run_dir / "checkpoints").exists() or not any((run_dir / "checkpoints").iterdir())
     assert cli_json("status", tmp_path / "sweep", "--json")["counts"] == {"done": 1}
+
+
+CANCEL_GRID = """
+name: cancel
+model: {{n_layers_eff: 4, n_prelude: 1, n_coda: 1, head_dim: 16}}
+train: {{seq_len: 64, batch_tokens: 1024, log_every: 1, threads: 1}}
+data: {{eval_tokens: 2048}}
+r: [1]
+widths: [32]
+tokens: [{long}, {short}]
+executor: {{kind: slurm, time_min: 10, cpus_per_task: 1, mem_gb: 2, array_parallelism: 1}}
+"""
+
+
+def test_loopscale_cancel_scancels_a_running_and_a_pending_run_and_retry_resumes_them(tmp_path):
+    """`loopscale cancel` on SLURM: the pending array task is scancel'd before it runs, the running one stops at
+    a step boundary (it watches its cancel marker) before scancel's kill; both read `cancelled` at once, and
+    `sweep --retry-failed` resubmits them: the stopped one resumes from its checkpoint."""
+    assert HAVE_SLURM, "sbatch is not on PATH: start the cluster with `bash scripts/slurm-local.sh`"
+    data = make_tiny_data(tmp_path / "data")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(CANCEL_GRID.format(long=400 * 1024, short=8 * 1024))
+    sweep_dir = tmp_path / "sweep"
+    base = ("sweep", grid, "--data", data, "--out", sweep_dir)
+    rows = cli_json(*base, "--json")
+    task = {r["job_id"]: r for r in rows}
+    running = next(r for r in rows if r["tokens"] == 400 * 1024)
+    pending = next(r for r in rows if r["tokens"] == 8 * 1024)
+    assert running["job_id"].endswith("_0") and pending["job_id"].endswith("_1"), task  # one task at a time
+    run_dir = sweep_dir / "runs" / running["run_id"]
+    deadline = time.time() + 300
+    while not (run_dir / "metrics.jsonl").exists() or not (run_dir / "metrics.jsonl").read_text().strip():
+        assert time.time() < deadline, "the first array task did not start training"
+        time.sleep(0.5)
+
+    got = cli_json("cancel", sweep_dir, pending["run_id"], "--json")
+    assert [(r["run_id"], r["was"], r["outcome"]) for r in got["runs"]] == [(pending["run_id"], "pending",
+                                                                               "not started")], got
+    t0 = time.time()
+    out = cli("cancel", sweep_dir)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert time.time() - t0 < 30
+    assert f"{running['run_id']}  slurm {running['job_id']}  running → cancelled: stopped at step" in out.stdout, \
+        out.stdout
+    assert f"loopscale sweep {sweep_dir / 'grid.yaml'} --out {sweep_dir} --executor slurm --retry-failed" in out.stdout
+    while squeue := subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", running["job_id"].split("_")[0]],
+                                   capture_output=True, text=True).stdout.split():
+        assert time.time() - t0 < 30, f"scancel'd tasks still queued: {squeue}"  # the stopped task is completing
+        time.sleep(0.5)
+    mark = json.loads((run_dir / "cancel.json").read_text())
+    step = mark["stopped_at_step"]
+    assert 0 < step < 400 and (run_dir / "checkpoints" / f"step_{step:09d}.pt").exists(), mark
+    got = cli_json("status", sweep_dir, "--json")
+    assert got["counts"] == {"cancelled": 2}, got
+
+    out = cli("cancel", sweep_dir, running["run_id"])  # not in flight any more
+    assert out.returncode == 2 and "is cancelled, not in flight; nothing cancelled" in out.stderr, out.stderr
+
+    rows = cli_json(*base, "--retry-failed", "--array-parallelism", "2", "--wait", "--poll", "1", "--json")
+    assert {r["action"] for r in rows} == {"resubmit"}
+    assert cli_json("status", sweep_dir, "--json")["counts"] == {"done": 2}
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["resumed_from_step"] == step and result["tokens"] == 400 * 1024
+    assert (run_dir / "attempts" / "1" / "cancel.json").exists() and not (run_dir / "cancel.json").exists()
