@@ -243,19 +243,31 @@ class Collected:
     seconds: float
 
 
-def collect(sweep_dir: str | Path, scheduler: SchedulerStates | None = None, write: bool = True) -> Collected:
+def collect(sweep_dir: str | Path, scheduler: SchedulerStates | None = None, write: bool = True,
+            progress: Callable[[str, int, int], None] | None = None) -> Collected:
     """Read every run folder into ``results.db`` (upsert by run_id; rows of runs whose folder is gone
     are kept). Idempotent: the same files give the same table. ``scheduler``: as for :func:`run_states`
-    (without it, runs in flight read ``submitted``)."""
+    (without it, runs in flight read ``submitted``). ``progress(stage, done, total)`` sees the work:
+    "read run states", "read runs" (every 100 runs), "write results.db"."""
     t0 = time.perf_counter()
+    say = progress or (lambda stage, done, total: None)
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise UserError(f"{sweep_dir}: no such sweep folder")
     root = runs_root(sweep_dir)
+    say("read run states", 0, 1)
     states = run_states(sweep_dir, scheduler=scheduler)
-    rows = [run_row(root / rid, st) for rid, st in states.items()]
+    say("read run states", 1, 1)
+    rows = []
+    for i, (rid, st) in enumerate(states.items()):
+        if i % 100 == 0:
+            say("read runs", i, len(states))
+        rows.append(run_row(root / rid, st))
+    say("read runs", len(rows), len(states))
     if write:
+        say("write results.db", 0, 1)
         upsert(sweep_dir / DB_FILE, rows)
+        say("write results.db", 1, 1)
     return Collected(sweep_dir, rows, counts(states.values()), time.perf_counter() - t0)
 
 

@@ -107,6 +107,19 @@ def test_collect_is_idempotent_and_load_results_has_the_fit_columns(sweep):
     assert df["loss"].isna().sum() == 10
 
 
+def test_collect_reports_its_progress_stage_by_stage(sweep):
+    seen = []
+    store.collect(sweep, scheduler=scheduler.states, progress=lambda *a: seen.append(a))
+    stages = list(dict.fromkeys(stage for stage, _, _ in seen))
+    assert stages == ["read run states", "read runs", "write results.db"]
+    reads = [(done, total) for stage, done, total in seen if stage == "read runs"]
+    assert reads[0] == (0, 11) and reads[-1] == (11, 11)
+    assert ("write results.db", 1, 1) == seen[-1]
+    seen.clear()
+    store.collect(sweep, write=False, progress=lambda *a: seen.append(a))
+    assert "write results.db" not in {stage for stage, _, _ in seen}
+
+
 def test_collect_keeps_rows_of_vanished_runs_and_adds_new_columns(sweep):
     store.collect(sweep)
     import shutil

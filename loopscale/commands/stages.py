@@ -1,4 +1,4 @@
-"""Progress for long analyses (fit, compare, plan): one bar per stage on stderr, so --json stdout
+"""Progress for long work (fit, compare, plan, report, collect): one bar per stage on stderr, so --json stdout
 stays clean; silent when stderr is not a terminal."""
 
 from __future__ import annotations

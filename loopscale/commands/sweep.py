@@ -16,6 +16,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from loopscale.commands.stages import stage_progress
 from loopscale.errors import UserError
 from loopscale.fmt import finite, sci, si
 from loopscale.submit import SweepProgress
@@ -356,7 +357,8 @@ def register(app: typer.Typer) -> None:
         if export is not None and export.suffix.lower() not in (".csv", ".parquet", ".pq"):
             raise UserError(f"{export}: unknown export format {export.suffix or '(no extension)'!r}; "
                             f"use .csv or .parquet")
-        got = store.collect(sweep_dir, scheduler=scheduler.states)
+        with stage_progress() as progress:
+            got = store.collect(sweep_dir, scheduler=scheduler.states, progress=progress)
         console = make_console()
         console.print(f"collected {len(got.rows)} runs into {sweep_dir / store.DB_FILE} in {got.seconds:.2f} s: "
                       f"{counts_line(got.counts)}", highlight=False)
