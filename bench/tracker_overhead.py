@@ -13,9 +13,11 @@ load from other processes falls on all alike; each rate is the best of ``--round
 - steady: steps/s from the line at a quarter of the run to the last, once the tracker is up;
 - ratio: tracker / none (1.00: no cost; 0.99: a 1% slower step). Wall-clock: on a shared machine it
   moves by a few percent from round to round either way;
-- ms/line: CPU time the tracker's thread spends per logged line (load-independent), and worst: that as a
-  share of the 10 steps between lines, as if each of its cycles stalled the training thread (one core,
-  GIL). The tracker's own processes and threads (wandb-core, TensorBoard's writer thread) are not in it;
+- ms/line: CPU time the tracker's thread spends after its start (logging, and finishing the run: a
+  batching tracker sends at the end what it held) per logged line (load-independent), and worst: that as
+  a share of the 10 steps between lines at the untracked rate, as if each of its cycles stalled the
+  training thread (one core, GIL). The tracker's own processes and threads (wandb-core, TensorBoard's
+  writer thread) are not in it;
 - start s: the thread's CPU time to open the tracker's run, once per run. Each package is imported once
   before the rounds (its import time is printed first): a run pays it once, at its start, on the
   tracker's thread, and a short bench would otherwise count it as a per-step cost.
@@ -66,7 +68,9 @@ def run(run_dir: Path) -> tuple[float, int, float]:
     if tracker is None:
         return 0.0, 0, 0.0
     assert not tracker.failed, (run_dir / "job.err").read_text()
-    return tracker.log_cpu_s, tracker.logged, tracker.start_cpu_s
+    cpu = dict(tracker.cpu_s)
+    start = cpu.pop("start")
+    return sum(cpu.values()), tracker.logged, start
 
 
 def rates(run_dir: Path) -> tuple[float, float]:

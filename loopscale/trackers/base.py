@@ -79,9 +79,9 @@ class Background:
         self.kind = kind
         self.failed = False
         self.started = False
-        # The thread's CPU seconds: making and starting the tracker, and its log calls (bench/tracker_overhead.py).
-        self.start_cpu_s = 0.0
-        self.log_cpu_s = 0.0
+        # The thread's CPU seconds per call kind (start includes making the tracker), and the lines logged:
+        # what bench/tracker_overhead.py reports.
+        self.cpu_s = {"start": 0.0, "log": 0.0, "finish": 0.0, "close": 0.0}
         self.logged = 0
         self._make = make
         self._tracker: Tracker | None = None
@@ -133,11 +133,8 @@ class Background:
                 if self._tracker is None:
                     self._tracker = self._make()
                 getattr(self._tracker, name)(*args)
-                if name == "log":
-                    self.log_cpu_s += time.thread_time() - t0
-                    self.logged += 1
-                elif name == "start":
-                    self.start_cpu_s += time.thread_time() - t0
+                self.cpu_s[name] += time.thread_time() - t0
+                self.logged += name == "log"
             except BaseException as e:  # noqa: BLE001 - a tracker never fails a run
                 self.failed = True
                 msg = (str(e).strip().splitlines() or [""])[0]
