@@ -111,6 +111,19 @@ def test_bad_section_on_the_command_line_exits_2(tmp_path, capsys):
     assert code == 2 and "tracker.kind: unknown tracker 'tensorbored'" in err and len(err.strip().splitlines()) == 1
 
 
+def test_the_dry_run_says_where_the_runs_log(tmp_path):
+    from loopscale.commands.sweep import tracker_line
+
+    out = tmp_path / "sweep"
+    assert tracker_line(grid(tmp_path), out).startswith("tracker: none")
+    assert tracker_line(grid(tmp_path, tracker={"kind": "tensorboard"}), out) == \
+        f"tracker: tensorboard (event files in {out}/runs/<run_id>/tensorboard/)"
+    ml = grid(tmp_path, tracker={"kind": "mlflow"})
+    assert tracker_line(ml, out) == f"tracker: mlflow (file store {out}/mlruns, experiment g)"
+    wb = grid(tmp_path, tracker={"kind": "wandb", "project": "loops", "mode": "offline"})
+    assert tracker_line(wb, out) == "tracker: wandb (project loops, group g, mode offline)"
+
+
 def test_config_yaml_with_a_bad_tracker_is_a_config_error(tmp_path):
     d = grid(tmp_path, tracker={"kind": "tensorboard"}).runs[0].config.to_dict()
     with pytest.raises(ConfigError, match="tracker.kind: unknown tracker 'x'"):

@@ -89,6 +89,17 @@ def lr_line(grid) -> str:
     return "learning rates: per run; lr_mat, lr_emb above, all four in --json"
 
 
+def tracker_line(grid, sweep_dir: Path) -> str:
+    """One line on where the runs log besides metrics.jsonl (the grid's tracker: section)."""
+    t = grid.tracker
+    if t is None:
+        return "tracker: none (metrics.jsonl in each run folder; a grid's tracker: section adds one)"
+    where = {"tensorboard": f"event files in {sweep_dir}/runs/<run_id>/tensorboard/",
+             "mlflow": f"file store {t.tracking_uri or f'{sweep_dir}/mlruns'}, experiment {t.sweep}",
+             "wandb": f"project {t.project or '$WANDB_PROJECT'}, group {t.sweep}, mode {t.mode or 'from WANDB_MODE'}"}
+    return f"tracker: {t.kind} ({where[t.kind]})"
+
+
 def plan_json(rows, specs) -> list[dict[str, Any]]:
     """The plan's rows as dicts, each with the run's four learning rates, rows per forward pass and MuonH's
     orthogonalisation (muon_ns: polar_express | quintic; null for an adamw run)."""
@@ -282,6 +293,7 @@ def register(app: typer.Typer) -> None:
             print_totals(console, grid, p.totals)
             console.print(lr_line(grid), highlight=False)
             console.print(optimizer_line(grid), highlight=False)
+            console.print(tracker_line(grid, sweep_dir), highlight=False)
             return
 
         progress = ConsoleProgress(console, as_json)
