@@ -12,6 +12,8 @@
 - :mod:`~loopscale.submit.scheduler`: ``states(sweep_dir, jobs)``, SLURM's or the local processes' word
   on runs in flight, the one place the scheduler is asked; ``run_states`` and ``wait`` use it.
 - :mod:`~loopscale.submit.lock`: ``with sweep_lock(sweep_dir): ...``.
+- :mod:`~loopscale.submit.cancel`: ``cancel_runs(sweep_dir, ids)`` (`loopscale cancel`): a cancel marker in each
+  run folder, then scancel or the local workers stop the runs at a step boundary, checkpointed.
 """
 
 from loopscale.submit.actions import ACTIONS, PlanRow, action_for, plan, plan_totals
