@@ -188,7 +188,7 @@ def descend(theta0: np.ndarray, data: FitData, free: np.ndarray, delta: float = 
         step[idx] = np.minimum(1.0, 4.0 * t)
         fn, gn, Mn = evaluate(x_new, data, delta, need=2)
         x[idx], f[idx], g[idx], M[idx] = x_new, fn, gn, Mn
-        rate = (fi - fn) / np.abs(fi)
+        rate = (fi - fn) / np.abs(fi).clip(1e-300)  # an exact fit (f = 0) has converged, not NaN
         done = rate <= ftol
         converged[idx[done]] = True
         if it > warmup:
