@@ -189,12 +189,12 @@ def test_loopscale_cancel_scancels_a_running_and_a_pending_run_and_retry_resumes
     assert HAVE_SLURM, "sbatch is not on PATH: start the cluster with `bash scripts/slurm-local.sh`"
     data = make_tiny_data(tmp_path / "data")
     grid = tmp_path / "grid.yaml"
-    grid.write_text(CANCEL_GRID.format(long=400 * 1024, short=8 * 1024))
+    grid.write_text(CANCEL_GRID.format(long=800 * 1024, short=8 * 1024))
     sweep_dir = tmp_path / "sweep"
     base = ("sweep", grid, "--data", data, "--out", sweep_dir)
     rows = cli_json(*base, "--json")
     task = {r["job_id"]: r for r in rows}
-    running = next(r for r in rows if r["tokens"] == 400 * 1024)
+    running = next(r for r in rows if r["tokens"] == 800 * 1024)
     pending = next(r for r in rows if r["tokens"] == 8 * 1024)
     assert running["job_id"].endswith("_0") and pending["job_id"].endswith("_1"), task  # one task at a time
     run_dir = sweep_dir / "runs" / running["run_id"]
@@ -203,23 +203,21 @@ def test_loopscale_cancel_scancels_a_running_and_a_pending_run_and_retry_resumes
         assert time.time() < deadline, "the first array task did not start training"
         time.sleep(0.5)
 
-    got = cli_json("cancel", sweep_dir, pending["run_id"], "--json")
-    assert [(r["run_id"], r["was"], r["outcome"]) for r in got["runs"]] == [(pending["run_id"], "pending",
-                                                                               "not started")], got
+    # Both in one call, right after the first step: a second call would race the running task to its end.
     t0 = time.time()
-    out = cli("cancel", sweep_dir)
-    assert out.returncode == 0, out.stdout + out.stderr
+    got = cli_json("cancel", sweep_dir, "--json")
     assert time.time() - t0 < 30
-    assert f"{running['run_id']}  slurm {running['job_id']}  running → cancelled: stopped at step" in out.stdout, \
-        out.stdout
-    assert f"loopscale sweep {sweep_dir / 'grid.yaml'} --out {sweep_dir} --executor slurm --retry-failed" in out.stdout
+    outcome = {r["run_id"]: (r["was"], r["outcome"]) for r in got["runs"]}
+    assert outcome == {pending["run_id"]: ("pending", "not started"),
+                       running["run_id"]: ("running", "stopped")}, got
+    assert got["retry"] == f"loopscale sweep {sweep_dir / 'grid.yaml'} --out {sweep_dir} --executor slurm --retry-failed", got
     while squeue := subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", running["job_id"].split("_")[0]],
                                    capture_output=True, text=True).stdout.split():
         assert time.time() - t0 < 30, f"scancel'd tasks still queued: {squeue}"  # the stopped task is completing
         time.sleep(0.5)
     mark = json.loads((run_dir / "cancel.json").read_text())
     step = mark["stopped_at_step"]
-    assert 0 < step < 400 and (run_dir / "checkpoints" / f"step_{step:09d}.pt").exists(), mark
+    assert 0 < step < 800 and (run_dir / "checkpoints" / f"step_{step:09d}.pt").exists(), mark
     got = cli_json("status", sweep_dir, "--json")
     assert got["counts"] == {"cancelled": 2}, got
 
@@ -230,5 +228,5 @@ def test_loopscale_cancel_scancels_a_running_and_a_pending_run_and_retry_resumes
     assert {r["action"] for r in rows} == {"resubmit"}
     assert cli_json("status", sweep_dir, "--json")["counts"] == {"done": 2}
     result = json.loads((run_dir / "result.json").read_text())
-    assert result["resumed_from_step"] == step and result["tokens"] == 400 * 1024
+    assert result["resumed_from_step"] == step and result["tokens"] == 800 * 1024
     assert (run_dir / "attempts" / "1" / "cancel.json").exists() and not (run_dir / "cancel.json").exists()
