@@ -1,4 +1,4 @@
-"""Orchestration overhead at scale: expand, plan and collect a 10,000-run grid.
+"""Orchestration overhead at scale: expand, plan, collect and `status` a 10,000-run grid.
 
 No training: finished runs are fake result.json files with the trainer's keys, written once before
 timing ``collect``. Prints one line per step with its wall time.
@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from loopscale import store
+from loopscale.commands.sweep import StatusLook
 from loopscale.grid import grid_from_dict
 from loopscale.submit import plan, plan_totals, write_config
 
@@ -86,6 +87,12 @@ def main() -> None:
         df = timed("load_results(refresh=False) → DataFrame", lambda: store.load_results(sweep, refresh=False))
         assert len(df) == n and df.loss.notna().all()
         timed("export to parquet", lambda: store.export(sweep, tmp / "runs.parquet"))
+        look = StatusLook(sweep)
+        timed("status: first look (every result.json)", look)
+        timed("status --watch: a refresh (nothing changed)", look)
+        for spec in grid.runs[::2]:  # half the sweep still to run: its rows come from config.yaml
+            (sweep / "runs" / spec.run_id / store.RESULT_FILE).unlink()
+        timed(f"status: first look, {n // 2:,} runs not run yet (config.yaml)", StatusLook(sweep))
         print(f"results.db: {(sweep / store.DB_FILE).stat().st_size / 1e6:.1f} MB, {len(df.columns)} columns")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
