@@ -7,6 +7,9 @@ A checkpoint holds only tensors and plain values (dicts, lists, tuples, str, int
 is read with ``torch.load(weights_only=True)``: run folders live on shared storage, so a planted pickle
 must run nothing. A file that does not load that way (torn, corrupt, written by an older loopscale, or
 planted) is ignored: the run resumes from the previous checkpoint, or starts from scratch.
+
+torch is imported where a checkpoint is written or read, not with the module: the listing
+(:func:`checkpoint_paths`, :func:`latest_step`) serves torch-free callers (`loopscale cancel`, resubmission).
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 CKPT_DIR = "checkpoints"
 KEEP = 2  # the newest complete checkpoint and the one before it
@@ -41,11 +43,19 @@ def checkpoint_paths(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
+def latest_step(run_dir: Path) -> int | None:
+    """The step of the newest complete checkpoint (by its name; not loaded), None without one."""
+    paths = checkpoint_paths(run_dir)
+    return int(paths[0].stem.split("_")[1]) if paths else None
+
+
 def plain(obj: Any) -> Any:
     """``obj`` with numpy arrays as tensors and numpy scalars as Python numbers, so that
     ``torch.load(weights_only=True)`` accepts it (e.g. the packed loader's buffer). Containers without
     numpy inside are returned as they are (a state dict keeps its ``_metadata``)."""
     if isinstance(obj, np.ndarray):
+        import torch
+
         return torch.from_numpy(np.ascontiguousarray(obj).copy())
     if isinstance(obj, np.generic):
         return obj.item()
@@ -62,6 +72,8 @@ def plain(obj: Any) -> Any:
 
 def rng_states() -> dict[str, Any]:
     """Torch CPU (and current CUDA device) and Python ``random`` generator states, as tensors and plain values."""
+    import torch
+
     version, internal, gauss = random.getstate()
     states: dict[str, Any] = {"rng_torch": torch.get_rng_state(), "rng_python": [version, list(internal), gauss]}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -70,6 +82,8 @@ def rng_states() -> dict[str, Any]:
 
 
 def set_rng_states(state: dict[str, Any]) -> None:
+    import torch
+
     torch.set_rng_state(state["rng_torch"])
     if "rng_python" in state:  # checkpoints before the python state was saved lack it
         version, internal, gauss = state["rng_python"]
@@ -80,6 +94,8 @@ def set_rng_states(state: dict[str, Any]) -> None:
 
 def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any]) -> Path:
     """Write ``step_<step>.pt`` atomically (temp file, fsync, rename), then prune older ones."""
+    import torch
+
     d = Path(run_dir) / CKPT_DIR
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"step_{step:09d}.pt"
@@ -120,6 +136,8 @@ def load_latest_checkpoint(run_dir: Path, report: bool = True) -> dict[str, Any]
     of a run that writes its folder), they are renamed to ``<name>.unreadable`` and one line on stderr
     names them and says what the run starts from.
     """
+    import torch
+
     skipped: list[str] = []  # each unreadable file, and what became of it
     found = None
     for p in checkpoint_paths(run_dir):

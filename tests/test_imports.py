@@ -237,9 +237,10 @@ def test_counting_grid_and_config_never_import_torch(name):
 
 
 def test_torch_stays_out_of_a_fresh_interpreter():
-    """Importing the torch-free modules (and the analysis that `fit` and `plan` run) loads no torch."""
+    """Importing the torch-free modules (and the analysis that `fit` and `plan` run, and `loopscale cancel`, which
+    lists checkpoints) loads no torch."""
     code = ("import sys, loopscale.analysis.fit, loopscale.analysis.plan, loopscale.counting, loopscale.grid, "
-            "loopscale.config, loopscale.probes; bad = sorted(m for m in sys.modules if m.split('.')[0] == 'torch'); "
+            "loopscale.config, loopscale.probes, loopscale.submit.cancel; bad = sorted(m for m in sys.modules if m.split('.')[0] == 'torch'); "
             "assert not bad, bad[:5]")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

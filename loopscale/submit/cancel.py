@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from loopscale.checkpoint import latest_step
 from loopscale.errors import UserError
 from loopscale.store import CANCEL_FILE, IN_FLIGHT, RESULT_FILE, STARTED_FILE, RunState, read_json, runs_root
 from loopscale.submit import scheduler
@@ -169,16 +170,6 @@ def scancel(job_ids: Iterable[str]) -> None:
                         f"{errors[0] if errors else 'no message'}")
 
 
-def _latest_step(run_dir: Path) -> int | None:
-    steps = []
-    for p in (run_dir / "checkpoints").glob("step_*.pt"):
-        try:
-            steps.append(int(p.stem.split("_")[1]))
-        except (IndexError, ValueError):
-            continue
-    return max(steps) if steps else None
-
-
 def _let_go(run: CancelledRun, run_dir: Path, queued: dict[str, str] | None) -> bool:
     """Whether the run's process has let go of it; sets its outcome and step when it has."""
     if (run_dir / RESULT_FILE).exists():
@@ -192,7 +183,7 @@ def _let_go(run: CancelledRun, run_dir: Path, queued: dict[str, str] | None) -> 
     if run.executor == "slurm":
         if queued is None or run.job_id in queued:
             return False
-        run.outcome, run.step = "ended", _latest_step(run_dir)
+        run.outcome, run.step = "ended", latest_step(run_dir)
         if run.was == "pending":
             run.outcome = "not started"
         return True
@@ -203,7 +194,7 @@ def _let_go(run: CancelledRun, run_dir: Path, queued: dict[str, str] | None) -> 
     if isinstance(started, dict) and started.get("host") not in (None, socket.gethostname()):
         return False  # only the marker can tell
     if not isinstance(started, dict) or not scheduler.alive(started.get("pid"), started.get("pid_start")):
-        run.outcome, run.step = "ended", _latest_step(run_dir)
+        run.outcome, run.step = "ended", latest_step(run_dir)
         return True
     return False
 
@@ -223,7 +214,7 @@ def _kill_if_ours(run: CancelledRun, run_dir: Path) -> int | None:
         os.kill(pid, signal.SIGKILL)
     except OSError:
         return None
-    run.outcome, run.step = "killed", _latest_step(run_dir)
+    run.outcome, run.step = "killed", latest_step(run_dir)
     run.detail = f"did not stop within the grace: worker pid {pid} killed"
     return pid
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from loopscale.atomic import write_bytes_atomic
+from loopscale.checkpoint import checkpoint_paths
 from loopscale.errors import UserError
 from loopscale.grid import Grid, RunSpec, grid_changes, parse_yaml
 from loopscale.store import (
@@ -99,7 +100,7 @@ def write_config(run_dir: Path, spec: RunSpec) -> None:
 def archive_attempt(run_dir: Path) -> Path | None:
     """Move a failed attempt's records (job, error, corrupt result, cancel marker, logs; metrics unless a
     checkpoint will resume them) to attempts/<n>/. Checkpoints stay: the next attempt resumes from them."""
-    resumes = any((run_dir / "checkpoints").glob("step_*.pt"))
+    resumes = bool(checkpoint_paths(run_dir))
     present = [f for f in ATTEMPT_FILES if ((run_dir / f).exists() or (run_dir / f).is_symlink())
                and not (resumes and f == METRICS_FILE)]
     if not present:
