@@ -193,8 +193,9 @@ def test_bad_run_ids_are_one_line_and_cancel_nothing(tmp_path, capsys):
     assert not list(sweep_dir.glob("runs/*/cancel.json"))
     code, _, err = cli_in_process(["cancel", tmp_path / "missing"], capsys)
     assert code == 2 and "no such sweep folder" in err
-    code, _, err = cli_in_process(["cancel", sweep_dir, "--grace", "-1"], capsys)
-    assert code == 2 and "--grace" in err
+    for grace in ("-1", "nan"):  # a NaN deadline is never reached: it would wait forever
+        code, _, err = cli_in_process(["cancel", sweep_dir, "--grace", grace], capsys)
+        assert code == 2 and f"--grace {grace}: must be 0 or more seconds" in err, err
 
 
 def test_the_marker_makes_a_run_cancelled_a_result_wins_and_resubmission_moves_it(tmp_path):

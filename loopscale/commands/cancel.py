@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
         resumes them from their checkpoints."""
         from loopscale.submit.cancel import cancel_runs
 
-        if grace < 0:
+        if not grace >= 0:  # NaN too: a deadline of NaN is never reached
             raise UserError(f"--grace {grace:g}: must be 0 or more seconds")
         sweep_dir = resolve_sweep(sweep_dir)
         console = make_console(stderr=as_json)
