@@ -185,6 +185,16 @@ def _unresolved(ax, opt: Optima) -> None:
                 transform=ax.transAxes, fontsize=6.5, color="0.35", va="bottom")
 
 
+def _law_and_cells(ax, colours: dict, law, cells, column: str) -> None:
+    """Per r (its colour): the law's ``column`` against the budget as a line, and the cells' as points
+    (filled when bracketed, :func:`_marked`)."""
+    for r, colour in colours.items():
+        line = law[law["r"] == r].sort_values("budget")
+        if not line.empty:
+            ax.plot(line["budget"], line[column], color=colour, lw=1.2)
+        _marked(ax, cells[cells["r"] == r], column, colour)
+
+
 def optimal_n(opt: Optima) -> bytes | None:
     """Compute-optimal N* against C per r (log-log): measured cell vertices as points, the law's N*(C)
     as lines. None when there is neither."""
@@ -193,11 +203,7 @@ def optimal_n(opt: Optima) -> bytes | None:
     plt = pyplot()
     colours = r_colours(list(opt.measured["r"]) + list(opt.law["r"]) + [c.r for c in opt.cells])
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
-    for r, colour in colours.items():
-        law = opt.law[opt.law["r"] == r].sort_values("budget")
-        if not law.empty:
-            ax.plot(law["budget"], law["n_star"], color=colour, lw=1.2)
-        _marked(ax, opt.measured[opt.measured["r"] == r], "n_star", colour)
+    _law_and_cells(ax, colours, opt.law, opt.measured, "n_star")
     log_ticks(ax, "x", flops=True)
     log_ticks(ax, "y")
     ax.set_xlabel("FLOP budget C")
@@ -219,11 +225,7 @@ def loss_gap(opt: Optima) -> bytes | None:
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
     ax.axhline(0, color="0.5", lw=0.8)
     colours = {r: c for r, c in colours.items() if r != opt.reference_r}
-    for r, colour in colours.items():
-        law = opt.law_gaps[opt.law_gaps["r"] == r].sort_values("budget")
-        if not law.empty:
-            ax.plot(law["budget"], law["gap"], color=colour, lw=1.2)
-        _marked(ax, opt.gaps[opt.gaps["r"] == r], "gap", colour)
+    _law_and_cells(ax, colours, opt.law_gaps, opt.gaps, "gap")
     log_ticks(ax, "x", flops=True)
     ax.set_xlabel("FLOP budget C")
     ax.set_ylabel(f"L*(C, r) − L*(C, {opt.reference_r}) (nats)")
