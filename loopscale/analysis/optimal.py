@@ -23,7 +23,7 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 
 from loopscale.analysis.fit import FitData, predict_loss
-from loopscale.analysis.regime import CellMinimum, one_cell
+from loopscale.analysis.regime import MIN_WIDTHS, CellMinimum, one_cell, parabola, width_means
 
 SEARCH_DECADES = 1.0  # the law's N* is searched this many decades beyond the N trained at that r
 CURVE_POINTS = 60
@@ -63,13 +63,11 @@ def cell_parabolas(table: pd.DataFrame, points: int = CURVE_POINTS) -> list[Cell
     for c, rr in sorted({(budget[i], r[i]) for i in np.flatnonzero(ok)}):
         m = ok & (budget == c) & (r == rr)
         minimum = one_cell(n[m], loss[m], c, int(rr))
-        widths, inverse = np.unique(n[m], return_inverse=True)
+        widths, mean = width_means(n[m], loss[m])
         curve_n = curve_loss = np.empty(0)
-        if len(widths) >= 3:
-            mean = np.bincount(inverse, weights=loss[m]) / np.bincount(inverse)
+        if len(widths) >= MIN_WIDTHS:
             x = np.log(widths)
-            x0 = float(np.mean(x))
-            coef = np.polyfit(x - x0, mean, 2)
+            x0, coef = parabola(x, mean)  # the parabola whose vertex one_cell found
             xs = np.linspace(x[0], x[-1], points)
             curve_n, curve_loss = np.exp(xs), np.polyval(coef, xs - x0)
         out.append(CellParabola(float(c), int(rr), n[m], loss[m], curve_n, curve_loss, minimum))

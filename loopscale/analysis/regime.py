@@ -72,11 +72,23 @@ class CellMinimum:
         return asdict(self)
 
 
-def _vertex(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-    """Least-squares parabola y = a + b·x + c·x²: (c, x*, y*) with x* = −b/(2c) (NaN when c <= 0).
-    x is centred first for conditioning."""
+def width_means(n, loss) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct N of a cell, sorted, and the mean loss at each (seed repeats averaged)."""
+    widths, inverse = np.unique(np.asarray(n, dtype=float), return_inverse=True)
+    return widths, np.bincount(inverse, weights=np.asarray(loss, dtype=float)) / np.bincount(inverse)
+
+
+def parabola(x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Least-squares parabola through (x, y) with x centred for conditioning: (x0, [c, b, a]) for
+    y = a + b·(x − x0) + c·(x − x0)² (np.polyval order)."""
     x0 = float(np.mean(x))
-    c, b, a = np.polyfit(x - x0, y, 2)
+    return x0, np.polyfit(x - x0, y, 2)
+
+
+def _vertex(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """Least-squares parabola y = a + b·x + c·x² (:func:`parabola`): (c, x*, y*) with x* = −b/(2c) (NaN
+    when c <= 0)."""
+    x0, (c, b, a) = parabola(x, y)
     if not c > 0:
         return float(c), math.nan, math.nan
     xs = -b / (2 * c)
@@ -85,9 +97,8 @@ def _vertex(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
 
 def one_cell(n, loss, budget: float, r: int, probe: str = "none") -> CellMinimum:
     """The minimum of one cell from its runs' N and losses (repeats of an N averaged)."""
-    n, loss = np.asarray(n, dtype=float), np.asarray(loss, dtype=float)
-    widths, inverse = np.unique(n, return_inverse=True)
-    mean = np.bincount(inverse, weights=loss) / np.bincount(inverse)
+    n = np.asarray(n, dtype=float)
+    widths, mean = width_means(n, loss)
     base = dict(budget=float(budget), r=int(r), probe=str(probe), n_widths=len(widths),
                 n_min=float(widths[0]), n_max=float(widths[-1]), n_runs=len(n))
     if len(widths) < MIN_WIDTHS:
