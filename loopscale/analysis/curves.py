@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from loopscale.store import METRICS_FILE, RUNS_DIR
+from loopscale.store import FINISHED, METRICS_FILE, RUNS_DIR
 
 MAX_POINTS = 300  # per run, after downsampling
 
@@ -133,7 +133,7 @@ def curve_panels(runs: pd.DataFrame, curves: dict[str, Curve], baseline: str = "
     probes = sorted(set(df["_probe"]), key=lambda p: (p != baseline, p))
     keys = sorted(set(df["_key"]))
     status = df["status"].astype(str) if "status" in df else pd.Series("done", index=df.index)
-    df["_finished"] = status.isin(("done", "diverged"))
+    df["_finished"] = status.isin(FINISHED)
     panels = []
     for p in probes:
         mine = df["_probe"] == p
