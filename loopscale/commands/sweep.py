@@ -402,10 +402,10 @@ class StatusLook:
 
 
 def watch_line(c: dict[str, int], now) -> str:
-    """One line of `status --watch` off a terminal (without the time)."""
-    counted = " · ".join(f"{s} {n}" for s, n in c.items()) or "no runs"
+    """One line of `status --watch` off a terminal (without the time; the counts' colour markup is dropped
+    there)."""
     pct = f"{now.percent:.1f}%" if now.percent is not None else "-"
-    return f"{counted}  FLOPs {pct} of {sci(now.flops_planned)}  ETA {duration(now.eta_s)}"
+    return f"{counts_line(c)}  FLOPs {pct} of {sci(now.flops_planned)}  ETA {duration(now.eta_s)}"
 
 
 def watch_title(sweep_dir: Path, entries: list) -> str:
