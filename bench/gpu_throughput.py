@@ -3,7 +3,7 @@
 d = 64·s, ℓ_eff 20 (prelude 2, coda 2; r = 1 is a plain 20-layer stack), head_dim 128, vocab 32064,
 sequence 2048, MuonH + AdamW (the paper's optimizer), bf16 autocast. One optimizer step per iteration on
 ``--rows`` rows (no accumulation). MFU = achieved model FLOP/s (tokens/s × the paper's FLOPs/token,
-method.md §3) over this GPU's dense bf16 matmul rate, measured in the same run (loopscale.perf), so it
+method.md §3) over this GPU's dense bf16 matmul rate, measured in the same run (loopscale.training.perf), so it
 reads higher than against the vendor's spec sheet. Synthetic tokens: model and optimizer, not the loader.
 
     python bench/gpu_throughput.py [--rows 16] [--steps 10] [--warmup 3] [--s 10 20] [--r 1 4] [--json OUT]
@@ -31,9 +31,9 @@ import torch
 
 from loopscale.config import RunConfig, TrainConfig
 from loopscale.counting import Arch
-from loopscale.model import LoopedLM, cross_entropy
-from loopscale.optim import build_optimizer
-from loopscale.perf import matmul_flops_per_s
+from loopscale.training.model import LoopedLM, cross_entropy
+from loopscale.training.optim import build_optimizer
+from loopscale.training.perf import matmul_flops_per_s
 
 PAPER = dict(layers=20, prelude=2, coda=2, head_dim=128, vocab=32064, seq=2048, s=[10, 20])
 SMOKE = dict(layers=6, prelude=1, coda=1, head_dim=32, vocab=512, seq=64, s=[1, 2])

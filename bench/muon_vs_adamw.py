@@ -2,7 +2,7 @@
 
 Trains ``Arch(d_model=64, r=4, n_layers_eff=10, n_prelude=1, n_coda=1, head_dim=32)`` — the tiny
 grid's family, with its seq_len 128 and batch 2048 tokens, for 80 steps (≈ its 1e12-FLOP point) —
-through ``loopscale.train.train`` on the real default corpus (``data/default``, or
+through ``loopscale.training.train.train`` on the real default corpus (``data/default``, or
 ``$LOOPSCALE_DATA``; ``loopscale data prepare`` writes it): AdamW at each matrix lr of one sweep, MuonH
 at each of another. Embedding, head and norm lrs are ``TrainConfig``'s defaults in every run (AdamW
 in both), so only the matrix optimizer and its lr differ. Prints one line per run, a table, and the
@@ -86,7 +86,7 @@ def main() -> None:
     model = arch(args.width, args.r)
 
     from loopscale.data import load_data  # noqa: PLC0415 - after argparse, so --help is fast
-    from loopscale.train import train  # noqa: PLC0415
+    from loopscale.training.train import train  # noqa: PLC0415
 
     data_dir, tmp = corpus_dir(), None
     if data_dir is None:

@@ -40,7 +40,7 @@ import numpy as np
 from loopscale.config import run_config_from_dict
 from loopscale.data import prepare_text
 from loopscale.trackers.section import KEYS, TrackerSectionError, check_available, from_dict
-from loopscale.train import load_run_config, train, write_run_config
+from loopscale.training.train import load_run_config, train, write_run_config
 from loopscale.trackers.base import make_tracker
 
 

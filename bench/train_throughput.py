@@ -15,7 +15,7 @@ per step (batch_tokens / seq_len, in micro batches where the grid sets them), op
 The grid's data dir need not exist: the vocabulary is ``--vocab``, else the grid's vocab_size,
 else 256. Synthetic token ids: this measures model and optimizer, not the data loader.
 
-"Old" is the model's plain path (``loopscale.model.fast_path("off")``: F.rms_norm with its
+"Old" is the model's plain path (``loopscale.training.model.fast_path("off")``: F.rms_norm with its
 weight, three q/k/v linears, apply_rope then QK-norm, relu(·)², i.e. the computation before the
 fused helpers, and what CUDA runs); "new" is the CPU fast path (``fast_path("on")``). One model
 and optimizer per path, same init; steps of the two alternate (old, new, new, old, ...) so that
@@ -24,7 +24,7 @@ one warm-up step each. Step times are this process's CPU seconds (with one threa
 on an idle core, and far less disturbed when other jobs share the cores); ``--wall`` times
 wall-clock instead.
 
-The trainer also keeps freed memory in the process heap (``loopscale.heap``), a per-process
+The trainer also keeps freed memory in the process heap (``loopscale.training.heap``), a per-process
 setting, so it cannot alternate within one process: a second table times the new path in worker
 processes with glibc's default heap and with the kept heap, alternating, and multiplies each
 configuration's ratio into the path ratio: the trainer's speed-up over the old path as a whole.
@@ -57,11 +57,11 @@ from pathlib import Path
 
 import torch
 
-from loopscale import heap
+from loopscale.training import heap
 from loopscale.config import RunConfig
 from loopscale.grid import grid_from_dict, parse_yaml
-from loopscale.model import LoopedLM, cross_entropy, fast_path
-from loopscale.optim import build_optimizer
+from loopscale.training.model import LoopedLM, cross_entropy, fast_path
+from loopscale.training.optim import build_optimizer
 
 DEFAULT_GRID = Path(__file__).resolve().parent.parent / "grids" / "tiny.yaml"
 DEFAULT_VOCAB = 256  # when neither --vocab nor the grid gives one

@@ -31,7 +31,7 @@ class DataConfig:
     dir: str = "data/default"  # folder with train.bin, val.bin, meta.json
     eval_tokens: int = 65536  # held-out tokens scored at the end; the same for every run
     # Training batches: windows (random windows of the token stream) | packed (BOS-aligned best-fit
-    # packed documents, every row starting at a document; loopscale.loaders). In the run id unless windows.
+    # packed documents, every row starting at a document; loopscale.training.loaders). In the run id unless windows.
     loader: str = "windows"
 
     def __post_init__(self) -> None:
@@ -40,7 +40,7 @@ class DataConfig:
 
 
 OPTIMIZERS = ("adamw", "muonh")
-# MuonH's orthogonalisation (loopscale.muon): the authors' Polar Express, or Keller Jordan's quintic
+# MuonH's orthogonalisation (loopscale.training.muon): the authors' Polar Express, or Keller Jordan's quintic
 # Newton–Schulz (what every muonh run used before train.muon_ns existed).
 MUON_NS = ("polar_express", "quintic")
 

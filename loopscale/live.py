@@ -1,6 +1,6 @@
 """What a sweep's runs are doing now, read from their files: the last line of each run's
 ``metrics.jsonl`` (one JSON line every ``log_every`` steps: step, tokens, loss, lr_factor, tokens_per_s,
-mfu; written by ``loopscale.train``), and from it each run's step of its planned steps, last training
+mfu; written by ``loopscale.training.train``), and from it each run's step of its planned steps, last training
 loss, tokens/s and time to go, and the sweep's FLOPs done of planned with a time to go.
 
 Only the tail of a metrics file is read (a few KB from the end), so a look at 10,000 runs takes well

@@ -1,7 +1,7 @@
 """The paper's learning-rate transfer (method.md §4), as pure functions. Torch-free.
 
 Units: learning rates are per optimizer step (AdamW: the step size before Adam's normalisation;
-MuonH: the fraction of ‖W₀‖_F the update moves a matrix, see ``loopscale.muon``); widths d in
+MuonH: the fraction of ‖W₀‖_F the update moves a matrix, see ``loopscale.training.muon``); widths d in
 channels; D (``tokens``) and B (``batch_tokens``) in tokens; parameter counts in parameters.
 
     lr_embed  = 0.3   × w × b          w = (d / 640)^−0.5           width (muP) transfer

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from loopscale.checkpoint import checkpoint_paths, load_latest_checkpoint, save_checkpoint
-from loopscale.train import train_run
+from loopscale.training.checkpoint import checkpoint_paths, load_latest_checkpoint, save_checkpoint
+from loopscale.training.train import train_run
 from sweep_fixtures import cli_in_process
 from test_resume import StopAfter, corpus, make_run  # noqa: F401 - corpus is a fixture
 

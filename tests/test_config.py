@@ -6,7 +6,7 @@ import pytest
 
 from loopscale.atomic import write_json_atomic
 from loopscale.config import ConfigError, check_budget, run_config_from_dict
-from loopscale.optim import lr_factor
+from loopscale.training.optim import lr_factor
 
 BASE = {
     "model": {"d_model": 64, "r": 2, "n_layers_eff": 6, "n_prelude": 1, "n_coda": 1, "head_dim": 32},

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from loopscale.config import run_config_from_dict
-from loopscale.train import train_run, write_run_config
+from loopscale.training.train import train_run, write_run_config
 
 sys.path.insert(0, str(Path(__file__).parent))
 from sweep_fixtures import make_tiny_data  # noqa: E402
@@ -67,7 +67,7 @@ def test_two_processes_match_one(data, tmp_path):
     one = train_run(make_run(data, tmp_path / "one", "windows", micro=4))
     run = make_run(data, tmp_path / "two", "windows")
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "loopscale.train", str(run)], capture_output=True, text=True, timeout=180)
+                        "-m", "loopscale.training.train", str(run)], capture_output=True, text=True, timeout=180)
     assert p.returncode == 0, p.stderr[-3000:]
     two = json.loads((run / "result.json").read_text())
     assert two["world_size"] == 2 and two["run_id"] == one["run_id"] and two["tokens"] == one["tokens"]
@@ -79,7 +79,7 @@ def test_two_processes_match_one(data, tmp_path):
 
 STOP_SCRIPT = """
 import os, sys, threading
-from loopscale.train import train_run
+from loopscale.training.train import train_run
 
 class StopAfter(threading.Event):
     def __init__(self, n):
@@ -104,7 +104,7 @@ def test_packed_stop_on_rank_0_stops_all_ranks_and_both_resume_to_the_one_proces
     assert all(p.returncode == 0 for p in stopped), stopped[0].stderr[-3000:]
     assert all("'status': 'stopped', 'step': 3" in p.stdout for p in stopped), [p.stdout for p in stopped]
     assert not (run / "result.json").exists() and len(losses(run)) == 3
-    resumed = launch(["-m", "loopscale.train", str(run)])
+    resumed = launch(["-m", "loopscale.training.train", str(run)])
     assert all(p.returncode == 0 for p in resumed), resumed[0].stderr[-3000:]
     done = json.loads((run / "result.json").read_text())
     assert done["resumed_from_step"] == 3 and done["world_size"] == 2
@@ -116,8 +116,8 @@ def test_packed_stop_on_rank_0_stops_all_ranks_and_both_resume_to_the_one_proces
 
 def test_rows_must_split_over_ranks_and_first_failing_rank_writes_error(tmp_path):
     from loopscale.config import ConfigError
-    from loopscale.distributed import DistEnv, shard
-    from loopscale.train import _write_error
+    from loopscale.training.distributed import DistEnv, shard
+    from loopscale.training.train import _write_error
 
     assert [shard(8, DistEnv(k, 2)) for k in (0, 1)] == [(0, 4), (4, 8)]
     with pytest.raises(ConfigError, match="do not split evenly over 3 processes"):

@@ -1,4 +1,4 @@
-"""loopscale.heap: freed memory stays in the heap, so repeated large allocations stop faulting."""
+"""loopscale.training.heap: freed memory stays in the heap, so repeated large allocations stop faulting."""
 
 import subprocess
 import sys
@@ -9,7 +9,7 @@ import pytest
 PROBE = textwrap.dedent("""
     import resource, sys
     import torch
-    from loopscale import heap
+    from loopscale.training import heap
     torch.set_num_threads(1)
     took = heap.keep_freed_memory() if sys.argv[1] == "keep" else None
     def step():  # a training step's pattern: large activations allocated, used, freed

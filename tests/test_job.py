@@ -13,7 +13,7 @@ from loopscale.store import RESULT_FILE
 
 SCRIPT = textwrap.dedent("""
     import os, signal, sys, time
-    from loopscale.job import TrainJob
+    from loopscale.submit.job import TrainJob
     # stands in for submitit's requeue handler, which its worker process installs before calling the job
     signal.signal(signal.SIGUSR2, lambda *_: sys.exit(3))
     result = TrainJob(sys.argv[1])()

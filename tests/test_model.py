@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from loopscale.counting import Arch, n_once, n_rec
-from loopscale.model import SOFTCAP, LinearInjection, LoopedLM, fast_path
+from loopscale.training.model import SOFTCAP, LinearInjection, LoopedLM, fast_path
 
 
 @pytest.mark.parametrize(
@@ -205,7 +205,7 @@ def test_hyperconn_cyclic_init_and_counts():
     torch.testing.assert_close(hc.readout(st), 2 * (e + s0))
 
 
-# -- The fused fast path (loopscale.model's hand-written backwards) against the plain forms ----------
+# -- The fused fast path (loopscale.training.model's hand-written backwards) against the plain forms ----------
 # The model has both: the fast path (CPU) and the plain PyTorch forms (CUDA); FAST_PATH overrides.
 
 FUSED_NODES = {"_RMSNormalizeBackward", "_CausalAttentionBackward", "_SquaredReLUBackward"}
@@ -265,7 +265,7 @@ def test_fast_path_dispatch_decision():
     """auto: fast path on CPU tensors, plain forms on CUDA-typed ones; on/off force either."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from loopscale import model
+    from loopscale.training import model
 
     cpu = torch.zeros(2)
     with FakeTensorMode():  # a CUDA-typed tensor without a GPU (no kernels run)
@@ -315,7 +315,7 @@ def test_cuda_runs_plain_forms_and_matches_cpu():
 
 def test_fused_functions_gradcheck():
     """The hand-written backwards, in float64 against finite differences."""
-    from loopscale.model import causal_attention, rms_normalize, rope_tables, squared_relu
+    from loopscale.training.model import causal_attention, rms_normalize, rope_tables, squared_relu
 
     torch.manual_seed(0)
     x = torch.randn(2, 5, 12, dtype=torch.float64, requires_grad=True)

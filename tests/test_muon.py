@@ -7,12 +7,12 @@ import copy
 import pytest
 import torch
 
-import loopscale.muon as muon_module
+import loopscale.training.muon as muon_module
 from loopscale.config import RunConfig, TrainConfig
 from loopscale.counting import Arch
-from loopscale.model import LoopedLM, cross_entropy
-from loopscale.muon import MuonH, orthogonalize
-from loopscale.optim import CombinedOptimizer, build_optimizer
+from loopscale.training.model import LoopedLM, cross_entropy
+from loopscale.training.muon import MuonH, orthogonalize
+from loopscale.training.optim import CombinedOptimizer, build_optimizer
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ import torch
 from loopscale.config import ConfigError, run_config_from_dict
 from loopscale.data import DOCS_INDEX, doc_starts, import_bin, load_data, prepare_text
 from loopscale.errors import UserError
-from loopscale.loaders import _PACK_STREAM, PackedLoader, WindowLoader, make_loader
+from loopscale.training.loaders import _PACK_STREAM, PackedLoader, WindowLoader, make_loader
 
 BOS = 0
 
@@ -139,7 +139,7 @@ def test_imported_bins_index_by_bos_and_refuse_packing_without_it(tmp_path):
     assert not (without.dir / DOCS_INDEX).exists()
     with pytest.raises(UserError, match="no BOS id.*loader windows"):
         make_loader("packed", load_data(without.dir).train, 16, 2, 0, load_data(without.dir))
-    from loopscale.train import check_data_fits
+    from loopscale.training.train import check_data_fits
 
     raw = {"model": {"d_model": 32, "r": 1, "n_layers_eff": 2, "head_dim": 16},
            "train": {"tokens": 64, "seq_len": 16, "batch_tokens": 32},

@@ -212,7 +212,7 @@ def test_a_plugin_probe_with_its_own_setting_leaves_every_other_id_alone(gated):
 def test_a_plugin_probe_counts_and_builds_its_injection(gated):
     import torch
 
-    from loopscale.model import LoopedLM
+    from loopscale.training.model import LoopedLM
 
     arch = Arch(d_model=16, r=4, n_layers_eff=6, n_prelude=1, n_coda=1, head_dim=8, probe="gated",
                 probe_settings={"gate_gain": 0.5})
@@ -282,7 +282,7 @@ def test_additive_probe_forward_is_h_plus_e_from_zero():
     """u = h + e with h⁰ = 0: the model is the `injection: additive` one, weight for weight, and not the linear."""
     import torch
 
-    from loopscale.model import LoopedLM
+    from loopscale.training.model import LoopedLM
 
     shape = dict(d_model=32, r=4, n_layers_eff=6, n_prelude=1, n_coda=1, head_dim=16)
     torch.manual_seed(0)

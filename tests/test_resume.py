@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loopscale.checkpoint import checkpoint_paths, load_latest_checkpoint, save_checkpoint
+from loopscale.training.checkpoint import checkpoint_paths, load_latest_checkpoint, save_checkpoint
 from loopscale.config import run_config_from_dict
-from loopscale.train import train_run, write_run_config
+from loopscale.training.train import train_run, write_run_config
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_stop_and_resume_is_bitwise_identical(loader, data, request, tmp_path):
 def test_killed_process_resumes_to_same_loss(corpus, tmp_path):
     ref = train_run(make_run(corpus, tmp_path / "ref", steps=40))
     run = make_run(corpus, tmp_path / "killed", steps=40)
-    code = f"from loopscale.train import train_run; train_run({str(run)!r})"
+    code = f"from loopscale.training.train import train_run; train_run({str(run)!r})"
     p = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.time() + 60
     while time.time() < deadline and not any(

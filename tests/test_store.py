@@ -224,7 +224,7 @@ def test_the_store_reads_files_and_sqlite_only():
     imported = {a.name.split(".")[0] if not a.name.startswith("loopscale") else a.name
                 for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
     imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
-    assert not imported & {"subprocess", "socket", "signal", "submitit", "loopscale.submit", "loopscale.job"}
+    assert not imported & {"subprocess", "socket", "signal", "submitit", "loopscale.submit", "loopscale.submit.job"}
     assert not any(isinstance(node, ast.Attribute) and node.attr in ("kill", "getpid", "sched_getaffinity")
                    for node in ast.walk(tree))
     assert "/proc" not in inspect.getsource(store)

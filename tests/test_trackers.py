@@ -20,7 +20,7 @@ from loopscale.grid import GridError, grid_from_dict
 from loopscale.trackers import TrackerSectionError, check_available
 from loopscale.trackers.base import Background, Tracker
 from loopscale.trackers.section import from_dict
-from loopscale.train import train_run, write_run_config
+from loopscale.training.train import train_run, write_run_config
 from sweep_fixtures import cli_in_process, make_tiny_data
 
 BASE = {"name": "g", "model": {"n_layers_eff": 4, "n_prelude": 1, "n_coda": 1, "head_dim": 16},

@@ -14,8 +14,8 @@ import yaml
 
 from loopscale.cli import main
 from loopscale.data import load_data
-from loopscale.loaders import batch_starts
-from loopscale.train import train_run
+from loopscale.training.loaders import batch_starts
+from loopscale.training.train import train_run
 
 TINY = ["--layers", "6", "--prelude", "1", "--coda", "1", "--head-dim", "32", "--seq-len", "128",
         "--batch-tokens", "2048", "--eval-tokens", "16384", "--threads", "2"]
@@ -80,7 +80,7 @@ def small_corpus(tmp_path) -> Path:
 
 def test_crash_leaves_error_json_and_no_result(small_corpus, tmp_path):
     from loopscale.config import run_config_from_dict
-    from loopscale.train import write_run_config
+    from loopscale.training.train import write_run_config
 
     raw = {"model": {"d_model": 32, "r": 2, "n_layers_eff": 4, "n_prelude": 1, "n_coda": 1, "head_dim": 16},
            "train": {"tokens": 512, "seq_len": 32, "batch_tokens": 256},
@@ -146,9 +146,9 @@ def test_unknown_option_exits_2():
 
 
 def test_mfu_is_logged_and_none_on_cpu(small_corpus, tmp_path):
-    from loopscale import perf
+    from loopscale.training import perf
     from loopscale.config import run_config_from_dict
-    from loopscale.train import write_run_config
+    from loopscale.training.train import write_run_config
 
     assert perf.mfu(1000.0, 1e6, 1e12, world_size=2) == 1000.0 * 1e6 / 2e12
     assert perf.mfu(None, 1e6, 1e12) is None and perf.mfu(1000.0, 1e6, None) is None
@@ -171,7 +171,7 @@ def test_out_of_memory_is_recorded_with_what_to_change(tmp_path):
     import torch
 
     from loopscale.store import file_state
-    from loopscale.train import _write_error
+    from loopscale.training.train import _write_error
 
     try:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")

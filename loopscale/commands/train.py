@@ -34,7 +34,7 @@ def build_config(base: dict[str, Any], overrides: dict[tuple[str, str], Any], da
     if data_dir is not None:
         data_section["dir"] = data_dir
     data_section["dir"] = str(Path(data_section.get("dir") or default_data_dir()).resolve())
-    from loopscale.train import check_data_fits
+    from loopscale.training.train import check_data_fits
 
     data = load_data(data_section["dir"])
     raw["vocab_size"] = data.vocab_size
@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, help="Run folder (default runs/<run_id>)."),
     ) -> None:
         """Train one looped model and write its run folder (config.yaml, metrics.jsonl, result.json)."""
-        from loopscale.train import train_run, write_run_config
+        from loopscale.training.train import train_run, write_run_config
 
         base: dict[str, Any] = {}
         if config is not None:

@@ -8,7 +8,7 @@
   the marker (:func:`mark_released`) and a local worker takes its next run that is not cancelled. A
   SIGTERM to a local worker does the same for its current run and ends the worker (loopscale.submit.worker).
 - slurm runs: ``scancel`` of the run's job (array task) id, running or pending; a running job watches the
-  marker too (loopscale.job), so it checkpoints before SLURM's KillWait runs out.
+  marker too (loopscale.submit.job), so it checkpoints before SLURM's KillWait runs out.
 
 :func:`cancel_runs` does all of it and waits up to ``grace_s`` seconds until the runs' processes have let
 go; past it, local processes still training a cancelled run are killed (SIGKILL).
@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from loopscale.checkpoint import latest_step
+from loopscale.training.checkpoint import latest_step
 from loopscale.errors import UserError
 from loopscale.store import CANCEL_FILE, IN_FLIGHT, RESULT_FILE, STARTED_FILE, RunState, read_json, runs_root
 from loopscale.submit import scheduler

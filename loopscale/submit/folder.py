@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from loopscale.atomic import write_bytes_atomic
-from loopscale.checkpoint import checkpoint_paths
+from loopscale.training.checkpoint import checkpoint_paths
 from loopscale.errors import UserError
 from loopscale.grid import Grid, RunSpec, grid_changes, parse_yaml
 from loopscale.store import (

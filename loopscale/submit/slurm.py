@@ -1,6 +1,6 @@
 """The slurm executor: the runs as one SLURM job array through submitit's AutoExecutor.
 
-Each array task runs ``loopscale.job.TrainJob`` (checkpointable: timeouts and preemptions requeue and
+Each array task runs ``loopscale.submit.job.TrainJob`` (checkpointable: timeouts and preemptions requeue and
 resume); its stdout/stderr are linked into the run folder as job.out/job.err from ``<sweep>/jobs/``.
 """
 
@@ -26,7 +26,7 @@ def submit_slurm(sweep_dir: Path, run_dirs: list[Path], ex: ExecutorConfig, job_
 
     if not shutil.which("sbatch") or not shutil.which("srun"):
         raise UserError("executor slurm: sbatch/srun not found on PATH (use --executor local on this machine)")
-    from loopscale.job import (
+    from loopscale.submit.job import (
         TrainJob,  # checkpointable: SLURM timeouts and preemptions requeue and resume
     )
 
@@ -37,7 +37,7 @@ def submit_slurm(sweep_dir: Path, run_dirs: list[Path], ex: ExecutorConfig, job_
     if ex.cpus_per_task:  # torch's default thread count ignores the job's CPU allocation
         setup.append(f"export OMP_NUM_THREADS={ex.cpus_per_task} MKL_NUM_THREADS={ex.cpus_per_task}")
     params: dict[str, Any] = {
-        # one task per GPU: a run on several GPUs trains data-parallel, its tasks the ranks (loopscale.distributed)
+        # one task per GPU: a run on several GPUs trains data-parallel, its tasks the ranks (loopscale.training.distributed)
         "name": ex.job_name or job_name, "timeout_min": ex.time_min, "nodes": 1,
         "tasks_per_node": max(1, ex.gpus_per_node),
         # a rank that fails ends the job at once instead of leaving the others waiting in a collective

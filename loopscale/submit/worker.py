@@ -68,7 +68,7 @@ def run_job(run_dir: str, capture: bool = False, raise_errors: bool = True,
             info: dict[str, Any] | None = None, halt: threading.Event | None = None) -> dict[str, Any] | None:
     """Train the run in ``run_dir`` (its config.yaml) in this process and return its result record.
 
-    Writes started.json, then calls ``loopscale.train.train_run``. A failure is recorded in error.json
+    Writes started.json, then calls ``loopscale.training.train.train_run``. A failure is recorded in error.json
     (by the trainer, or here if it never got that far) and re-raised unless ``raise_errors`` is False
     (debug and local workers: no post-mortem debugger, the next run goes on). The run stops at its next
     step boundary, checkpointed ({"status": "stopped"}), once it is cancelled or ``halt`` is set (the
@@ -88,7 +88,7 @@ def run_job(run_dir: str, capture: bool = False, raise_errors: bool = True,
         with _captured(path) if capture else contextlib.nullcontext():
             import torch
 
-            from loopscale.train import train_run
+            from loopscale.training.train import train_run
 
             if threads:
                 torch.set_num_threads(threads)

@@ -70,7 +70,7 @@ def build_optimizer(model, cfg: RunConfig) -> torch.optim.Optimizer | CombinedOp
     ``muonh``: ``MuonH`` (momentum 0.95, 5 orthogonalisation steps with the coefficients of
     ``train.muon_ns``, Polar Express by default; no weight decay) on the matrix group and AdamW (the
     config's betas and eps, no weight decay) on the others, stepped together as a ``CombinedOptimizer``.
-    The orthogonalisation runs in bf16 on CUDA and fp32 on CPU (``loopscale.muon.orthogonalize``).
+    The orthogonalisation runs in bf16 on CUDA and fp32 on CPU (``loopscale.training.muon.orthogonalize``).
     ``weight_decay`` does not apply under muonh (the matrices live on spheres).
     Group order is the same for both: matrix, embed, head, norm, lane (empty groups skipped).
     """
@@ -86,7 +86,7 @@ def build_optimizer(model, cfg: RunConfig) -> torch.optim.Optimizer | CombinedOp
             if ps
         ]
         return torch.optim.AdamW(param_groups, betas=t.betas, eps=t.eps, foreach=True)
-    from loopscale.muon import MuonH  # noqa: PLC0415 - only the muonh path needs it
+    from loopscale.training.muon import MuonH  # noqa: PLC0415 - only the muonh path needs it
 
     parts: dict[str, torch.optim.Optimizer] = {}
     if groups["matrix"]:

@@ -11,12 +11,12 @@ c_W = ‖W₀‖_F recorded when the optimizer is constructed:
     W ← W · c_W / ‖W‖_F                    project back onto the sphere ‖W‖_F = c_W
 
 No weight decay (on the sphere it is a first-order no-op). ``group["lr"]`` is read at every
-step, so a schedule that rewrites it each step (``loopscale.train``) works.
+step, so a schedule that rewrites it each step (``loopscale.training.train``) works.
 
 NS₅, the orthogonalisation: X ← M / (‖M‖_F·s + ε); tall matrices (m > n) are transposed so the
 Gram matrix A = X Xᵀ is the small side (the injection W ∈ R^{d×2d} is wide and used as is); then
 five iterations of X ← a·X + (b·A + c·A²)·X with A = X Xᵀ. Two coefficient sets, chosen by the run
-config's ``train.muon_ns`` (``loopscale.optim.build_optimizer``):
+config's ``train.muon_ns`` (``loopscale.training.optim.build_optimizer``):
 
 - ``"polar_express"`` (the default, here and in the run config): the per-step Polar Express
   coefficients (Amsel et al. 2025, arXiv:2505.16932; 5 steps, safety 2e-2, cushion 2) with
