@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from loopscale import probes
+from loopscale import paper, probes
 from loopscale.errors import UserError
 
 
@@ -33,10 +33,10 @@ class Arch:
 
     d_model: int
     r: int = 1
-    n_layers_eff: int = 20
-    n_prelude: int = 2
-    n_coda: int = 2
-    head_dim: int = 128
+    n_layers_eff: int = paper.N_LAYERS_EFF
+    n_prelude: int = paper.N_PRELUDE
+    n_coda: int = paper.N_CODA
+    head_dim: int = paper.HEAD_DIM
     injection: str = "linear"  # linear | additive
     probe: str = "none"  # a name in loopscale.probes.PROBES
     tbptt_k: int | None = None  # probe tbptt's setting: recurrences that get gradients; None = ceil(r/2)

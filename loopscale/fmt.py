@@ -1,10 +1,18 @@
 """Numbers for people: rounded on screen and in reports only; the JSON files keep every digit. And
-nested settings as dotted keys (``flatten``)."""
+nested settings as dotted keys (``flatten``). And the one timestamp format of every record (``timestamp``)."""
 
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
+
+TIMESTAMP = "%Y-%m-%dT%H:%M:%S%z"  # every time a record carries: started, finished, submitted, cancelled, failed
+
+
+def timestamp(t: float | None = None) -> str:
+    """Local time (now, or the epoch seconds ``t``) as the records write it: 2026-12-06T19:51:37+0000."""
+    return time.strftime(TIMESTAMP, time.localtime(t))
 
 
 def finite(v) -> float | None:

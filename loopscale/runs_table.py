@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from loopscale import paper
 from loopscale.errors import UserError
 
 REQUIRED = ("n_once", "n_rec", "r", "tokens", "loss")
@@ -31,7 +32,7 @@ PAPER_GRID: dict[float, tuple[int, ...]] = {
     1e19: (12, 16, 18, 20, 24),
     2.15e19: (18, 24, 28, 34),
 }
-PAPER_RS = (1, 2, 4, 8)
+PAPER_RS = paper.RS
 
 
 def load_runs(source: str | Path) -> pd.DataFrame:
@@ -150,7 +151,7 @@ def select_probe(df: pd.DataFrame, probe: str | None = None) -> tuple[pd.DataFra
     return df[chosen].reset_index(drop=True), notes
 
 
-def paper_design(rs=PAPER_RS, grid=None, seq_len: int = 2048, vocab: int = 32064) -> pd.DataFrame:
+def paper_design(rs=PAPER_RS, grid=None, seq_len: int = paper.SEQ_LEN, vocab: int = paper.VOCAB) -> pd.DataFrame:
     """The paper's iso-FLOP design: every (budget, width s, r) with n_once, n_rec from counting.py
     and tokens D = C / F (F = training FLOPs per token). 116 rows for the default grid."""
     from loopscale.counting import Arch, flops_per_token, n_once, n_rec

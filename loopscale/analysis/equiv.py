@@ -19,6 +19,7 @@ from functools import cache
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from loopscale import paper
 from loopscale.analysis.law import Law
 from loopscale.counting import Arch, flops_per_token, n_once, n_rec
 from loopscale.errors import UserError
@@ -29,12 +30,12 @@ from loopscale.grid import WIDTH_UNIT
 class Family:
     """The iso-depth family widths are drawn from (defaults: the paper's, method.md §2–§3)."""
 
-    n_layers_eff: int = 20
-    n_prelude: int = 2
-    n_coda: int = 2
-    head_dim: int = 128
-    seq_len: int = 2048
-    vocab: int = 32064
+    n_layers_eff: int = paper.N_LAYERS_EFF
+    n_prelude: int = paper.N_PRELUDE
+    n_coda: int = paper.N_CODA
+    head_dim: int = paper.HEAD_DIM
+    seq_len: int = paper.SEQ_LEN
+    vocab: int = paper.VOCAB
     width_step: int = WIDTH_UNIT  # d = width_step · s
 
     def arch(self, d_model: int, r: int) -> Arch:

@@ -76,6 +76,7 @@ from loopscale.analysis.fit import (
 )
 from loopscale.analysis.law import Law
 from loopscale.analysis.parallel import parallel_map, single_threaded_blas
+from loopscale import paper
 from loopscale.atomic import json_safe
 from loopscale.counting import ArchError, baseline_arch, n_once, n_rec, probe_arch, split_arch
 from loopscale.errors import UserError
@@ -83,7 +84,8 @@ from loopscale.schedule import cpu_count, local_layout, queue_cost, resolve_kind
 
 Z95 = 1.959963984540054  # two-sided 95%
 Z80 = 0.8416212335729143  # one-sided 80% power
-H100_BF16_DENSE_TFLOPS = 989.0
+H100_BF16_DENSE_TFLOPS = paper.H100_BF16_DENSE_TFLOPS
+PAPER_MFU = paper.MFU
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,7 +146,7 @@ def baseline_and_probes(grid) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], in
 # Cost, in the unit of the grid's executor: GPU-hours, or CPU core-hours
 
 
-def gpu_hours(flops, peak_tflops: float = H100_BF16_DENSE_TFLOPS, mfu: float = 0.4):
+def gpu_hours(flops, peak_tflops: float = H100_BF16_DENSE_TFLOPS, mfu: float = PAPER_MFU):
     """Hours of one GPU running at peak_tflops·1e12·mfu FLOP/s."""
     return np.asarray(flops, dtype=float) / (peak_tflops * 1e12 * mfu) / 3600.0
 
@@ -154,7 +156,7 @@ def cpu_hours(flops, core_s_per_flop: float):
     return np.asarray(flops, dtype=float) * core_s_per_flop / 3600.0
 
 
-def unit_hours(flops, unit: str, *, peak_tflops: float = H100_BF16_DENSE_TFLOPS, mfu: float = 0.4,
+def unit_hours(flops, unit: str, *, peak_tflops: float = H100_BF16_DENSE_TFLOPS, mfu: float = PAPER_MFU,
                core_s_per_flop: float | None = None):
     """Cost of ``flops`` training FLOPs in ``unit``: GPU-hours at peak_tflops × mfu, or CPU core-hours
     at ``core_s_per_flop``."""
@@ -231,7 +233,7 @@ def schedule_hours(hours: np.ndarray, jobs: int | None) -> float:
     return max(slots)
 
 
-def cost_summary(design: pd.DataFrame, peak_tflops: float = H100_BF16_DENSE_TFLOPS, mfu: float = 0.4, *,
+def cost_summary(design: pd.DataFrame, peak_tflops: float = H100_BF16_DENSE_TFLOPS, mfu: float = PAPER_MFU, *,
                  unit: str = "gpu_hours", core_s_per_flop: float | None = None, layout: dict | None = None) -> dict:
     """Total training FLOPs (Σ tokens·flops_per_token) and their cost in ``unit``, per r and in all.
 
@@ -775,7 +777,7 @@ class PlanReport:
 
 def plan_grid(grid, law: Law, *, law_source: str = "paper", noise: float = 0.01, noise_source: str | None = None,
               replicates: int = 100, bootstrap: int = 200, probe_delta: float = 0.07, seed: int = 0, starts: int = 8,
-              peak_tflops: float = H100_BF16_DENSE_TFLOPS, mfu: float = 0.4, suggest: int = 5,
+              peak_tflops: float = H100_BF16_DENSE_TFLOPS, mfu: float = PAPER_MFU, suggest: int = 5,
               delta: float = HUBER_DELTA, workers: int | None = None, cost_unit: str = "auto",
               cpu_gflops: float | None = None, sweep: SweepPrior | None = None, diagnostics: dict | None = None,
               progress=None) -> PlanReport:
@@ -903,7 +905,7 @@ def check_grid(grid, base: pd.DataFrame | None = None) -> None:
 
 
 def check_plan_args(*, noise=None, replicates=100, bootstrap=200, seed=0, starts=8,
-                    peak_tflops=H100_BF16_DENSE_TFLOPS, mfu=0.4, suggest=5, delta=HUBER_DELTA, workers=None,
+                    peak_tflops=H100_BF16_DENSE_TFLOPS, mfu=PAPER_MFU, suggest=5, delta=HUBER_DELTA, workers=None,
                     probe_delta=0.07, cpu_gflops=None, cost_unit="auto") -> None:
     """Refuse settings :func:`plan_grid` cannot run with (UserError, named by their flags); ``noise``
     None: not known yet (measured by --from)."""

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from loopscale import paper
 from loopscale.commands.diagnostics import print_cells, print_diagnostics
 from loopscale.commands.stages import stage_progress
 from loopscale.errors import UserError
@@ -156,8 +157,8 @@ def register(app: typer.Typer) -> None:
         rs: str = typer.Option("1,2,4,8", help="Recurrences compared at the budget."),
         grid: bool = typer.Option(False, "--grid", help="Compute-optimal widths on the paper's s grid."),
         layers: int = typer.Option(20, help="Effective depth ℓ_eff."),
-        seq_len: int = typer.Option(2048, help="Sequence length T (attention FLOPs)."),
-        vocab: int = typer.Option(32064, help="Padded vocabulary V (embedding FLOPs)."),
+        seq_len: int = typer.Option(paper.SEQ_LEN, help="Sequence length T (attention FLOPs)."),
+        vocab: int = typer.Option(paper.VOCAB, help="Padded vocabulary V (embedding FLOPs)."),
         json_out: bool = typer.Option(False, "--json", help="Print JSON to stdout and nothing else."),
     ) -> None:
         """Equivalent non-looped size, FLOP-matched model, worth per recurrence, compute-optimal widths."""

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from loopscale import paper
 from loopscale.commands.diagnostics import print_cells
 from loopscale.commands.stages import stage_progress
 from loopscale.probes import choices as probe_choices
@@ -186,8 +187,8 @@ def register(app: typer.Typer) -> None:
         starts: int = typer.Option(8, help="Random starts per fit, besides fit's 24 fixed and the true θ."),
         fit_starts: int = typer.Option(100, "--fit-starts", help="With --from: random starts of the sweep's fit "
                                        "(`fit` uses 500)."),
-        peak_tflops: float = typer.Option(989.0, "--peak-tflops", help="GPU peak TFLOP/s (989: H100 bf16 dense)."),
-        mfu: float = typer.Option(0.4, help="Model FLOP utilisation, a fraction of peak."),
+        peak_tflops: float = typer.Option(paper.H100_BF16_DENSE_TFLOPS, "--peak-tflops", help="GPU peak TFLOP/s (989: H100 bf16 dense)."),
+        mfu: float = typer.Option(paper.MFU, help="Model FLOP utilisation, a fraction of peak."),
         cost_unit: str = typer.Option("auto", "--cost-unit", help="auto (from the grid's executor and train.device) "
                                       "| gpu | cpu."),
         cpu_gflops: Optional[float] = typer.Option(None, "--cpu-gflops", help="CPU training rate, GFLOP/s per core "

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from loopscale.fmt import timestamp
 from loopscale.training.checkpoint import latest_step
 from loopscale.errors import UserError
 from loopscale.store import CANCEL_FILE, IN_FLIGHT, RESULT_FILE, STARTED_FILE, RunState, read_json, runs_root
@@ -49,7 +50,7 @@ def _now() -> dict[str, Any]:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = str(os.getuid())
-    return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "unix": time.time(), "user": user,
+    return {"time": timestamp(), "unix": time.time(), "user": user,
             "host": socket.gethostname(), "pid": os.getpid()}
 
 
@@ -67,7 +68,7 @@ def mark_released(run_dir: str | Path, step: int | None, reason: str | None = No
     mark, why = read_json(path)
     if not isinstance(mark, dict):
         mark = {**_now(), "reason": reason or "stopped by its worker"} if why == "missing" else {"reason": why}
-    mark.update(released=time.strftime("%Y-%m-%dT%H:%M:%S%z"), released_unix=time.time(),
+    mark.update(released=timestamp(), released_unix=time.time(),
                 released_by=f"pid {os.getpid()} on {socket.gethostname()}", stopped_at_step=step)
     write_json(path, mark)
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from loopscale.fmt import timestamp
 from loopscale.errors import UserError
 from loopscale.store import JOBS_DIR
 
@@ -43,7 +44,7 @@ def attempts(run_dir: Path) -> int:
 
 
 def job_record(kind: str, job_id: str, sweep_dir: Path, run_dir: Path, **extra: Any) -> dict[str, Any]:
-    return {"executor": kind, "job_id": job_id, "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    return {"executor": kind, "job_id": job_id, "submitted_at": timestamp(),
             "submitted_unix": time.time(),
             "host": socket.gethostname(), "attempt": attempts(run_dir), "folder": str(Path(sweep_dir) / JOBS_DIR),
             **extra}

@@ -15,11 +15,11 @@ import signal
 import socket
 import sys
 import threading
-import time
 import traceback
 from pathlib import Path
 from typing import Any
 
+from loopscale.fmt import timestamp
 from loopscale.atomic import write_json_atomic
 from loopscale.schedule import LocalLayout
 from loopscale.store import ERROR_FILE, JOB_FILE, STARTED_FILE
@@ -81,7 +81,7 @@ def run_job(run_dir: str, capture: bool = False, raise_errors: bool = True,
     try:
         threads = info.get("threads") if info else None
         write_json_atomic(path / STARTED_FILE, {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "pid": os.getpid(),
+            "time": timestamp(), "host": socket.gethostname(), "pid": os.getpid(),
             "pid_start": process_start(os.getpid()), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "threads": threads, "python": sys.executable,
             **(info or {})})
@@ -101,7 +101,7 @@ def run_job(run_dir: str, capture: bool = False, raise_errors: bool = True,
         if not (path / ERROR_FILE).exists():  # failed before the trainer could record it
             write_json_atomic(path / ERROR_FILE, {
                 "status": "failed", "error": (f"{type(e).__name__}: {e}".splitlines() or [type(e).__name__])[0],
-                "traceback": traceback.format_exc(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "traceback": traceback.format_exc(), "time": timestamp(),
             })
         if raise_errors or not isinstance(e, Exception):
             raise

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import yaml
 
+from loopscale.fmt import timestamp
 from loopscale.training import distributed, heap, perf
 from loopscale.atomic import write_json_atomic
 from loopscale.training.checkpoint import load_latest_checkpoint, remove_checkpoints, save_checkpoint
@@ -337,7 +338,7 @@ def result_record(cfg: RunConfig, out: TrainOutcome, device: str) -> dict[str, A
         "device": device,
         "torch_version": torch.__version__,
         "git_commit": git_commit(),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "finished_at": timestamp(),
         "config": cfg.to_dict(),
     }
 
@@ -357,7 +358,7 @@ def _write_error(run_dir: Path, e: BaseException, dist: DistEnv | None) -> None:
         "status": "failed",
         "error": error_reason(e),
         "traceback": traceback.format_exc(),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "time": timestamp(),
         "python": sys.executable,
     }
     if dist is None or not dist.active:
