@@ -1,12 +1,23 @@
 """The package's layers, read from the source: an import graph of every loopscale module, built from its
 AST (``import x``, ``from x import y``, relative imports, imports inside functions), and the rules it keeps.
 
-- loopscale.analysis (statistics and plots of results) never imports torch, loopscale.training.model or
-  loopscale.submit, not even through other loopscale modules or inside a function;
-- counting, grid, config and the probes (loopscale/probes/, every registered plug-in) never import torch (by the
-  graph, and in a fresh interpreter);
-- store and model never import submit;
-- no import cycles among loopscale modules at module level.
+The layers (README, "Code map"), each allowed to import only the ones named after it:
+
+- core, the modules directly in ``loopscale/`` (errors, atomic, fmt, paper, config, counting, grid, store, ...):
+  core, ``loopscale.data.format`` (a data dir's files and metadata), the probes and the trackers;
+- ``loopscale.probes`` and ``loopscale.trackers`` (plug-ins): core;
+- ``loopscale.data`` (prepare and read token files): core;
+- ``loopscale.training`` (the model and the trainer, torch): core, data, probes, trackers;
+- ``loopscale.submit`` (sweep folders, executors, the scheduler): core, data, probes, trackers, and training
+  only through the one bridge (``BRIDGE``: the function that runs inside a job and calls the trainer);
+- ``loopscale.analysis`` (statistics and plots of results): core, probes;
+- ``loopscale.report``: core, probes, analysis, submit (the scheduler's word on runs in flight);
+- ``loopscale.commands`` and ``loopscale.cli`` (parse and print): anything.
+
+And: no module reaches torch from core's torch-free modules, data, submit (the bridge aside) or the analysis,
+not even inside a function; no import cycle at all, imports inside functions included; no module over
+``MAX_LINES`` lines; at most ``MAX_TOP_MODULES`` modules directly in ``loopscale/`` (shims of a few lines that
+keep an old import path working do not count).
 
 Imports under ``if TYPE_CHECKING:`` never run: they count for the layer rules (naming another layer's
 types is a dependency too) but not for cycles.
@@ -26,7 +37,26 @@ import pytest
 import loopscale
 
 PACKAGE_DIR = Path(loopscale.__file__).resolve().parent
-TORCH_FREE = ("loopscale.counting", "loopscale.grid", "loopscale.config", "loopscale.probes")  # probes: every plug-in
+TORCH_FREE = ("loopscale.counting", "loopscale.grid", "loopscale.config", "loopscale.store", "loopscale.probes",
+              "loopscale.data")  # probes: every plug-in; data: every module of the package
+MAX_LINES = 500
+MAX_TOP_MODULES = 16
+SHIM_LINES = 10  # a module this short that only re-exports an old path is a shim
+# The one import from submit into training: the job-side function that calls the trainer, inside the job.
+BRIDGE = ("loopscale.submit.job", "loopscale.training.train")
+LAYERS = ("core", "data", "probes", "trackers", "training", "submit", "analysis", "report", "commands")
+MAY_IMPORT = {
+    "core": {"core", "data", "probes", "trackers"},  # data: its format module only (FORMAT)
+    "data": {"core", "data"},
+    "probes": {"core", "probes"},
+    "trackers": {"core", "trackers"},
+    "training": {"core", "data", "probes", "trackers", "training"},
+    "submit": {"core", "data", "probes", "trackers", "submit"},  # training only through BRIDGE
+    "analysis": {"core", "probes", "analysis"},
+    "report": {"core", "probes", "analysis", "submit", "report"},
+    "commands": set(LAYERS),
+}
+FORMAT = {"loopscale.data", "loopscale.data.format"}  # what core may import of data
 
 
 @dataclass
@@ -168,10 +198,6 @@ def path_to(start: str, goal) -> list[str]:
     return []
 
 
-def analysis_modules() -> list[str]:
-    return sorted(n for n in graph() if n == "loopscale.analysis" or n.startswith("loopscale.analysis."))
-
-
 def _in(package: str):
     return lambda name: name == package or name.startswith(package + ".")
 
@@ -188,10 +214,10 @@ def test_the_graph_sees_every_kind_of_import():
     g = graph()
     assert {"loopscale.analysis.fit", "loopscale.analysis.plan", "loopscale.report.build", "loopscale.training.model",
             "loopscale.counting", "loopscale.grid", "loopscale.config", "loopscale.store"} <= set(g)
-    assert "loopscale.analysis.law" in g["loopscale.analysis.fit"].top
-    assert "loopscale.analysis.regime" in g["loopscale.analysis.fit"].lazy  # imported inside run_fit
+    assert "loopscale.analysis.law" in reach("loopscale.analysis.fit")[0]
+    assert BRIDGE[1] in g[BRIDGE[0]].lazy  # the bridge imports the trainer inside a function
     assert "loopscale.config" in g["loopscale.lr_transfer"].typing
-    assert "torch" in g["loopscale.training.model"].external and "numpy" in g["loopscale.analysis.fit"].external
+    assert "torch" in g["loopscale.training.model"].external and "numpy" in reach("loopscale.analysis.fit")[1]
     assert "torch" in reach("loopscale.training.train")[1]  # through its own import and model's
     assert "loopscale.training.model" in reach("loopscale.training.train")[0]
 
@@ -220,51 +246,128 @@ def test_relative_and_from_package_imports_resolve():
 
 # --- the rules --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", analysis_modules())
-def test_analysis_never_imports_torch_the_model_or_submit(name):
-    loaded, external = reach(name)
-    assert "torch" not in external, " -> ".join(path_to(name, _imports_torch)) + " -> torch"
-    for banned in ("loopscale.training.model", "loopscale.submit"):
-        hit = [m for m in loaded if _in(banned)(m)]
-        assert not hit, " -> ".join(path_to(name, _in(banned)))
+def layer(name: str) -> str:
+    """The layer of a loopscale module: its package under loopscale/, or core for the modules directly in it
+    (cli and the old-path shims count as commands: they may import anything)."""
+    parts = name.split(".")
+    if len(parts) == 1:
+        return "core"  # loopscale/__init__.py
+    if parts[1] in LAYERS:
+        return parts[1]
+    if parts[1] == "cli" or name in shims():
+        return "commands"
+    return "core"
 
 
-@pytest.mark.parametrize("name", TORCH_FREE)
-def test_counting_grid_and_config_never_import_torch(name):
-    loaded, external = reach(name)
-    assert "torch" not in external, " -> ".join(path_to(name, _imports_torch)) + " -> torch"
-    assert not {"loopscale.training.model", "loopscale.training.train"} & loaded
+@cache
+def shims() -> frozenset[str]:
+    """Modules directly in loopscale/ of at most SHIM_LINES lines that import only from loopscale: old paths."""
+    out = set()
+    for m in graph().values():
+        if m.name.count(".") != 1 or m.is_package:
+            continue
+        lines = m.path.read_text().splitlines()
+        if len(lines) <= SHIM_LINES and not m.external and (m.top or m.lazy):
+            out.add(m.name)
+    return frozenset(out)
+
+
+def edges(m: Module) -> set[str]:
+    return m.top | m.lazy | m.typing
+
+
+@cache
+def reach_without_bridge(name: str) -> tuple[frozenset[str], frozenset[str]]:
+    """As ``reach``, but not through BRIDGE's import (which runs only inside a job)."""
+    modules = graph()
+    seen, todo, external = set(), [name], set()
+    while todo:
+        m = modules[todo.pop()]
+        if m.name in seen:
+            continue
+        seen.add(m.name)
+        external |= m.external
+        for target in edges(m):
+            if (m.name, target) == BRIDGE:
+                continue
+            todo += sorted(with_parents(target, modules) - seen)
+    return frozenset(seen), frozenset(external)
+
+
+def _layer_breaks(m: Module) -> list[str]:
+    mine, breaks = layer(m.name), []
+    for target in sorted(edges(m)):
+        theirs = layer(target)
+        if theirs in MAY_IMPORT[mine] and not (mine == "core" and theirs == "data" and target not in FORMAT):
+            continue
+        if (m.name, target) == BRIDGE and target not in m.top:
+            continue
+        breaks.append(f"{m.name} ({mine}) imports {target} ({theirs})")
+    return breaks
+
+
+@pytest.mark.parametrize("name", sorted(graph()))
+def test_each_module_imports_only_the_layers_below_it(name):
+    assert not _layer_breaks(graph()[name]), _layer_breaks(graph()[name])
+
+
+def test_the_layer_rule_catches_a_break():
+    """A fake analysis module that imports the trainer, and a core module that reads a tokenizer: both refused."""
+    bad = Module("loopscale.analysis.fake", PACKAGE_DIR / "analysis" / "fake.py", False,
+                 lazy={"loopscale.training.train"})
+    core = Module("loopscale.fake", PACKAGE_DIR / "fake.py", False, top={"loopscale.data.tokenizer"})
+    assert _layer_breaks(bad) == ["loopscale.analysis.fake (analysis) imports loopscale.training.train (training)"]
+    assert _layer_breaks(core) and not _layer_breaks(Module("loopscale.fake", core.path, False,
+                                                            top={"loopscale.data.format"}))
+
+
+def _torch_free(name: str) -> list[str]:
+    loaded, external = reach_without_bridge(name)
+    if "torch" in external:
+        return [" -> ".join(path_to(name, _imports_torch)) + " -> torch"]
+    return [m for m in loaded if layer(m) == "training"]
+
+
+@pytest.mark.parametrize("name", sorted(n for n in graph() if layer(n) in ("analysis", "submit", "data")
+                                        or any(_in(t)(n) for t in TORCH_FREE)))
+def test_torch_free_layers_never_reach_torch(name):
+    """Not even inside a function: `fit`, `plan`, `status` and `cancel` start without torch, and a data dir is
+    prepared on a machine without it. submit reaches the trainer only through the job-side BRIDGE."""
+    assert not _torch_free(name)
+
+
+def test_the_bridge_is_the_only_way_from_submit_to_training():
+    g = graph()
+    crossing = sorted((m.name, t) for m in g.values() if layer(m.name) == "submit"
+                      for t in edges(m) if layer(t) == "training")
+    assert crossing == [BRIDGE]
+    assert BRIDGE[1] not in g[BRIDGE[0]].top  # inside the function that runs in the job
 
 
 def test_torch_stays_out_of_a_fresh_interpreter():
     """Importing the torch-free modules (and the analysis that `fit` and `plan` run, and `loopscale cancel`, which
     lists checkpoints) loads no torch."""
     code = ("import sys, loopscale.analysis.fit, loopscale.analysis.plan, loopscale.counting, loopscale.grid, "
-            "loopscale.config, loopscale.probes, loopscale.submit.cancel; bad = sorted(m for m in sys.modules if m.split('.')[0] == 'torch'); "
-            "assert not bad, bad[:5]")
+            "loopscale.config, loopscale.probes, loopscale.submit, loopscale.submit.cancel, loopscale.submit.job, "
+            "loopscale.data.format, loopscale.report.build; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'torch'); assert not bad, bad[:5]")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
 
 
-# NOTE: store.py and the loopscale.submit package are being reworked (issue 14, another change in flight).
-# If these two fail while that work is in progress, the rule stands and the in-flight change must meet it.
-@pytest.mark.parametrize("name", ["loopscale.store", "loopscale.training.model"])
-def test_store_and_model_never_import_submit(name):
-    loaded, _ = reach(name)
-    hit = [m for m in loaded if _in("loopscale.submit")(m)]
-    assert not hit, " -> ".join(path_to(name, _in("loopscale.submit")))
+def cycles(g: dict[str, Module], kinds=("top", "lazy")) -> list[list[str]]:
+    """Tarjan's strongly connected components over the imports that run (module level and inside functions):
+    each component of more than one module, or a module importing itself, is a cycle."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
 
-
-def test_no_import_cycles_at_module_level():
-    """Tarjan's strongly connected components over module-level imports: every component is one module."""
-    g = graph()
-    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+    def targets(v: str) -> list[str]:
+        return sorted(t for k in kinds for t in getattr(g[v], k) if t in g)
 
     def visit(v: str) -> None:
         index[v] = low[v] = len(index)
         stack.append(v)
         on_stack.add(v)
-        for w in sorted(g[v].top):
+        for w in targets(v):
             if w not in index:
                 visit(w)
                 low[v] = min(low[v], low[w])
@@ -278,10 +381,60 @@ def test_no_import_cycles_at_module_level():
                 component.append(w)
                 if w == v:
                     break
-            if len(component) > 1 or v in g[v].top:
-                cycles.append(sorted(component))
+            if len(component) > 1 or v in targets(v):
+                found.append(sorted(component))
 
     for v in sorted(g):
         if v not in index:
             visit(v)
-    assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
+    return found
+
+
+def test_no_import_cycles_not_even_inside_functions():
+    found = cycles(graph())
+    assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_the_cycle_rule_sees_a_cycle_through_a_function():
+    a = Module("loopscale.a", PACKAGE_DIR / "a.py", False, top={"loopscale.b"})
+    b = Module("loopscale.b", PACKAGE_DIR / "b.py", False, lazy={"loopscale.a"})
+    c = Module("loopscale.c", PACKAGE_DIR / "c.py", False, typing={"loopscale.a"})
+    assert cycles({"loopscale.a": a, "loopscale.b": b, "loopscale.c": c}) == [["loopscale.a", "loopscale.b"]]
+    b.lazy, b.typing = set(), {"loopscale.a"}
+    assert cycles({"loopscale.a": a, "loopscale.b": b}) == []
+
+
+@pytest.mark.parametrize("name", sorted(graph()))
+def test_no_module_is_over_the_line_limit(name):
+    n = len(graph()[name].path.read_text().splitlines())
+    assert n <= MAX_LINES, f"{graph()[name].path.relative_to(PACKAGE_DIR.parent)}: {n} lines > {MAX_LINES}: split it"
+
+
+def test_few_modules_directly_in_the_package():
+    top = sorted(n for n, m in graph().items() if n.count(".") == 1 and not m.is_package and n not in shims())
+    assert len(top) <= MAX_TOP_MODULES, f"{len(top)} modules directly in loopscale/ (at most {MAX_TOP_MODULES}): {top}"
+
+
+def test_the_old_paths_are_shims():
+    assert {"loopscale.job", "loopscale.train"} <= shims()
+
+
+# --- the old paths ---------------------------------------------------------------------------------
+
+def test_a_job_queued_before_the_move_still_loads():
+    """SLURM may hold jobs pickled when TrainJob lived in loopscale/job.py (a real pickle of commit e82f5f4,
+    made by submitit's own dump): today's code must load it as the job it was, in a fresh interpreter."""
+    pkl = Path(__file__).parent / "data" / "queued_job_e82f5f4.pkl"
+    assert b"loopscale.job" in pkl.read_bytes()
+    code = ("import sys, submitit; d = submitit.helpers.DelayedSubmission.load(sys.argv[1]); j = d.function; "
+            "from loopscale.submit.job import TrainJob; assert type(j) is TrainJob, type(j); print(j.run_dir)")
+    out = subprocess.run([sys.executable, "-c", code, str(pkl)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "/sweeps/tiny/runs/r2-d128-f1e12-s0"
+
+
+def test_python_m_loopscale_train_is_the_trainer():
+    """The documented ``python -m loopscale.train RUN_DIR`` runs the trainer's own entry point (its usage line)."""
+    for module in ("loopscale.train", "loopscale.training.train"):
+        out = subprocess.run([sys.executable, "-m", module], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 1 and "usage: python -m loopscale.training.train RUN_DIR" in out.stderr, out.stderr
