@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 GRID ?= grids/tiny.yaml
 
-.PHONY: install sweep test clean-sweep bench
+.PHONY: install sweep test test-fast clean-sweep bench
 
 $(BIN)/loopscale: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,8 +26,13 @@ sweep: install
 	$(BIN)/loopscale fit sweeps/$(basename $(notdir $(GRID)))
 	$(BIN)/loopscale report sweeps/$(basename $(notdir $(GRID)))
 
+# The full suite, as CI runs it (the SLURM tests skip without a cluster: scripts/slurm-local.sh starts one).
 test: install
 	$(BIN)/python -m pytest -q
+
+# Everything but the tests marked slow (those that train, sweep or build a wheel): under 2 minutes on 2 cores.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # Every bench script; the GPU check (bench/gpu_check.sh) only means something on a GPU machine: run it there.
 bench: install

@@ -1,16 +1,24 @@
-"""Shared fixtures. `real_corpus` is the embedded default corpus (Brown + Shakespeare, bpe:4096),
-prepared once per machine under the loopscale cache and reused by every test that trains for real.
-`slurm_controller` stands between the SLURM tests and a cluster that is not there."""
+"""Shared fixtures and the `slow` rule. `real_corpus` is the embedded default corpus (Brown + Shakespeare,
+bpe:4096), prepared once per machine under the loopscale cache and reused by every test that trains for real.
+`tiny_data` is a small byte-tokenized data dir of generated text, made once per session. `slurm_controller`
+stands between the SLURM tests and a cluster that is not there.
+
+The `slow` rule: a test that trains carries the `slow` marker (`make test-fast` leaves those out). A test
+without the marker that takes more than ``FAST_MAX_STEPS`` optimizer steps in this process fails, naming the
+marker it lacks; steps are counted with torch's global optimizer hook, once the test session has imported torch.
+Tests that train in other processes (sweeps, the SLURM tests) are marked slow by module."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+FAST_MAX_STEPS = 40  # optimizer steps a test may take without being marked slow (a unit test of a step is fine)
 SLURM_PING_TIMEOUT_S = 10
 START_CLUSTER = "start one with `bash scripts/slurm-local.sh` (as root), then rerun"
 
@@ -53,3 +61,42 @@ def real_corpus() -> Path:
     out = Path(os.environ.get("LOOPSCALE_TEST_DATA", default_cache_dir().parent / "test-data" / "bpe-4096"))
     prepare_default(out, tokenizer="bpe:4096")  # a no-op when already prepared with these settings
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A small byte-tokenized data dir (vocab 256, ~100 kB of generated text), made once per session. Tests
+    read it; none may write into it."""
+    from sweep_fixtures import make_tiny_data
+
+    return make_tiny_data(tmp_path_factory.mktemp("data") / "tiny")
+
+
+class _StepCounter:
+    def __init__(self) -> None:
+        self.steps = 0
+        self.handle = None
+
+    def hook(self, optimizer, args, kwargs) -> None:
+        self.steps += 1
+
+    def install(self) -> None:
+        if self.handle is None and "torch" in sys.modules:
+            from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+            self.handle = register_optimizer_step_pre_hook(self.hook)
+
+
+_STEPS = _StepCounter()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    _STEPS.install()
+    before = _STEPS.steps
+    outcome = yield
+    _STEPS.install()  # torch imported by this test: later tests are counted
+    steps = _STEPS.steps - before
+    if steps > FAST_MAX_STEPS and item.get_closest_marker("slow") is None and outcome.excinfo is None:
+        pytest.fail(f"{item.nodeid} trains ({steps} optimizer steps > {FAST_MAX_STEPS}) but is not marked "
+                    "@pytest.mark.slow: `make test-fast` would run it", pytrace=False)

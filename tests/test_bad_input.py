@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from loopscale.cli import main
-from sweep_fixtures import GRIDS, fake_result, make_tiny_data
+from sweep_fixtures import GRIDS, fake_result
 
 SMOKE = yaml.safe_load((GRIDS / "smoke.yaml").read_text())
 
@@ -104,13 +104,8 @@ def grid_text(change) -> str:
     return yaml.safe_dump(raw, sort_keys=False)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_tiny_data(tmp_path_factory.mktemp("data") / "tiny")
-
-
 @pytest.fixture
-def world(tmp_path, data):
+def world(tmp_path, tiny_data):
     """A test folder with bad inputs and an existing sweep (its grid, a finished run, its lock file)."""
     (tmp_path / "bad2.yaml").write_text("name: x\nbogus: 1\n")
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
@@ -150,15 +145,15 @@ def test_the_table_is_large_enough():
 
 
 @pytest.mark.parametrize("name", sorted(GRID_CASES))
-def test_bad_grid_one_line_exit_2_sweep_unchanged(name, world, data, capsys):
+def test_bad_grid_one_line_exit_2_sweep_unchanged(name, world, tiny_data, capsys):
     change, words = GRID_CASES[name]
     (world / "g.yaml").write_text(grid_text(change))
-    run_bad(["sweep", world / "g.yaml", "--data", data, "--out", world / "sweep", "--executor", "debug"],
+    run_bad(["sweep", world / "g.yaml", "--data", tiny_data, "--out", world / "sweep", "--executor", "debug"],
             words, world, capsys)
 
 
 @pytest.mark.parametrize("name", sorted(CLI_CASES))
-def test_bad_input_one_line_exit_2(name, world, data, capsys):
+def test_bad_input_one_line_exit_2(name, world, tiny_data, capsys):
     args, words = CLI_CASES[name]
-    argv = [a.format(d=world, data=data, sweep=world / "sweep") if isinstance(a, str) else a for a in args]
+    argv = [a.format(d=world, data=tiny_data, sweep=world / "sweep") if isinstance(a, str) else a for a in args]
     run_bad(argv, words, world, capsys)
