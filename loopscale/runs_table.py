@@ -18,10 +18,16 @@ import pandas as pd
 
 from loopscale import paper
 from loopscale.errors import UserError
+from loopscale.store import FINISHED, FITTABLE, STATES, load_results
 
 REQUIRED = ("n_once", "n_rec", "r", "tokens", "loss")
 OPTIONAL = ("budget_flops", "width", "probe", "seed", "status", "run_id")
-BAD_STATUS = ("failed", "diverged", "corrupt")
+# A run's status as a fit reads it (the run states are store's). Left out whatever their loss: runs that
+# failed or are corrupt, and runs finished but not usable in a fit (store.FITTABLE: diverged).
+BAD_STATUS = ("failed", "corrupt") + tuple(s for s in FINISHED if s not in FITTABLE)
+# Runs that may still end with a loss: in flight, new, or stopped before their end (cancelled, timeout, lost).
+UNFINISHED = tuple(s for s in STATES if s not in FINISHED and s not in BAD_STATUS)
+FIT_STATUS = ("", "ok") + FITTABLE  # fitted by their loss alone (a table made by hand may say "ok" or nothing)
 
 # Paper grid (method.md §3): FLOP budget → width multipliers s (d = 64·s), identical for every r.
 PAPER_GRID: dict[float, tuple[int, ...]] = {
@@ -39,9 +45,7 @@ def load_runs(source: str | Path) -> pd.DataFrame:
     """Read a runs table from a CSV/Parquet file, or from a sweep folder's results store."""
     path = Path(source)
     if path.is_dir():
-        from loopscale.store import load_results  # the sweep's store; only needed for folders
-
-        df = load_results(path)
+        df = load_results(path)  # the sweep's results store
     elif not path.exists():
         raise UserError(f"{path}: no such file or sweep folder")
     else:
@@ -113,7 +117,7 @@ def usable_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     if "status" in df.columns:
         status = df["status"].fillna("").astype(str).str.strip().str.lower()
         drop(status.isin(BAD_STATUS).to_numpy(), "marked failed/diverged/corrupt")
-        unfinished = ~status.isin(("", "done", "ok")).to_numpy() & ~np.isfinite(loss)
+        unfinished = ~status.isin(FIT_STATUS).to_numpy() & ~np.isfinite(loss)
         shown = ", ".join(sorted(set(status[unfinished & keep])))
         drop(unfinished, f"not finished (status {shown})")
     drop(~np.isfinite(loss) | (loss <= 0), "with NaN, inf or non-positive loss")

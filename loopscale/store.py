@@ -10,6 +10,7 @@ A sweep folder::
                           error.json  the trainer's failure record
                           cancel.json `loopscale cancel` (or a SIGTERM to a local worker) stopped the run
                           job.out/err the job's stdout/stderr
+                          checkpoints/step_<n>.pt the trainer's checkpoints (n: 9 digits)
     <sweep>/jobs/                     submitit's pickles, submission scripts and logs
     <sweep>/results.db                SQLite, one row per run (``collect``)
 
@@ -17,7 +18,8 @@ The store reads files and SQLite only. A run's state comes from its own files; f
 the caller may pass the scheduler's word (``loopscale.submit.scheduler.states``) into ``run_states``,
 the one place states are derived:
 
-- finished: ``done``, ``diverged`` (result.json)
+- finished (``FINISHED``): ``done``, ``diverged`` (result.json); of these, usable in a fit (``FITTABLE``):
+  ``done`` (a diverged run is finished but never fitted)
 - retryable: ``failed`` (error.json, or the scheduler says it failed), ``corrupt`` (result.json
   unreadable or inconsistent), ``cancelled`` (cancel.json and no result.json, or the scheduler says so),
   ``timeout``, ``lost`` (the job is gone, no record)
@@ -45,8 +47,10 @@ RUNS_DIR, JOBS_DIR, DB_FILE, GRID_FILE = "runs", "jobs", "results.db", "grid.yam
 CONFIG_FILE, RESULT_FILE, ERROR_FILE = "config.yaml", "result.json", "error.json"
 JOB_FILE, STARTED_FILE, METRICS_FILE = "job.json", "started.json", "metrics.jsonl"
 CANCEL_FILE = "cancel.json"
+CKPT_DIR = "checkpoints"
 
-FINISHED = ("done", "diverged")
+FINISHED = ("done", "diverged")  # a result.json: the run is over and is not trained again
+FITTABLE = ("done",)  # finished with a loss a fit may use: a diverged run is finished, never fitted
 RETRYABLE = ("failed", "corrupt", "cancelled", "timeout", "lost")
 IN_FLIGHT = ("submitted", "pending", "running", "unknown")
 NEW = "new"
@@ -81,6 +85,31 @@ def run_ids(sweep_dir: str | Path) -> list[str]:
         return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     except FileNotFoundError:
         return []
+
+
+def checkpoint_name(step: int) -> str:
+    """The file name of the checkpoint at ``step`` in ``<run_dir>/checkpoints/``."""
+    return f"step_{step:09d}.pt"
+
+
+def checkpoint_paths(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, newest first (by name: nothing is loaded; no torch)."""
+    d = Path(run_dir) / CKPT_DIR
+    if not d.is_dir():
+        return []
+    found = []
+    for p in d.glob("step_*.pt"):
+        try:
+            found.append((int(p.stem.split("_")[1]), p))
+        except (IndexError, ValueError):
+            continue
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def latest_step(run_dir: str | Path) -> int | None:
+    """The step of the newest complete checkpoint (by its name; not loaded), None without one."""
+    paths = checkpoint_paths(run_dir)
+    return int(paths[0].stem.split("_")[1]) if paths else None
 
 
 def read_json(path: Path) -> tuple[Any, str | None]:

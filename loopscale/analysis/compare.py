@@ -42,7 +42,7 @@ from loopscale.analysis.parallel import single_threaded_blas
 from loopscale.atomic import json_safe
 from loopscale import probes
 from loopscale.errors import UserError
-from loopscale.runs_table import BAD_STATUS, usable_rows
+from loopscale.runs_table import BAD_STATUS, UNFINISHED, usable_rows
 
 MIN_CELLS = 4  # (budget × r) cells per fit for a bootstrap: fewer and most resamples repeat one cell
 MIN_LOOPED_CELLS = 2  # of which looped (r > 1): φ must stay identifiable in most resamples
@@ -50,7 +50,6 @@ TOKEN_SIDE = 0.05  # a median token ratio further than this from 1 counts as a t
 # (hyperconn charges (K²+2K)·d instead of 2d² for the injection: ≈1.02× the tokens, not a token-side gain)
 P_VALUE_METHOD = ("two-sided bootstrap p-value: 2·min(share of resamples with Δφ* ≤ 0, share with Δφ* ≥ 0), "
                   "each share counted as (k + 1)/(n + 1) over the n resamples where both refits have φ")
-UNFINISHED = ("new", "submitted", "pending", "running", "unknown", "cancelled", "timeout", "lost")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,9 +29,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from loopscale.fmt import timestamp
-from loopscale.training.checkpoint import latest_step
 from loopscale.errors import UserError
-from loopscale.store import CANCEL_FILE, IN_FLIGHT, RESULT_FILE, STARTED_FILE, RunState, read_json, runs_root
+from loopscale.store import (
+    CANCEL_FILE,
+    IN_FLIGHT,
+    RESULT_FILE,
+    STARTED_FILE,
+    RunState,
+    latest_step,
+    read_json,
+    runs_root,
+)
 from loopscale.submit import scheduler
 from loopscale.submit.records import sync, write_json
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import yaml
 
 from loopscale.atomic import write_bytes_atomic
-from loopscale.training.checkpoint import checkpoint_paths
 from loopscale.errors import UserError
 from loopscale.grid import Grid, RunSpec, grid_changes, parse_yaml
 from loopscale.store import (
@@ -21,6 +20,7 @@ from loopscale.store import (
     METRICS_FILE,
     RESULT_FILE,
     STARTED_FILE,
+    checkpoint_paths,
 )
 from loopscale.submit.records import LOG_LINKS, replace_file
 

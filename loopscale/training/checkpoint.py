@@ -8,8 +8,9 @@ is read with ``torch.load(weights_only=True)``: run folders live on shared stora
 must run nothing. A file that does not load that way (torn, corrupt, written by an older loopscale, or
 planted) is ignored: the run resumes from the previous checkpoint, or starts from scratch.
 
-torch is imported where a checkpoint is written or read, not with the module: the listing
-(:func:`checkpoint_paths`, :func:`latest_step`) serves torch-free callers (`loopscale cancel`, resubmission).
+torch is imported where a checkpoint is written or read, not with the module. The listing (the folder, the
+file names, :func:`~loopscale.store.checkpoint_paths`, :func:`~loopscale.store.latest_step`) is the run
+folder's, in :mod:`loopscale.store`, which torch-free callers (`loopscale cancel`, resubmission) read.
 """
 
 from __future__ import annotations
@@ -24,29 +25,10 @@ from typing import Any
 
 import numpy as np
 
-CKPT_DIR = "checkpoints"
+from loopscale.store import CKPT_DIR, checkpoint_name, checkpoint_paths
+
 KEEP = 2  # the newest complete checkpoint and the one before it
 UNREADABLE = ".unreadable"  # suffix an ignored checkpoint is renamed with, out of the step_*.pt listing
-
-
-def checkpoint_paths(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, newest first."""
-    d = Path(run_dir) / CKPT_DIR
-    if not d.is_dir():
-        return []
-    found = []
-    for p in d.glob("step_*.pt"):
-        try:
-            found.append((int(p.stem.split("_")[1]), p))
-        except (IndexError, ValueError):
-            continue
-    return [p for _, p in sorted(found, reverse=True)]
-
-
-def latest_step(run_dir: Path) -> int | None:
-    """The step of the newest complete checkpoint (by its name; not loaded), None without one."""
-    paths = checkpoint_paths(run_dir)
-    return int(paths[0].stem.split("_")[1]) if paths else None
 
 
 def plain(obj: Any) -> Any:
@@ -98,7 +80,7 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any]) -> Path:
 
     d = Path(run_dir) / CKPT_DIR
     d.mkdir(parents=True, exist_ok=True)
-    path = d / f"step_{step:09d}.pt"
+    path = d / checkpoint_name(step)
     fd, tmp = tempfile.mkstemp(prefix=".step_", suffix=".tmp", dir=d)
     try:
         with os.fdopen(fd, "wb") as f:
