@@ -1,5 +1,5 @@
 """`loopscale plan`: simulate a grid under a prior law and say whether it will measure φ (and a
-probe's Δφ), what it costs, and which cells to add or drop. Logic in loopscale/analysis/plan.py."""
+probe's Δφ), what it costs, and which cells to add or drop. Logic in loopscale/analysis/plan/."""
 
 from __future__ import annotations
 
@@ -201,6 +201,7 @@ def register(app: typer.Typer) -> None:
         and report φ's expected CI, a probe's chance to resolve Δφ, the cost, and cells worth adding."""
         from loopscale.analysis.law import load_law
         from loopscale.analysis.plan import bracketing, check_grid, check_plan_args, plan_grid, sweep_prior
+        from loopscale.analysis.plan.settings import PLAN_NOISE
         from loopscale.errors import UserError
         from loopscale.grid import find_grid, load_grid
 
@@ -219,7 +220,7 @@ def register(app: typer.Typer) -> None:
         if noise is not None:
             noise_source = "--noise"
         elif from_sweep is None:
-            noise, noise_source = 0.01, "default 0.01 nats (--noise)"
+            noise, noise_source = PLAN_NOISE, f"default {PLAN_NOISE:g} nats (--noise)"
         with stage_progress() as progress:
             if from_sweep is not None:
                 sweep = sweep_prior(from_sweep, starts=fit_starts, seed=seed, workers=workers,
