@@ -158,6 +158,26 @@ def test_cli_json_keys_and_fit_json_law(tmp_path, capsys):
     assert doc["suggestions"][0]["simulated"]["replicates"] == 1000
 
 
+def test_cli_defaults_are_plans_own_settings():
+    """The options spell plan's defaults as literals (importing the plan package would load the fit's imports at
+    every CLI start-up): they must stay plan's own settings (loopscale.analysis.plan.settings)."""
+    import typer
+
+    from loopscale.analysis.plan import settings
+    from loopscale.cli import app
+
+    params = typer.main.get_command(app).commands["plan"].params
+    options = {p.name: p.default for p in params}
+    assert options["replicates"] == settings.PLAN_REPLICATES
+    assert options["bootstrap"] == settings.PLAN_RESAMPLES
+    assert options["starts"] == settings.PLAN_STARTS
+    assert options["fit_starts"] == settings.SWEEP_FIT_STARTS
+    assert options["probe_delta"] == settings.PROBE_DELTA
+    assert options["suggest"] == settings.SUGGEST
+    assert options["noise"] is None  # PLAN_NOISE unless --from measures it
+    assert f"else {settings.DEFAULT_CPU_GFLOPS:g})" in next(p.help for p in params if p.name == "cpu_gflops")
+
+
 def test_cli_prints_tables(tmp_path, capsys):
     small_grid(tmp_path, "hyperconn")
     code, out, err = cli_in_process(["plan", tmp_path / "small-hyperconn.yaml", "--replicates", 10, "--bootstrap", 20,
