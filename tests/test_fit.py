@@ -2,8 +2,6 @@
 case, the bootstrap and the command line (method.md §5). Small start and resample counts keep it fast."""
 
 import json
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -12,22 +10,12 @@ import pytest
 from scipy.optimize import minimize
 from scipy.special import huber, logsumexp
 
-from loopscale.analysis.fit import (
-    LOWER,
-    UPPER,
-    FitData,
-    bootstrap_fits,
-    bootstrap_plan,
-    evaluate,
-    fit_law,
-    multistart,
-    objective,
-    paired_bootstrap,
-    percentile_ci,
-    run_fit,
-    unit_labels,
-)
-from loopscale.analysis.law import PAPER_LAW, Law
+from loopscale.analysis.bootstrap import bootstrap_fits, bootstrap_plan, paired_bootstrap, percentile_ci, unit_labels
+from loopscale.analysis.defaults import GRID_STARTS
+from loopscale.analysis.fit import run_fit
+from loopscale.analysis.law import LOWER, PAPER_LAW, UPPER, FitData, Law, evaluate, objective, params_of, theta_of
+from loopscale.analysis.lawfit import fit_law
+from loopscale.analysis.multistart import draw_starts, multistart
 from loopscale.analysis.parallel import single_threaded_blas
 from loopscale.errors import UserError
 from loopscale.runs_table import PAPER_GRID, load_runs, paper_design, select_probe, synthetic_runs, usable_rows
@@ -38,10 +26,6 @@ EPOCH = Path(__file__).resolve().parent / "data" / "epoch_chinchilla_svg_extract
 
 def law_with(phi: float) -> Law:
     return Law(**{**PAPER_LAW.to_dict(), "phi": phi})
-
-
-def theta_of(law: Law) -> np.ndarray:
-    return np.array([np.log(law.E), np.log(law.A), law.alpha, np.log(law.B), law.beta, law.phi])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,7 +352,7 @@ def test_cli_fit_table_plots_and_sweep_folder(tmp_path, capsys, monkeypatch):
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     # The sweep's results store is another module; a folder source goes through its load_results.
-    monkeypatch.setitem(sys.modules, "loopscale.store", types.SimpleNamespace(load_results=lambda path: runs))
+    monkeypatch.setattr("loopscale.runs_table.load_results", lambda path: runs)
     code, out, err = cli_in_process(["fit", sweep, "--starts", 20, "--bootstrap", 6, "--workers", 1], capsys)
     assert code == 0, err
     assert "phi" in out and "restricted" in out
@@ -397,3 +381,66 @@ def test_cli_fit_errors_exit_2_with_one_line(tmp_path, capsys, case):
     assert code == 2
     assert out == ""
     assert err.strip().startswith("error:") and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The one parametrisation (analysis.law) and a fixed CSV's numbers before and after issue 20
+
+
+def test_theta_and_coefficients_convert_one_way_and_back():
+    theta = theta_of(PAPER_LAW)
+    back = Law.from_dict(params_of(theta))
+    assert np.allclose([getattr(back, k) for k in PAPER_LAW.to_dict()], list(PAPER_LAW.to_dict().values()),
+                       rtol=1e-14, atol=0)
+    assert params_of(theta, with_phi=False)["phi"] is None
+    assert np.array_equal(theta_of({**PAPER_LAW.to_dict(), "phi": None})[:5], theta[:5])
+    assert theta_of({**PAPER_LAW.to_dict(), "phi": None})[5] == 0.0
+    data = FitData.from_table(synthetic_runs(PAPER_LAW, 0.0))
+    assert draw_starts(data, 0, 0, {}).shape == (GRID_STARTS, 6)  # the grid the --starts help names
+
+
+def test_evaluate_batches_loss_vectors_and_its_newton_matrix():
+    """Many loss vectors on one design at once (plan's refits) give what one FitData per vector gives."""
+    runs = synthetic_runs(PAPER_LAW, 0.01, seed=4)
+    data = FitData.from_table(runs)
+    rng = np.random.default_rng(4)
+    thetas = theta_of(PAPER_LAW) + 0.05 * rng.standard_normal((3, 6))
+    log_loss = data.log_loss + 0.002 * rng.standard_normal((3, len(data)))
+    weight = rng.integers(0, 3, (3, len(data))).astype(float)
+    f, g, M = evaluate(thetas, data, need=2, log_loss=log_loss, weight=weight)
+    f0 = evaluate(thetas, data, need=0, log_loss=log_loss, weight=weight)
+    _, _, N = evaluate(thetas, data, need=2, log_loss=log_loss, weight=weight, newton=True)
+    assert np.array_equal(f, f0)
+    for p in range(3):
+        one = FitData(data.n_once, data.n_rec, data.r, data.log_tokens, log_loss[p], weight[p])
+        fp, gp, Mp = evaluate(thetas[p : p + 1], one, need=2)
+        assert f[p] == pytest.approx(fp[0], rel=1e-12) and np.allclose(g[p], gp[0], rtol=1e-12, atol=0)
+        assert np.allclose(M[p], Mp[0], rtol=1e-12, atol=0)
+    # Semismooth Newton: Gauss–Newton inside Huber's zone plus 1% of the IRLS matrix, symmetric and PSD.
+    assert np.allclose(N, N.transpose(0, 2, 1)) and (np.linalg.eigvalsh(N) > -1e-12).all()
+    assert not np.allclose(N, M)
+
+
+# `loopscale fit --starts 20 --bootstrap 20 --workers 1` on tests/synthetic_runs.py's CSV, by the code before
+# issue 20's restructure (e82f5f4): the fit must give these numbers to 1e-6.
+FIXED_PARAMS = {"E": 1.369295092575972, "A": 15.97464622876254, "alpha": 0.15501363458899228,
+                "B": 935.4883367506712, "beta": 0.37011392419820904, "phi": 0.46048330047745784}
+FIXED_PHI_CI = [0.4335167335370153, 0.48031818646028707]
+FIXED_R2 = 0.9977207547908782
+FIXED_SPLIT_PHI = {"low": 0.4631564859283622, "high": 0.4505823645423086}
+
+
+def test_a_fixed_csv_fits_as_before_the_restructure(tmp_path, capsys):
+    from synthetic_runs import write_csv
+
+    path = write_csv(tmp_path / "runs.csv")
+    code, out, err = cli_in_process(["fit", path, "--json", "--no-plots", "--starts", 20, "--bootstrap", 20,
+                                     "--workers", 1], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["n_runs"] == 116 and doc["settings"]["resample"] == "cells"
+    assert doc["params"]["phi"] == pytest.approx(FIXED_PARAMS["phi"], abs=1e-6)
+    assert doc["ci"]["phi"] == pytest.approx(FIXED_PHI_CI, abs=1e-6)
+    assert doc["params"] == pytest.approx(FIXED_PARAMS, rel=1e-6)
+    assert doc["r2"] == pytest.approx(FIXED_R2, abs=1e-9)
+    assert {k: v["phi"] for k, v in doc["split_half"].items()} == pytest.approx(FIXED_SPLIT_PHI, abs=1e-6)

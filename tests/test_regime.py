@@ -1,4 +1,4 @@
-"""Regime diagnostics (loopscale/analysis/regime.py) and their place in `fit`, `compare` and `report`: constructed
+"""Regime diagnostics (loopscale/analysis/regime.py, cells.py) and their place in `fit`, `compare` and `report`: constructed
 losses only, no training. Fits use few starts and resamples to stay fast."""
 
 import json
@@ -11,10 +11,11 @@ import pytest
 
 from loopscale.analysis.fit import run_fit
 from loopscale.analysis.law import PAPER_LAW, Law
+from loopscale.analysis.cells import cell_minima
 from loopscale.analysis.regime import (
     BRACKETED_SHARE,
     PAPER_TOKENS_PER_PARAM,
-    cell_minima,
+    FitSummary,
     regime_diagnostics,
     seed_noise,
 )
@@ -154,22 +155,22 @@ def test_a_clean_fit_on_the_papers_design_is_trustworthy(clean_fit):
     assert diag.at_bounds == [] and diag.reasons == [] and diag.r2 > 0.999
     assert diag.phi_ci_width is not None and diag.split_half_consistent is True
     # The same fit judged against a seed noise far below its residuals: the law misses structure.
-    tight = regime_diagnostics(runs, rep, seed_noise=diag.residual_rmse / 10)
+    tight = regime_diagnostics(runs, rep.summary(), seed_noise=diag.residual_rmse / 10)
     assert not tight.trustworthy and tight.checks["residual_vs_noise"] is False
     assert any("the seed-to-seed noise" in r for r in tight.reasons)
-    assert regime_diagnostics(runs, rep, seed_noise=diag.residual_rmse).checks["residual_vs_noise"] is True
+    assert regime_diagnostics(runs, rep.summary(), seed_noise=diag.residual_rmse).checks["residual_vs_noise"] is True
 
 
 def test_fit_json_dict_criteria_r2_phi_ci_split_half_and_bounds():
     runs = synthetic_runs(PAPER_LAW, 0.0)
     doc = {"params": PAPER_LAW.to_dict(), "r2": 0.99, "residuals": {"all": {"rmse": 0.01}},
            "ci": {"phi": [0.4, 0.5]}, "split_half": {"low": {"phi": 0.42}, "high": {"phi": 0.47}}}
-    ok = regime_diagnostics(runs, doc)
+    ok = regime_diagnostics(runs, FitSummary.from_json(doc))
     assert ok.checks == {"one_recipe": True, "no_parameter_at_bound": True, "cells_bracketed": True, "r2": True,
                          "phi_ci_width": True, "split_half": True, "residual_vs_noise": None}
     bad = dict(doc, r2=0.9, ci={"phi": [0.1, 0.9]}, split_half={"low": {"phi": 0.0}, "high": {"phi": 0.9}},
                params=dict(doc["params"], E=math.exp(-3.0), phi=3.0))
-    diag = regime_diagnostics(runs, bad)
+    diag = regime_diagnostics(runs, FitSummary.from_json(bad))
     assert not diag.trustworthy
     assert diag.at_bounds == ["E", "phi"] and diag.bounds_hit == {"E": "lower", "phi": "upper"}
     assert diag.bound_values["E"] == pytest.approx(math.exp(-3.0))
@@ -180,9 +181,9 @@ def test_fit_json_dict_criteria_r2_phi_ci_split_half_and_bounds():
     assert "φ refitted on the lower and the upper budgets disagrees" in text
     # Halves with CIs of their own: each φ inside the other's CI.
     halves = {"low": {"phi": 0.42, "ci": [0.40, 0.50]}, "high": {"phi": 0.47, "ci": [0.41, 0.55]}}
-    assert regime_diagnostics(runs, dict(doc, split_half=halves)).split_half_consistent is True
+    assert regime_diagnostics(runs, FitSummary.from_json(dict(doc, split_half=halves))).split_half_consistent is True
     halves["high"]["ci"] = [0.45, 0.48]
-    assert regime_diagnostics(runs, dict(doc, split_half=halves)).split_half_consistent is False
+    assert regime_diagnostics(runs, FitSummary.from_json(dict(doc, split_half=halves))).split_half_consistent is False
 
 
 def test_no_floor_puts_e_on_its_bound_and_the_verdict_says_so(tmp_path, capsys):
@@ -287,12 +288,12 @@ def test_runs_of_two_recipes_are_not_one_fit(clean_fit):
     """Runs of an older loopscale left in a sweep folder (other ids, so both stay) would be fitted together."""
     runs, rep = clean_fit
     same = runs.assign(**{"train.optimizer": "muonh", "train.muon_ns": "polar_express", "data.loader": None})
-    assert regime_diagnostics(same, rep).checks["one_recipe"] is True
+    assert regime_diagnostics(same, rep.summary()).checks["one_recipe"] is True
     # Records from before a setting existed read as what it meant then: no loader key was windows.
-    assert regime_diagnostics(same.assign(**{"data.loader": "windows"}), rep).checks["one_recipe"] is True
+    assert regime_diagnostics(same.assign(**{"data.loader": "windows"}), rep.summary()).checks["one_recipe"] is True
     old = same.copy()
     old.loc[old.index[::3], "train.muon_ns"] = None  # muonh before muon_ns existed: quintic
-    diag = regime_diagnostics(old, rep)
+    diag = regime_diagnostics(old, rep.summary())
     assert not diag.trustworthy and diag.checks["one_recipe"] is False
     n_old = len(old.index[::3])
     assert f"train.muon_ns polar_express ×{len(old) - n_old}, quintic ×{n_old}" in diag.reasons[0], diag.reasons

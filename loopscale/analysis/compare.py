@@ -2,7 +2,7 @@
 
 A probe is a named model/training variant (loopscale.probes) run on the looped cells (r > 1) of an
 iso-FLOP grid; its r = 1 runs are the baseline's (at r = 1 there is no loop to change). The law is
-fitted twice with the same objective, bounds and number of starts (fit.py): to the baseline runs and to the
+fitted twice with the same objective, bounds and number of starts (analysis.lawfit): to the baseline runs and to the
 probe runs, each with the same shared r = 1 runs, on the (budget × r) cells both have. Then:
 
 - φ with a percentile CI for each, and Δφ = φ_probe − φ_baseline with a *paired* block bootstrap: each
@@ -23,22 +23,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from loopscale.analysis.fit import (
-    HUBER_DELTA,
-    I_PHI,
-    LOWER,
-    UPPER,
-    BootstrapDraws,
-    FitData,
-    LawFit,
-    bootstrap_fits,
-    bootstrap_plan,
-    fit_law,
-    percentile_ci,
-    unit_labels,
-)
-from loopscale.analysis.law import FORMULA, PARAM_NAMES
+from loopscale.analysis.bootstrap import BootstrapDraws, bootstrap_fits, bootstrap_plan, percentile_ci, unit_labels
+from loopscale.analysis.defaults import BOOTSTRAP, HUBER_DELTA, SEED, STARTS
+from loopscale.analysis.law import BOUNDS_NOTE, FORMULA, I_PHI, PARAM_NAMES, FitData, bounds
+from loopscale.analysis.lawfit import LawFit, fit_law
 from loopscale.analysis.parallel import single_threaded_blas
+from loopscale.analysis.regime import Diagnostics, FitSummary, regime_diagnostics
 from loopscale.atomic import json_safe
 from loopscale import probes
 from loopscale.errors import UserError
@@ -306,7 +296,7 @@ class Comparison:
     settings: dict
     warnings: list[str]
     notes: list[str]
-    diagnostics: dict = field(default_factory=dict)  # "baseline", "probe" → regime.Diagnostics
+    diagnostics: dict[str, Diagnostics] = field(default_factory=dict)  # "baseline", "probe"
 
     def phi_samples(self, side: int) -> np.ndarray | None:
         return None if self.draws is None else self.draws.params[side, :, I_PHI]
@@ -380,8 +370,8 @@ class Comparison:
 
 
 
-def compare(df: pd.DataFrame, probe: str, baseline: str = "none", *, starts: int = 500, bootstrap: int = 200,
-            seed: int = 0, huber_delta: float = HUBER_DELTA, workers: int | None = None,
+def compare(df: pd.DataFrame, probe: str, baseline: str = "none", *, starts: int = STARTS,
+            bootstrap: int = BOOTSTRAP, seed: int = SEED, huber_delta: float = HUBER_DELTA, workers: int | None = None,
             progress=None) -> Comparison:
     """Fit baseline and probe (each with the shared r = 1 runs) and compare them (module docstring).
 
@@ -435,12 +425,10 @@ def compare(df: pd.DataFrame, probe: str, baseline: str = "none", *, starts: int
         notes.append("no looped runs match by budget and width: loss change by cells' best runs only, no token ratio")
     settings = {"starts": starts, "bootstrap": bootstrap, "seed": seed, "huber_delta": huber_delta,
                 "resample": "cells (paired)", "min_cells": MIN_CELLS,
-                "bounds": {n: [float(LOWER[i]), float(UPPER[i])] for i, n in enumerate(PARAM_NAMES)},
-                "bounds_note": "E, A, B bounds are on their logs e, a, b"}
+                "bounds": bounds(), "bounds_note": BOUNDS_NOTE}
     result = Comparison(probe, baseline, tables, fits, draws, matched, loss_change(tables, matched),
                         token_gain(matched), n_units, settings, warnings, notes)
-    from loopscale.analysis.regime import regime_diagnostics
-
     for key in ("baseline", "probe"):
-        result.diagnostics[key] = regime_diagnostics(getattr(tables, key), fits[key], ci=result.params_ci(key))
+        result.diagnostics[key] = regime_diagnostics(getattr(tables, key),
+                                                     FitSummary.of(fits[key], ci=result.params_ci(key)))
     return result

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from loopscale.analysis.fit import I_PHI, FitData, FitReport, predict_loss
+from loopscale.analysis.fit import FitReport
+from loopscale.analysis.law import I_PHI, FitData, predict_loss
 from loopscale.analysis.plots import log_x, png_bytes, pyplot
 from loopscale.atomic import write_bytes_atomic
 

@@ -1,8 +1,8 @@
 """Compute-optimal points, measured and predicted (method.md §5, §7).
 
 - :func:`cell_parabolas` — per iso-FLOP (budget, r) cell of a runs table: the runs' (N, loss), the
-  parabola in log N through them (repeats of one N averaged, as regime.one_cell fits it) over the
-  trained range, and the cell's minimum (regime.CellMinimum: vertex N*, L*, bracketed or not).
+  parabola in log N through them (repeats of one N averaged, as cells.one_cell fits it) over the
+  trained range, and the cell's minimum (cells.CellMinimum: vertex N*, L*, bracketed or not).
 - :func:`measured_optima` and :func:`measured_gaps` — the cells' vertices as a table, and the loss
   gap L*(C, r) − L*(C, 1) between cells of one budget.
 - :func:`run_costs` — per r, FLOPs per token F(N) and the prelude/coda share N_once/N as smooth
@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize_scalar
 
-from loopscale.analysis.fit import FitData, predict_loss
-from loopscale.analysis.regime import MIN_WIDTHS, CellMinimum, one_cell, parabola, width_means
+from loopscale.analysis.cells import MIN_WIDTHS, CellMinimum, one_cell, parabola, width_means
+from loopscale.analysis.law import FitData, predict_loss
 
 SEARCH_DECADES = 1.0  # the law's N* is searched this many decades beyond the N trained at that r
 CURVE_POINTS = 60

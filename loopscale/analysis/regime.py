@@ -2,14 +2,13 @@
 
 One implementation for `fit`, `compare`, `report` and `plan`:
 
-- :func:`cell_minima` — per iso-FLOP cell (budget × r × probe), a parabola L = a + b·x + c·x² in
-  x = log N (N = N_once + N_rec, repeats of one width averaged first) and where its vertex lies
-  relative to the widths trained: ``inside`` (bracketed), ``below`` the smallest, ``above`` the
-  largest, ``flat`` (no positive curvature) or ``few`` (< 3 widths).
+- the iso-FLOP cells and where their minima lie: analysis.cells;
 - :func:`seed_noise` — pooled seed-to-seed sd of runs identical except their seed.
 - :func:`regime_diagnostics` — the cells, tokens per parameter, epochs of the data, parameters on
   the fit's box bounds, residual RMSE against seed noise, and a verdict (``trustworthy`` with one
-  plain line per failed criterion in ``reasons``). Thresholds are the module constants below.
+  plain line per failed criterion in ``reasons``). Thresholds are the module constants below. The fit
+  comes in as a :class:`FitSummary` (of a LawFit, or of a fit.json).
+- the verdict and the cells in words and table rows: analysis.regime_text.
 """
 
 from __future__ import annotations
@@ -18,17 +17,21 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from loopscale.analysis.fit import LOG_FITTED, LOWER, UPPER
-from loopscale.analysis.law import PARAM_NAMES
+from loopscale.analysis.cells import MIN_WIDTHS, CellMinimum, cells_missed, table_cells
+from loopscale.analysis.cells import cell_minima  # noqa: F401 - plan imports it from here (old path)
+from loopscale.analysis.law import LOWER, PARAM_NAMES, UPPER, bound_value, theta_of
 from loopscale.atomic import json_safe
-from loopscale.fmt import finite, si
+from loopscale.fmt import finite
+
+if TYPE_CHECKING:
+    from loopscale.analysis.lawfit import LawFit
 
 # --- thresholds of the verdict ---------------------------------------------------------------------
-MIN_WIDTHS = 3  # widths a cell needs for a parabola
 BRACKETED_SHARE = 2 / 3  # of the cells with >= MIN_WIDTHS widths, this share must bracket their optimum
 MIN_R2 = 0.98
 MAX_PHI_CI_WIDTH = 0.35  # 95% bootstrap CI of φ
@@ -47,96 +50,6 @@ RECIPE_COLUMNS = ("train.optimizer", "train.muon_ns", "train.seq_len", "train.ba
                   "train.eps", "train.warmup_steps", "train.final_lr_frac", "train.grad_clip", "train.weight_decay",
                   "data.loader", "data.dir", "data.eval_tokens", "vocab_size", "model.n_layers_eff",
                   "model.head_dim", "model.injection")
-
-
-# --- iso-FLOP cells --------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class CellMinimum:
-    """One (budget, r[, probe]) iso-FLOP cell and where its loss minimum over N lies."""
-
-    budget: float  # FLOP budget C of the cell
-    r: int
-    probe: str
-    n_widths: int  # distinct N values trained in the cell
-    n_min: float  # smallest / largest N = N_once + N_rec trained
-    n_max: float
-    n_star: float | None  # parabola vertex in log N (None: < 3 widths or curvature <= 0)
-    loss_star: float | None  # parabola value at the vertex
-    curvature: float | None  # c of L = a + b·log N + c·log² N (None: < 3 widths)
-    bracketed: bool  # vertex strictly inside (log n_min, log n_max) and curvature > 0
-    where: str  # inside | below | above | flat | few
-    n_runs: int = 0  # runs in the cell (repeats included)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def width_means(n, loss) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct N of a cell, sorted, and the mean loss at each (seed repeats averaged)."""
-    widths, inverse = np.unique(np.asarray(n, dtype=float), return_inverse=True)
-    return widths, np.bincount(inverse, weights=np.asarray(loss, dtype=float)) / np.bincount(inverse)
-
-
-def parabola(x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-    """Least-squares parabola through (x, y) with x centred for conditioning: (x0, [c, b, a]) for
-    y = a + b·(x − x0) + c·(x − x0)² (np.polyval order)."""
-    x0 = float(np.mean(x))
-    return x0, np.polyfit(x - x0, y, 2)
-
-
-def _vertex(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-    """Least-squares parabola y = a + b·x + c·x² (:func:`parabola`): (c, x*, y*) with x* = −b/(2c) (NaN
-    when c <= 0)."""
-    x0, (c, b, a) = parabola(x, y)
-    if not c > 0:
-        return float(c), math.nan, math.nan
-    xs = -b / (2 * c)
-    return float(c), float(xs + x0), float(a + b * xs + c * xs * xs)
-
-
-def one_cell(n, loss, budget: float, r: int, probe: str = "none") -> CellMinimum:
-    """The minimum of one cell from its runs' N and losses (repeats of an N averaged)."""
-    n = np.asarray(n, dtype=float)
-    widths, mean = width_means(n, loss)
-    base = dict(budget=float(budget), r=int(r), probe=str(probe), n_widths=len(widths),
-                n_min=float(widths[0]), n_max=float(widths[-1]), n_runs=len(n))
-    if len(widths) < MIN_WIDTHS:
-        return CellMinimum(**base, n_star=None, loss_star=None, curvature=None, bracketed=False, where="few")
-    x = np.log(widths)
-    c, xs, ys = _vertex(x, mean)
-    if not np.isfinite(xs):
-        return CellMinimum(**base, n_star=None, loss_star=None, curvature=c, bracketed=False, where="flat")
-    where = "inside" if x[0] < xs < x[-1] else "below" if xs <= x[0] else "above"
-    return CellMinimum(**base, n_star=float(np.exp(xs)), loss_star=ys, curvature=c, bracketed=where == "inside",
-                       where=where)
-
-
-def cell_minima(n, loss, budget, r, probe=None) -> list[CellMinimum]:
-    """Minima of every (budget, r, probe) cell; arrays of equal length. N is unique non-embedding
-    parameters N_once + N_rec. Rows with a NaN budget or loss (token-budget runs, unfinished runs)
-    belong to no cell. Sorted by probe, budget, r."""
-    n, loss = np.asarray(n, dtype=float), np.asarray(loss, dtype=float)
-    budget, r = np.asarray(budget, dtype=float), np.asarray(r, dtype=float)
-    probe = np.full(len(n), "none", dtype=object) if probe is None else \
-        np.array(["none" if p is None or (isinstance(p, float) and math.isnan(p)) else str(p) for p in probe], dtype=object)
-    if not (len(n) == len(loss) == len(budget) == len(r) == len(probe)):
-        raise ValueError("cell_minima: n, loss, budget, r and probe must have equal lengths")
-    ok = np.isfinite(n) & (n > 0) & np.isfinite(loss) & np.isfinite(budget) & np.isfinite(r)
-    keys = sorted({(probe[i], budget[i], r[i]) for i in np.flatnonzero(ok)})
-    out = []
-    for p, c, rr in keys:
-        m = ok & (probe == p) & (budget == c) & (r == rr)
-        out.append(one_cell(n[m], loss[m], c, int(rr), p))
-    return out
-
-
-def table_cells(table: pd.DataFrame) -> list[CellMinimum]:
-    """:func:`cell_minima` of a runs table (n_once, n_rec, r, loss, budget_flops[, probe])."""
-    if "budget_flops" not in table:
-        return []
-    return cell_minima(table["n_once"] + table["n_rec"], table["loss"], table["budget_flops"], table["r"],
-                       table["probe"] if "probe" in table else None)
 
 
 # --- seed noise --------------------------------------------------------------------------------------
@@ -207,42 +120,38 @@ def _run_train_tokens(table: pd.DataFrame, train_tokens) -> np.ndarray:
     return np.array(out, dtype=float)
 
 
-# --- the fit, whichever form it comes in ---------------------------------------------------------------
+# --- the fit ---------------------------------------------------------------------------------------------
 
 @dataclass
-class _FitView:
-    theta: np.ndarray | None  # (e, a, α, b, β, φ), internal coordinates
-    phi_free: bool
+class FitSummary:
+    """What the verdict reads of a fit: its estimate, R², residual RMSE, CIs and split-half refits."""
+
+    theta: np.ndarray | None  # (e, a, α, b, β, φ), the fit's coordinates (analysis.law); None: unknown
+    phi_free: bool  # φ was fitted (not held, not the Chinchilla form)
     r2: float | None
-    rmse: float | None
-    ci: dict  # name → [lo, hi] | None, in reported coordinates
-    split_half: dict
+    rmse: float | None  # residual RMSE of L − L̂ over all runs, nats
+    ci: dict = field(default_factory=dict)  # name → [lo, hi] | None, in reported coordinates
+    split_half: dict = field(default_factory=dict)  # fit.json's split_half: low/high → phi (and ci)
 
-
-def _view(fit, ci=None, split_half=None) -> _FitView | None:
-    """A FitReport, a LawFit or a fit.json dict, read the same way."""
-    if fit is None:
-        return None
-    if hasattr(fit, "fit") and hasattr(fit, "split_half"):  # FitReport
-        rep = fit
-        v = _view(rep.fit, rep.ci if ci is None else ci, rep.split_half if split_half is None else split_half)
-        return v
-    if hasattr(fit, "theta"):  # LawFit
+    @classmethod
+    def of(cls, fit: "LawFit", ci: dict | None = None, split_half: dict | None = None) -> "FitSummary":
+        """A LawFit (analysis.lawfit), with the CIs and split-half refits made around it, if any."""
         rmse = fit.residuals.get("all", {}).get("rmse") if fit.residuals else None
-        return _FitView(np.asarray(fit.theta, dtype=float), bool(fit.phi_fitted), finite(fit.r2), finite(rmse),
-                        dict(ci or {}), dict(split_half or {}))
-    if isinstance(fit, dict):  # fit.json
-        p = fit.get("params") or {}
+        return cls(np.asarray(fit.theta, dtype=float), bool(fit.phi_fitted), finite(fit.r2), finite(rmse),
+                   dict(ci or {}), dict(split_half or {}))
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "FitSummary":
+        """A fit.json written by `loopscale fit` (its params, r2, residuals, ci, split_half)."""
+        p = doc.get("params") or {}
         try:
-            theta = np.array([math.log(p["E"]), math.log(p["A"]), p["alpha"], math.log(p["B"]), p["beta"],
-                              0.0 if p.get("phi") is None else p["phi"]], dtype=float)
+            theta = theta_of(p)
         except (KeyError, TypeError, ValueError):
             theta = None
-        rmse = ((fit.get("residuals") or {}).get("all") or {}).get("rmse")
-        free = p.get("phi") is not None and fit.get("phi_identifiable", True) is not False
-        return _FitView(theta, free, finite(fit.get("r2")), finite(rmse), dict(ci or fit.get("ci") or {}),
-                        dict(split_half or fit.get("split_half") or {}))
-    raise TypeError(f"regime_diagnostics: cannot read a fit from {type(fit).__name__}")
+        rmse = ((doc.get("residuals") or {}).get("all") or {}).get("rmse")
+        free = p.get("phi") is not None and doc.get("phi_identifiable", True) is not False
+        return cls(theta, free, finite(doc.get("r2")), finite(rmse), dict(doc.get("ci") or {}),
+                   dict(doc.get("split_half") or {}))
 
 
 def bounds_hit(theta, phi_free: bool = True) -> dict[str, str]:
@@ -313,12 +222,6 @@ def thresholds() -> dict:
             "at_bound_tol": AT_BOUND_TOL, "paper_tokens_per_param": list(PAPER_TOKENS_PER_PARAM)}
 
 
-def _bound_value(name: str, side: str) -> float:
-    i = PARAM_NAMES.index(name)
-    v = float(LOWER[i] if side == "lower" else UPPER[i])
-    return math.exp(v) if name in LOG_FITTED else v
-
-
 def _fmt(v: float) -> str:
     return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.3e}"
 
@@ -355,21 +258,20 @@ def _mixed_reason(mixed: dict[str, dict[str, int]]) -> str:
             "(runs of an older grid or loopscale left in the sweep folder? move their run folders aside)")
 
 
-def regime_diagnostics(table: pd.DataFrame, fit=None, *, seed_noise=None, train_tokens=None, ci=None,
-                       split_half=None) -> Diagnostics:
+def regime_diagnostics(table: pd.DataFrame, fit: FitSummary | None = None, *, seed_noise=None,
+                       train_tokens=None) -> Diagnostics:
     """Diagnostics of a runs table and (optionally) its fit.
 
     ``table``: runs (n_once, n_rec, r, tokens, loss; budget_flops, probe, seed, run_id, data.dir used
-    when present); rows without a finite loss are ignored. ``fit``: a fit.FitReport, a fit.LawFit or
-    a fit.json dict (None: only the design is judged). ``seed_noise``: a known seed-to-seed sd in nats
-    (default: pooled from the table's seed repeats). ``train_tokens``: tokens of the training data
-    (default: each run's data dir meta.json). ``ci`` / ``split_half``: φ CI and split-half fits when
-    ``fit`` is a bare LawFit.
+    when present); rows without a finite loss are ignored. ``fit``: what the verdict reads of the fit
+    (:class:`FitSummary`: ``FitSummary.of(law_fit, ci, split_half)``, ``FitSummary.from_json(doc)``,
+    or ``FitReport.summary()``; None: only the design is judged). ``seed_noise``: a known seed-to-seed
+    sd in nats (default: pooled from the table's seed repeats). ``train_tokens``: tokens of the
+    training data (default: each run's data dir meta.json).
     """
     df = table.reset_index(drop=True)
     loss = pd.to_numeric(df["loss"], errors="coerce").to_numpy(dtype=float)
     df = df[np.isfinite(loss)].reset_index(drop=True)
-    view = _view(fit, ci, split_half)
 
     # cells
     cells = table_cells(df) if len(df) else []
@@ -393,15 +295,15 @@ def regime_diagnostics(table: pd.DataFrame, fit=None, *, seed_noise=None, train_
 
     # the fit
     hit, deg, r2, rmse, phi_w, split_ok = {}, [], None, None, None, None
-    if view is not None:
-        if view.theta is not None and np.all(np.isfinite(view.theta)):
-            hit = bounds_hit(view.theta, view.phi_free)
-        deg = degenerate_cis(view.ci)
-        r2, rmse = view.r2, view.rmse
-        phi_ci = view.ci.get("phi") if view.phi_free else None
+    if fit is not None:
+        if fit.theta is not None and np.all(np.isfinite(fit.theta)):
+            hit = bounds_hit(fit.theta, fit.phi_free)
+        deg = degenerate_cis(fit.ci)
+        r2, rmse = fit.r2, fit.rmse
+        phi_ci = fit.ci.get("phi") if fit.phi_free else None
         if phi_ci is not None and None not in phi_ci:
             phi_w = float(phi_ci[1] - phi_ci[0])
-        split_ok = _split_half_ok(view.split_half, phi_ci)
+        split_ok = _split_half_ok(fit.split_half, phi_ci)
 
     checks: dict[str, bool | None] = {}
     reasons: list[str] = []
@@ -410,15 +312,15 @@ def regime_diagnostics(table: pd.DataFrame, fit=None, *, seed_noise=None, train_
     checks["one_recipe"] = not mixed
     if mixed:
         reasons.append(_mixed_reason(mixed))
-    bound_values = {k: _bound_value(k, s) for k, s in hit.items()}
-    if view is not None:
+    bound_values = {k: bound_value(k, s) for k, s in hit.items()}
+    if fit is not None:
         checks["no_parameter_at_bound"] = not hit
         for name, side in hit.items():
             reasons.append(_bound_reason(name, side, bound_values[name]))
     checks["cells_bracketed"] = bool(judged) and bracketed >= BRACKETED_SHARE * len(judged)
     if not checks["cells_bracketed"]:
         reasons.append(_cells_reason(cells, judged, bracketed))
-    if view is not None:
+    if fit is not None:
         checks["r2"] = None if r2 is None else r2 >= MIN_R2
         if checks["r2"] is False:
             reasons.append(f"R² is {r2:.3f}, below {MIN_R2}: the law does not describe these losses well")
@@ -427,7 +329,7 @@ def regime_diagnostics(table: pd.DataFrame, fit=None, *, seed_noise=None, train_
             reasons.append(f"the 95% CI of φ is {phi_w:.2f} wide (at most {MAX_PHI_CI_WIDTH} wanted): φ is not pinned down")
         checks["split_half"] = split_ok
         if split_ok is False:
-            reasons.append(f"φ refitted on the lower and the upper budgets disagrees ({_split_words(view.split_half)}): "
+            reasons.append(f"φ refitted on the lower and the upper budgets disagrees ({_split_words(fit.split_half)}): "
                            "φ drifts with scale")
         sd = noise["sd"]
         checks["residual_vs_noise"] = None if (sd is None or rmse is None) else rmse <= MAX_RESID_TO_NOISE * sd
@@ -514,82 +416,3 @@ def _cells_reason(cells: list[CellMinimum], judged: list[CellMinimum], bracketed
                 "the compute-optimal width (train more widths per budget)")
     tail = cells_missed(judged)
     return f"{bracketed}/{len(judged)} iso-FLOP cells bracket their optimum" + (f": {tail}" if tail else "")
-
-
-def cells_missed(judged: list[CellMinimum]) -> str:
-    """Where the cells that do not bracket their optimum miss it, and what to train instead, in one
-    clause ("" when every cell brackets it). Shared by the fit's verdict and plan's warning."""
-    where = {w: sum(c.where == w for c in judged) for w in ("below", "above", "flat")}
-    parts = []
-    if where["below"]:
-        parts.append(f"the compute-optimal width lies below the smallest width trained in {_cells(where['below'])} "
-                     "(train narrower models or larger budgets)")
-    if where["above"]:
-        parts.append(f"the compute-optimal width lies above the largest width trained in {_cells(where['above'])} "
-                     "(train wider models or smaller budgets)")
-    if where["flat"]:
-        parts.append(f"{_cells(where['flat'])} show no minimum (loss not convex in log N)")
-    return "; ".join(parts)
-
-
-def _cells(k: int) -> str:
-    return "1 cell" if k == 1 else f"{k} cells"
-
-
-# --- words and table rows, shared by `fit`, `compare`, `report` (diagnostics as their JSON dict) -------
-
-CELL_COLUMNS = ("budget", "r", "widths", "N trained", "N*", "L*", "where")
-WHERE_WORDS = {"inside": "inside (bracketed)", "below": "below smallest N", "above": "above largest N",
-               "flat": "no minimum", "few": "< 3 widths"}
-
-
-def verdict_line(diag: dict) -> str:
-    """'trustworthy' or 'NOT trustworthy (k reasons)', with the bracketed-cell count."""
-    cells = f"{diag['cells_bracketed']}/{diag['n_cells']} iso-FLOP cells bracketed"
-    if diag["trustworthy"]:
-        return f"trustworthy: the fit passed every regime check ({cells})"
-    k = sum(v is False for v in diag["checks"].values())
-    return f"NOT trustworthy: {k} regime check{'s' if k != 1 else ''} failed ({cells})"
-
-
-def ci_text(name: str, value, ci, diag: dict | None, fmt) -> str:
-    """A parameter's CI for people: '—' without one; 'at lower bound (0.0498)' when the estimate sits on
-    a bound and the CI has zero width there; '[lo, hi] (estimate at lower bound)' when only the estimate
-    does. ``fmt`` formats one number."""
-    side = (diag or {}).get("bounds_hit", {}).get(name)
-    degenerate = name in (diag or {}).get("ci_degenerate", [])
-    if side and (degenerate or ci is None):
-        return f"at {side} bound ({fmt(value)})"
-    if ci is None:
-        return "—"
-    if degenerate:
-        return f"zero width ({fmt(ci[0])})"
-    text = f"[{fmt(ci[0])}, {fmt(ci[1])}]"
-    return text + (f" (estimate at {side} bound)" if side else "")
-
-
-def cell_rows(diag: dict, with_probe: bool | None = None) -> tuple[list[str], list[list[str]]]:
-    """(columns, rows) of the cell-minima table; a probe column when the cells hold several probes."""
-    cells = diag["cells"]
-    if with_probe is None:
-        with_probe = len({c["probe"] for c in cells}) > 1
-    cols = (["probe"] if with_probe else []) + list(CELL_COLUMNS)
-    rows = []
-    for c in cells:
-        rows.append(([c["probe"]] if with_probe else []) + [
-            f"{c['budget']:.3g}".replace("e+", "e"), str(c["r"]), str(c["n_widths"]),
-            f"{si(c['n_min'])}–{si(c['n_max'])}", si(c["n_star"]) if c["n_star"] is not None else "—",
-            f"{c['loss_star']:.4f}" if c["loss_star"] is not None else "—", WHERE_WORDS.get(c["where"], c["where"])])
-    return cols, rows
-
-
-def noise_line(diag: dict) -> str:
-    """Residual RMSE beside the seed-to-seed noise, in words."""
-    rmse, noise = diag.get("residual_rmse"), diag["seed_noise"]
-    left = "residual RMSE —" if rmse is None else f"residual RMSE {rmse:.4f} nats"
-    if noise["sd"] is None:
-        return f"{left}; seed noise unknown (no run repeated with another seed)"
-    src = (f"pooled over {noise['n_groups']} repeated design point{'s' if noise['n_groups'] != 1 else ''}, "
-           f"{noise['n_runs']} runs") if noise["source"] == "repeats" else "as given"
-    ratio = f" (ratio {rmse / noise['sd']:.2g})" if rmse is not None and noise["sd"] > 0 else ""
-    return f"{left} vs seed noise {noise['sd']:.4f} nats, {src}{ratio}"

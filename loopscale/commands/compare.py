@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from loopscale.analysis import defaults
 from loopscale.commands.diagnostics import print_diagnostics
 from loopscale.commands.stages import stage_progress
 from loopscale.errors import UserError
@@ -69,10 +70,12 @@ def register(app: typer.Typer) -> None:
         baseline: str = typer.Option("none", "--baseline", help=f"The probe taken as baseline: {probe_choices()}."),
         out: Optional[Path] = typer.Option(None, "--out", help="Folder for compare-<probe>.json and the plot "
                                            "(default: beside the source)."),
-        starts: int = typer.Option(500, help="Random starts of each multistart (plus a fixed grid of 24)."),
-        bootstrap: int = typer.Option(200, help="Paired bootstrap resamples of (budget × r) cells (0 = none)."),
-        seed: int = typer.Option(0, help="Seed of starts and resamples: same seed, same output."),
-        huber_delta: float = typer.Option(1e-3, "--huber-delta", help="Huber δ on log-loss residuals."),
+        starts: int = typer.Option(defaults.STARTS, help="Random starts of each multistart (plus a fixed grid of "
+                                   f"{defaults.GRID_STARTS})."),
+        bootstrap: int = typer.Option(defaults.BOOTSTRAP, help="Paired bootstrap resamples of (budget × r) cells "
+                                      "(0 = none)."),
+        seed: int = typer.Option(defaults.SEED, help="Seed of starts and resamples: same seed, same output."),
+        huber_delta: float = typer.Option(defaults.HUBER_DELTA, "--huber-delta", help="Huber δ on log-loss residuals."),
         workers: Optional[int] = typer.Option(None, help="Processes for the bootstrap (default: all cores)."),
         no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG figure."),
         json_out: bool = typer.Option(False, "--json", help="Print the comparison JSON to stdout and nothing else."),

@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from loopscale import paper
+from loopscale.analysis import defaults
+from loopscale.analysis.regime_text import ci_text, noise_line
 from loopscale.commands.diagnostics import print_cells, print_diagnostics
 from loopscale.commands.stages import stage_progress
 from loopscale.errors import UserError
@@ -26,7 +28,6 @@ def _print_cells(diag: dict, out: Console) -> None:
 
 def _print_fit(doc: dict, out: Console) -> None:
     from loopscale.analysis.law import FORMULA_TEXT, PARAM_NAMES
-    from loopscale.analysis.regime import ci_text, noise_line
 
     diag = doc.get("diagnostics")
     if diag:
@@ -103,11 +104,12 @@ def register(app: typer.Typer) -> None:
     def fit(
         source: Path = typer.Argument(..., help="Sweep folder (its results store) or a CSV/Parquet runs table."),
         out: Optional[Path] = typer.Option(None, "--out", help="Folder for fit.json and plots (default: beside it)."),
-        starts: int = typer.Option(500, help="Random starts of the multistart (plus a fixed grid of 24)."),
-        bootstrap: int = typer.Option(200, help="Bootstrap resamples (0 = none)."),
-        seed: int = typer.Option(0, help="Seed of starts and resamples: same seed, same output."),
-        huber_delta: float = typer.Option(1e-3, "--huber-delta", help="Huber δ on log-loss residuals."),
-        resample: str = typer.Option("cells", help="Bootstrap unit: cells ((budget × r) blocks) | runs."),
+        starts: int = typer.Option(defaults.STARTS, help="Random starts of the multistart (plus a fixed grid of "
+                                   f"{defaults.GRID_STARTS})."),
+        bootstrap: int = typer.Option(defaults.BOOTSTRAP, help="Bootstrap resamples (0 = none)."),
+        seed: int = typer.Option(defaults.SEED, help="Seed of starts and resamples: same seed, same output."),
+        huber_delta: float = typer.Option(defaults.HUBER_DELTA, "--huber-delta", help="Huber δ on log-loss residuals."),
+        resample: str = typer.Option(defaults.RESAMPLE, help="Bootstrap unit: cells ((budget × r) blocks) | runs."),
         workers: Optional[int] = typer.Option(None, help="Processes for the bootstrap (default: all cores)."),
         probe: Optional[str] = typer.Option(None, help=f"Fit the runs of this probe ({probe_choices()})."),
         no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG figures."),

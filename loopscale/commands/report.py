@@ -7,8 +7,9 @@ from typing import Optional
 
 import typer
 
+from loopscale.analysis import defaults
 from loopscale.commands.stages import stage_progress
-from loopscale.commands.sweep import counts_line, make_console, resolve_sweep
+from loopscale.commands.console import counts_line, make_console, resolve_sweep
 from loopscale.errors import UserError
 from loopscale.fmt import num
 
@@ -31,11 +32,14 @@ def register(app: typer.Typer) -> None:
                                                    "one under ./sweeps)."),
         out: Optional[Path] = typer.Option(None, "--out", help="The HTML file (default SWEEP/report.html); the "
                                            "Markdown tables go next to it (report.md)."),
-        starts: int = typer.Option(500, help="Random starts of each multistart (plus a fixed grid of 24)."),
-        bootstrap: int = typer.Option(200, help="Bootstrap resamples of the fit and of each compare (0 = none)."),
-        seed: int = typer.Option(0, help="Seed of starts and resamples: same seed, same numbers."),
-        huber_delta: float = typer.Option(1e-3, "--huber-delta", help="Huber δ on log-loss residuals."),
-        resample: str = typer.Option("cells", help="Bootstrap unit of the fit: cells ((budget × r) blocks) | runs."),
+        starts: int = typer.Option(defaults.STARTS, help="Random starts of each multistart (plus a fixed grid of "
+                                   f"{defaults.GRID_STARTS})."),
+        bootstrap: int = typer.Option(defaults.BOOTSTRAP, help="Bootstrap resamples of the fit and of each compare "
+                                      "(0 = none)."),
+        seed: int = typer.Option(defaults.SEED, help="Seed of starts and resamples: same seed, same numbers."),
+        huber_delta: float = typer.Option(defaults.HUBER_DELTA, "--huber-delta", help="Huber δ on log-loss residuals."),
+        resample: str = typer.Option(defaults.RESAMPLE, help="Bootstrap unit of the fit: cells ((budget × r) blocks) "
+                                     "| runs."),
         workers: Optional[int] = typer.Option(None, help="Processes for the bootstraps (default: all cores)."),
     ) -> None:
         """Report a sweep: grid and status, compute spent, the fit with CIs and residuals, probe comparisons,

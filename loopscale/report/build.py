@@ -18,7 +18,10 @@ import pandas as pd
 import yaml
 
 from loopscale.analysis.compare import compare
-from loopscale.analysis.fit import HUBER_DELTA, FitData, check_settings, predict_loss, run_fit
+from loopscale.analysis.defaults import BOOTSTRAP, HUBER_DELTA, RESAMPLE, SEED, STARTS
+from loopscale.analysis.fit import check_settings, run_fit
+from loopscale.analysis.law import FitData, predict_loss
+from loopscale.analysis.regime import regime_diagnostics
 from loopscale.errors import UserError
 from loopscale.report.data import BASELINE, FitPart, ProbePart, Report, TrainingPart
 from loopscale.runs_table import select_probe, usable_rows
@@ -26,8 +29,8 @@ from loopscale.store import FINISHED, GRID_FILE, STATES, load_results
 from loopscale.submit.scheduler import run_states
 
 
-def gather(sweep_dir: str | Path, *, starts: int = 500, bootstrap: int = 200, seed: int = 0,
-           huber_delta: float = HUBER_DELTA, resample: str = "cells", workers: int | None = None,
+def gather(sweep_dir: str | Path, *, starts: int = STARTS, bootstrap: int = BOOTSTRAP, seed: int = SEED,
+           huber_delta: float = HUBER_DELTA, resample: str = RESAMPLE, workers: int | None = None,
            plots: bool = True, progress=None) -> Report:
     """Everything the report shows for ``sweep_dir``. The fit settings are `loopscale fit`'s (the
     compare uses the same starts, resamples, seed and δ); ``progress(stage, done, total)`` reports work.
@@ -89,7 +92,7 @@ def probe_labels(runs: pd.DataFrame) -> pd.Series:
 
 
 def fit_part(runs: pd.DataFrame, *, starts: int, bootstrap: int, seed: int, huber_delta: float,
-             resample: str = "cells", workers: int | None = None, plots: bool = True, progress=None) -> FitPart:
+             resample: str = RESAMPLE, workers: int | None = None, plots: bool = True, progress=None) -> FitPart:
     """Fit the baseline runs (those of probe none when the sweep holds probes) with fit.run_fit."""
     present = sorted(set(probe_labels(runs)))
     probe = None if len(present) == 1 else BASELINE if BASELINE in present else present[0]
@@ -134,8 +137,6 @@ def _without_fit(part: FitPart, usable: pd.DataFrame, plots: bool, progress) -> 
     draws the iso-FLOP cells' minima."""
     if len(usable) == 0:
         return part
-    from loopscale.analysis.regime import regime_diagnostics
-
     part.diagnostics = regime_diagnostics(usable).to_json()
     part.design_only = True
     if plots:

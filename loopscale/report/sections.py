@@ -14,7 +14,7 @@ import pandas as pd
 
 from loopscale.analysis.curves import MAX_POINTS
 from loopscale.analysis.law import FORMULA_TEXT, PARAM_NAMES
-from loopscale.analysis.regime import cell_rows, ci_text, noise_line, verdict_line
+from loopscale.analysis.regime_text import cell_rows, ci_text, noise_line, verdict_line
 from loopscale.fmt import finite, num, sci, si
 from loopscale.report.blocks import Bullets, Code, Facts, Figure, Heading, Para, Section, Table
 from loopscale.report.data import BASELINE, FitPart, ProbePart, Report
