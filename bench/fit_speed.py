@@ -22,18 +22,11 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import huber, logsumexp
 
-from loopscale.analysis.fit import (
-    LOWER,
-    UPPER,
-    FitData,
-    bootstrap_fits,
-    bootstrap_plan,
-    draw_starts,
-    fit_law,
-    run_fit,
-    unit_labels,
-)
-from loopscale.analysis.law import PAPER_LAW
+from loopscale.analysis.bootstrap import bootstrap_fits, bootstrap_plan, unit_labels
+from loopscale.analysis.fit import run_fit
+from loopscale.analysis.law import LOWER, PAPER_LAW, UPPER, FitData
+from loopscale.analysis.lawfit import fit_law
+from loopscale.analysis.multistart import draw_starts
 from loopscale.analysis.parallel import single_threaded_blas
 from loopscale.runs_table import synthetic_runs
 
