@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from loopscale import store
-from loopscale.commands.sweep import StatusLook
+from loopscale.commands.status import StatusLook
 from loopscale.grid import grid_from_dict
 from loopscale.submit import plan, plan_totals, write_config
 

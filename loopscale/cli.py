@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from loopscale.commands import cancel, compare, data, fit, plan, report, sweep, train
 from loopscale.errors import UserError
 
 app = typer.Typer(
@@ -20,20 +20,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Each module defines `register(app)`. Add a line here when a command module lands.
-COMMAND_MODULES = [
-    "loopscale.commands.data",
-    "loopscale.commands.train",
-    "loopscale.commands.sweep",
-    "loopscale.commands.cancel",
-    "loopscale.commands.fit",
-    "loopscale.commands.plan",
-    "loopscale.commands.compare",
-    "loopscale.commands.report",
-]
+# Each module defines `register(app)`; the order here is the order of `loopscale --help`.
+COMMAND_MODULES = (data, train, sweep, cancel, fit, plan, compare, report)
 
-for _name in COMMAND_MODULES:
-    importlib.import_module(_name).register(app)
+for _module in COMMAND_MODULES:
+    _module.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,7 +17,8 @@ from sweep_fixtures import cli, cli_in_process, fake_result
 from test_store import smoke_specs
 
 from loopscale import live
-from loopscale.commands.sweep import ConsoleProgress, duration, step_text
+from loopscale.commands.console import duration, step_text
+from loopscale.commands.sweep import ConsoleProgress
 from loopscale.live import Planned, last_metrics, run_live, sweep_live
 from loopscale.store import RunState
 from loopscale.submit import scheduler, write_config
@@ -248,7 +249,7 @@ def test_sweep_wait_table_shows_the_same_columns(tmp_path):
 
 
 def test_the_live_view_fits_the_screen_runs_in_flight_first():
-    from loopscale.commands.sweep import status_view
+    from loopscale.commands.console import status_view
 
     entries = [{"run_id": f"run{i:03d}", "r": 1, "d_model": 8, "probe": "none", "tokens": 4096, "loss": 3.0,
                 "state": "done", "detail": None, **run_live(f"run{i:03d}", "done", PLAN, None).to_dict()}

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from loopscale.commands.sweep import make_console, resolve_sweep
+from loopscale.commands.console import make_console, resolve_sweep
 from loopscale.errors import UserError
 
 OUTCOME_TEXT = {

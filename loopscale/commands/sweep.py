@@ -1,4 +1,5 @@
-"""`loopscale sweep`, `loopscale status`, `loopscale collect`: parse, call grid/submit/store, print."""
+"""`loopscale sweep`, `loopscale status`, `loopscale collect`: parse, call grid/submit/store, print (the status
+table and the console: loopscale.commands.console; a look at a sweep and following it: loopscale.commands.status)."""
 
 from __future__ import annotations
 
@@ -14,30 +15,16 @@ import typer
 from rich import box
 from rich.console import Console, Group
 from rich.table import Table
-from rich.text import Text
 
+from loopscale.commands.console import SWEEPS_DIR, counts_line, make_console, resolve_sweep, status_view, styled
 from loopscale.commands.stages import stage_progress
+from loopscale.commands.status import StatusLook, watch_sweep, watch_title
 from loopscale.errors import UserError
-from loopscale.fmt import finite, sci, si
+from loopscale.fmt import sci, si
 from loopscale.submit import SweepProgress
 
-SWEEPS_DIR = Path("sweeps")
-STATE_STYLE = {"done": "green", "diverged": "yellow", "failed": "red", "corrupt": "red", "cancelled": "red",
-               "timeout": "red", "lost": "red", "running": "cyan", "pending": "blue", "submitted": "blue",
-               "unknown": "magenta", "new": "dim"}
 
-
-# --- formatting ----------------------------------------------------------------------------------
-
-def make_console(stderr: bool = False) -> Console:
-    """A console; wide when writing to a file or pipe, so tables are not squeezed to 80 columns."""
-    stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, width=None if stream.isatty() else 160)
-
-
-def styled(state: str) -> str:
-    return f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
-
+# --- the plan --------------------------------------------------------------------------------------
 
 def plan_table(rows, title: str, specs=None) -> Table:
     """The plan: run id, r, width, n_once, n_rec, D, FLOPs (flops_per_token · D), budget, and with the
@@ -108,100 +95,6 @@ def plan_json(rows, specs) -> list[dict[str, Any]]:
             for r, s in zip(rows, specs)]
 
 
-def counts_line(counts: dict[str, int]) -> str:
-    return " · ".join(f"{styled(s)} {n}" for s, n in counts.items()) or "no runs"
-
-
-def states_table(entries: list[dict[str, Any]], title: str | None = None, live: bool = False) -> Table:
-    """entries: run_id, r, d_model, probe, tokens, state, detail, loss (the final validation loss) and the
-    live fields of loopscale.live.RunLive.to_dict (step, steps, train_loss, tokens_per_s, eta_s). The probe
-    column only where a run has a probe. ``live``: one line per run (the detail cut short, not folded)."""
-    t = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
-              collapse_padding=True)  # 2 spaces between columns: 12 columns fit 120
-    show_probe = any(e.get("probe") not in (None, "none") for e in entries)
-    right = ("r", "d_model", "D tokens", "step", "train loss", "val loss", "tok/s", "ETA")
-    for name in ("run id", "r", "d_model") + ("probe",) * show_probe + (
-            "D tokens", "state", "step", "train loss", "val loss", "tok/s", "ETA", "detail"):
-        detail = name == "detail"  # the one column that gives way on a narrow screen (folded, or cut when live)
-        t.add_column(name, justify="right" if name in right else "left", overflow="fold" if detail else "ellipsis",
-                     no_wrap=not detail, min_width=12 if detail else None)
-    for e in entries:
-        t.add_row(e["run_id"], str(e.get("r") or "-"), str(e.get("d_model") or "-"),
-                  *[str(e.get("probe") or "-")] * show_probe,
-                  si(e.get("tokens")), styled(e["state"]), step_text(e.get("step"), e.get("steps")),
-                  loss_cell(e.get("train_loss")), loss_cell(e.get("loss")), si(e.get("tokens_per_s")),
-                  duration(e.get("eta_s")),
-                  Text(e.get("detail") or "", no_wrap=True, overflow="ellipsis") if live else e.get("detail") or "")
-    return t
-
-
-def loss_cell(loss: float | None) -> str:
-    return "-" if loss is None else f"{loss:.4f}"
-
-
-def step_text(step: int | None, steps: int | None) -> str:
-    """'120/400'; '-/400' before the first logged step; '-' when neither is known."""
-    if step is None and steps is None:
-        return "-"
-    return f"{'-' if step is None else step}/{'?' if steps is None else steps}"
-
-
-def duration(s: float | None) -> str:
-    """Seconds for people: '45s', '3m 20s', '2h 05m', '3d 4h'; '-' for None."""
-    s = finite(s)
-    if s is None or s < 0:
-        return "-"
-    s = round(s)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    return f"{s // 86400}d {s % 86400 // 3600}h"
-
-
-def flops_line(now) -> str:
-    """The sweep's FLOPs done of planned and its time to go (loopscale.live.SweepLive)."""
-    pct = now.percent
-    text = f"FLOPs {sci(now.flops_done)} of {sci(now.flops_planned)}" + (f" ({pct:.1f}%)" if pct is not None else "")
-    if now.flops_per_s:
-        text += f" · {sci(now.flops_per_s)} FLOP/s"
-    if now.eta_s is not None:
-        text += f" · ETA {duration(now.eta_s)} at the current parallelism"
-    elif now.in_flight:
-        text += " · ETA - (no run running with a logged rate yet)"
-    return text
-
-
-def status_view(entries: list[dict[str, Any]], c: dict[str, int], now, title: str,
-                height: int | None = None) -> Group:
-    """The status table with the sweep's counts and FLOPs below it (`status`), or, for a live view of
-    ``height`` lines (`status --watch`, `sweep --wait`), above it, one line per run, the runs that do not
-    fit left off with a count (runs in flight come first)."""
-    entries = sorted(entries, key=lambda e: (state_order(e["state"]), e.get("r") or 0, e.get("d_model") or 0,
-                                             e["run_id"]))
-    summary = [Text.from_markup(counts_line(c)), Text(flops_line(now))]
-    if height is None:
-        return Group(states_table(entries, title), *summary)
-    fit = max(height - 8, 1)  # the title and summary (3), the table's blank lines, header and rule (4), the count (1)
-    shown, left = (entries, []) if len(entries) <= fit else (entries[: fit], entries[fit:])
-    more = []
-    if left:
-        from loopscale.store import RunState, counts
-
-        off = counts(RunState(e["run_id"], e["state"]) for e in left)
-        more = [Text.from_markup(f"[dim]{len(left)} more run(s) not shown:[/] {counts_line(off)}")]
-    return Group(Text.from_markup(title), *summary, states_table(shown, live=True), *more)
-
-
-def state_order(state: str) -> int:
-    from loopscale.store import STATES
-
-    order = ("running", "pending", "submitted", "unknown", "failed", "corrupt", "cancelled", "timeout", "lost",
-             "new", "diverged", "done")
-    return order.index(state) if state in order else len(STATES)
-
 
 # --- arguments -----------------------------------------------------------------------------------
 
@@ -212,29 +105,9 @@ def resolve_grid(arg: str) -> Path:
     return find_grid(arg)
 
 
-def resolve_sweep(arg: Optional[Path]) -> Path:
-    """The sweep folder given, or the only one under ./sweeps."""
-    from loopscale.store import GRID_FILE, RUNS_DIR
-
-    def is_sweep(p: Path) -> bool:
-        return (p / RUNS_DIR).is_dir() or (p / GRID_FILE).is_file()
-
-    if arg is not None:
-        if not arg.is_dir():
-            raise UserError(f"{arg}: no such sweep folder")
-        if not is_sweep(arg):
-            raise UserError(f"{arg}: not a sweep folder (no runs/ or grid.yaml); run `loopscale sweep` first")
-        return arg
-    found = sorted(p for p in SWEEPS_DIR.glob("*") if p.is_dir() and is_sweep(p)) if SWEEPS_DIR.is_dir() else []
-    if len(found) == 1:
-        return found[0]
-    if not found:
-        raise UserError(f"no sweep folders under ./{SWEEPS_DIR}; give one, or run `loopscale sweep` first")
-    raise UserError(f"several sweeps under ./{SWEEPS_DIR} ({', '.join(p.name for p in found)}); name one")
-
 
 def executor_overrides(ex, **flags):
-    from loopscale.grid import check_executor
+    from loopscale.executor_config import check_executor
 
     given = {k: v for k, v in flags.items() if v is not None}
     ex = dataclasses.replace(ex, **given)
@@ -377,73 +250,6 @@ def register(app: typer.Typer) -> None:
         if export is not None:
             path = store.export(sweep_dir, export)
             console.print(f"wrote {path}", highlight=False)
-
-
-class StatusLook:
-    """A look at a sweep, afresh on each call: (entries, counts, loopscale.live.SweepLive). The states come
-    from the run folders and the scheduler, the rest from the files (store rows re-read only when a run's
-    state changes, metrics.jsonl by its tail)."""
-
-    def __init__(self, sweep_dir: Path):
-        from loopscale.live import Rows
-
-        self.sweep_dir, self.rows = sweep_dir, Rows(sweep_dir)
-
-    def __call__(self):
-        from loopscale.live import Planned, read_live
-        from loopscale.store import counts
-        from loopscale.submit.scheduler import run_states
-
-        states = run_states(self.sweep_dir)
-        rows = self.rows(states)
-        now = read_live(self.sweep_dir, states, {rid: Planned.of_row(row) for rid, row in rows.items()})
-        entries = [{**entry(rows[rid]), **now.runs[rid].to_dict()} for rid in states]
-        return entries, counts(states.values()), now
-
-
-def watch_line(c: dict[str, int], now) -> str:
-    """One line of `status --watch` off a terminal (without the time; the counts' colour markup is dropped
-    there)."""
-    pct = f"{now.percent:.1f}%" if now.percent is not None else "-"
-    return f"{counts_line(c)}  FLOPs {pct} of {sci(now.flops_planned)}  ETA {duration(now.eta_s)}"
-
-
-def watch_title(sweep_dir: Path, entries: list) -> str:
-    return f"{sweep_dir}: {len(entries)} runs  [dim]{time.strftime('%H:%M:%S')}[/]"
-
-
-def watch_sweep(console: Console, look: StatusLook, every: float) -> None:
-    """Follow a sweep until no run is in flight: a live table on a terminal (its last render stays), else a
-    line per refresh in which something changed, then the table."""
-    if console.is_terminal:
-        from rich.live import Live
-
-        with Live(console=console, auto_refresh=False, transient=False) as live:
-            while True:
-                entries, c, now = look()
-                live.update(status_view(entries, c, now, watch_title(look.sweep_dir, entries), console.height),
-                            refresh=True)
-                if not now.in_flight:
-                    return
-                time.sleep(every)
-    last = None
-    while True:
-        entries, c, now = look()
-        if not now.in_flight:
-            break
-        line = watch_line(c, now)
-        if line != last:
-            last = line
-            console.print(f"{time.strftime('%H:%M:%S')}  {line}", highlight=False, soft_wrap=True)
-        time.sleep(every)
-    console.print(status_view(entries, c, now, watch_title(look.sweep_dir, entries)))
-
-
-def entry(row: dict[str, Any]) -> dict[str, Any]:
-    keys = ("run_id", "r", "d_model", "probe", "seed", "tokens", "budget_flops", "loss", "detail", "job_id")
-    e = {k: row.get(k) for k in keys}
-    e["state"] = row["status"]
-    return e
 
 
 def loss_text(st) -> str:
