@@ -9,6 +9,10 @@ A run on several GPUs is one SLURM job with one task per GPU, each task calling 
 trains as one data-parallel rank (``loopscale.training.distributed``). submitit acts on the warning signal in task
 0 alone; the trainer shares that stop request with all ranks, so they all stop at the same step boundary,
 rank 0 writes the checkpoint, and the requeued job resumes every rank from it.
+
+:func:`train` is the one bridge from :mod:`loopscale.submit` to :mod:`loopscale.training` (and torch): it
+imports the trainer when it runs, inside the job (``TrainJob`` and the local workers' ``worker.run_job``), so
+that submitting, `status` and `cancel` never load torch.
 """
 
 from __future__ import annotations
@@ -21,10 +25,17 @@ from typing import Any
 
 import submitit
 
-from loopscale.store import CANCEL_FILE
-from loopscale.training.train import train_run
+from loopscale.submit.cancel import cancel_requested, mark_released, watch_cancel
 
 CHECKPOINT_WAIT_S = 600.0  # longest a step may take before the handler gives up waiting
+
+
+def train(run_dir: str | Path, stop: threading.Event | None = None, threads: int | None = None) -> dict[str, Any]:
+    """Train the run in ``run_dir`` in this process: ``loopscale.training.train.train_run``, imported here, in
+    the job. The only place the submit package reaches the trainer (tests/test_imports.py: BRIDGE)."""
+    from loopscale.training.train import train_run
+
+    return train_run(run_dir, stop=stop, threads=threads)
 
 
 def _ignore_late_warning_signal() -> None:
@@ -55,28 +66,27 @@ class TrainJob(submitit.helpers.Checkpointable):
         self.__init__(state["run_dir"])
 
     def __call__(self) -> dict[str, Any]:
-        self._stop, self._done = threading.Event(), threading.Event()
         box: dict[str, Any] = {}
+        # `loopscale cancel`'s marker sets the stop event (checkpoint at the next step boundary, before
+        # scancel's kill); so does submitit's warning signal, through checkpoint() below.
+        with watch_cancel(self.run_dir) as stop:
+            self._stop, self._done = stop, threading.Event()
 
-        def work() -> None:
-            try:
-                box["result"] = train_run(self.run_dir, stop=self._stop)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
-                box["error"] = e
-            finally:
-                self._done.set()
+            def work() -> None:
+                try:
+                    box["result"] = train(self.run_dir, stop=stop)
+                except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+                    box["error"] = e
+                finally:
+                    self._done.set()
 
-        worker = threading.Thread(target=work, name="loopscale-train", daemon=True)
-        worker.start()
-        cancel = Path(self.run_dir) / CANCEL_FILE
-        while not self._done.wait(timeout=0.5):  # short waits keep the main thread responsive to signals
-            if cancel.exists():  # `loopscale cancel`: checkpoint at the next step boundary, before scancel's kill
-                self._stop.set()
+            worker = threading.Thread(target=work, name="loopscale-train", daemon=True)
+            worker.start()
+            while not self._done.wait(timeout=0.5):  # short waits keep the main thread responsive to signals
+                pass
         if "error" in box:
             raise box["error"]
-        if box["result"].get("status") == "stopped" and cancel.exists():
-            from loopscale.submit.cancel import mark_released
-
+        if box["result"].get("status") == "stopped" and cancel_requested(self.run_dir):
             mark_released(self.run_dir, box["result"].get("step"))
         if box["result"].get("status") == "done":
             _ignore_late_warning_signal()

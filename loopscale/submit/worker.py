@@ -68,8 +68,8 @@ def run_job(run_dir: str, capture: bool = False, raise_errors: bool = True,
             info: dict[str, Any] | None = None, halt: threading.Event | None = None) -> dict[str, Any] | None:
     """Train the run in ``run_dir`` (its config.yaml) in this process and return its result record.
 
-    Writes started.json, then calls ``loopscale.training.train.train_run``. A failure is recorded in error.json
-    (by the trainer, or here if it never got that far) and re-raised unless ``raise_errors`` is False
+    Writes started.json, then calls the trainer (through ``loopscale.submit.job.train``). A failure is recorded
+    in error.json (by the trainer, or here if it never got that far) and re-raised unless ``raise_errors`` is False
     (debug and local workers: no post-mortem debugger, the next run goes on). The run stops at its next
     step boundary, checkpointed ({"status": "stopped"}), once it is cancelled or ``halt`` is set (the
     worker got SIGTERM); a run cancelled before it started is not trained ({"status": "cancelled"}).
@@ -86,14 +86,10 @@ def run_job(run_dir: str, capture: bool = False, raise_errors: bool = True,
             "threads": threads, "python": sys.executable,
             **(info or {})})
         with _captured(path) if capture else contextlib.nullcontext():
-            import torch
+            from loopscale.submit.job import train  # the bridge to the trainer (and torch), in the job only
 
-            from loopscale.training.train import train_run
-
-            if threads:
-                torch.set_num_threads(threads)
             with watch_cancel(path, halt) as stop:
-                result = train_run(path, stop=stop)
+                result = train(path, stop=stop, threads=threads)
             if result.get("status") == "stopped":
                 mark_released(path, result.get("step"), f"worker pid {os.getpid()} got SIGTERM")
             return result

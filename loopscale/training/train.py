@@ -37,14 +37,15 @@ from loopscale.atomic import write_json_atomic
 from loopscale.training.checkpoint import load_latest_checkpoint, remove_checkpoints, save_checkpoint
 from loopscale.config import ConfigError, RunConfig, check_budget, run_config_from_dict
 from loopscale.counting import n_once, n_rec
-from loopscale.data import load_data
+from loopscale.data.dataset import load_data
 from loopscale.training.distributed import DistEnv
 from loopscale.training.loaders import make_loader
 from loopscale.store import CONFIG_FILE, ERROR_FILE, METRICS_FILE, RESULT_FILE
 from loopscale.training.model import LoopedLM, cross_entropy
 from loopscale.training.optim import build_optimizer, lr_factor
 from loopscale.training.progress import TrainProgress
-from loopscale.trackers.base import Background, make_tracker
+from loopscale.trackers.base import Background
+from loopscale.trackers.factory import make_tracker
 
 
 
@@ -375,15 +376,18 @@ def _write_error(run_dir: Path, e: BaseException, dist: DistEnv | None) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def train_run(run_dir: str | Path, stop: threading.Event | None = None) -> dict[str, Any]:
+def train_run(run_dir: str | Path, stop: threading.Event | None = None, threads: int | None = None) -> dict[str, Any]:
     """Train the run described by ``run_dir/config.yaml``; write result.json (or error.json) there.
 
     Returns the result record. Resumes from the run's latest checkpoint if there is one; a run
     that already has result.json is not trained again. A crash leaves error.json and no result.json;
     a run stopped through ``stop`` leaves a checkpoint and returns {"status": "stopped", ...}.
     Under a multi-process launch (torchrun, or a SLURM job with several tasks) every rank calls this
-    and trains data-parallel; rank 0 writes the files.
+    and trains data-parallel; rank 0 writes the files. ``threads``: torch's CPU threads in this process (a
+    local worker's share; the run's own train.threads, when set, wins).
     """
+    if threads:
+        torch.set_num_threads(threads)
     run_dir = Path(run_dir)
     if (run_dir / RESULT_FILE).exists():
         with open(run_dir / RESULT_FILE) as f:
