@@ -38,10 +38,10 @@ from pathlib import Path
 import numpy as np
 
 from loopscale.config import run_config_from_dict
-from loopscale.data import prepare_text
+from loopscale.data.stream import prepare_stream
 from loopscale.trackers.section import KEYS, TrackerSectionError, check_available, from_dict
 from loopscale.training.train import load_run_config, train, write_run_config
-from loopscale.trackers.base import make_tracker
+from loopscale.trackers.factory import make_tracker
 
 
 def corpus(root: Path) -> Path:
@@ -51,7 +51,7 @@ def corpus(root: Path) -> Path:
     src.mkdir()
     for i in range(12):
         (src / f"doc{i}.txt").write_text(" ".join(rng.choice(words, 4000)) + ".\n")
-    prepare_text([src], root / "data", tokenizer="bytes", val_fraction=0.25)
+    prepare_stream([src], root / "data", tokenizer="bytes", val_fraction=0.25)
     return root / "data"
 
 

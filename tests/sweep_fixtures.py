@@ -1,4 +1,5 @@
-"""Shared helpers for the sweep tests (imported explicitly; there is no conftest.py)."""
+"""Shared helpers for the sweep tests (imported explicitly by the tests; conftest.py's `tiny_data` fixture makes its
+data dir with make_tiny_data)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ WORDS = ("the loop block runs again and the prelude feeds it while the coda read
 
 def make_tiny_data(out: Path, docs: int = 24, words_per_doc: int = 900, seed: int = 0) -> Path:
     """A small byte-tokenized data dir (vocab 256) from generated text: ~100 kB, prepared in well under a second."""
-    from loopscale.data import prepare_text
+    from loopscale.data.stream import prepare_stream
 
     rng = random.Random(seed)
     src = out.parent / f"{out.name}-text"
@@ -25,7 +26,7 @@ def make_tiny_data(out: Path, docs: int = 24, words_per_doc: int = 900, seed: in
     for i in range(docs):
         words = [rng.choice(WORDS) for _ in range(words_per_doc)]
         (src / f"doc{i:03d}.txt").write_text(" ".join(words) + ".\n")
-    prepare_text([src], out, tokenizer="bytes", val_fraction=0.2)
+    prepare_stream([src], out, tokenizer="bytes", val_fraction=0.2)
     return out
 
 

@@ -16,7 +16,7 @@ from loopscale.grid import load_grid
 from loopscale.submit import archive_attempt, run_job, run_sweep
 from loopscale.submit.cancel import cancel_runs
 from loopscale.submit.scheduler import alive, run_states
-from sweep_fixtures import cli, cli_in_process, cli_json, fake_result, make_tiny_data
+from sweep_fixtures import cli, cli_in_process, cli_json, fake_result
 
 STEP = 1024  # tokens per optimizer step in these grids
 GRID = {
@@ -30,20 +30,15 @@ GRID = {
 }
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_tiny_data(tmp_path_factory.mktemp("data") / "tiny")
-
-
-def start_sweep(tmp_path, data, steps: list[int]):
+def start_sweep(tmp_path, tiny_data, steps: list[int]):
     """A local sweep of one run per entry of ``steps`` (optimizer steps); returns (sweep dir, {steps: run id},
     the `sweep` command's arguments). The queue starts the longest run first."""
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({**GRID, "tokens": [s * STEP for s in steps]}))
     sweep_dir = tmp_path / "sweep"
-    base = ("sweep", grid, "--data", data, "--out", sweep_dir, "--executor", "local", "--jobs", "1",
+    base = ("sweep", grid, "--data", tiny_data, "--out", sweep_dir, "--executor", "local", "--jobs", "1",
             "--threads-per-job", "1")
-    g = load_grid(grid, data_dir=data)
+    g = load_grid(grid, data_dir=tiny_data)
     run_sweep(g, sweep_dir, g.executor)  # what `loopscale sweep *base` does, without a second interpreter's start
     return sweep_dir, {s.tokens // STEP: s.run_id for s in g.runs}, base
 
@@ -74,8 +69,9 @@ def kill_workers(run_dir):
             os.killpg(w["pid"], signal.SIGKILL)
 
 
-def test_cancelling_a_running_run_stops_it_and_the_others_go_on_then_retry_resumes_it(tmp_path, data):
-    sweep_dir, ids, base = start_sweep(tmp_path, data, [100, 6, 8])
+@pytest.mark.slow
+def test_cancelling_a_running_run_stops_it_and_the_others_go_on_then_retry_resumes_it(tmp_path, tiny_data):
+    sweep_dir, ids, base = start_sweep(tmp_path, tiny_data, [100, 6, 8])
     long_dir = sweep_dir / "runs" / ids[100]
     deadline = time.time() + 180
     try:
@@ -105,8 +101,9 @@ def test_cancelling_a_running_run_stops_it_and_the_others_go_on_then_retry_resum
         kill_workers(long_dir)
 
 
-def test_cancelling_a_whole_sweep_stops_the_running_run_and_the_queue(tmp_path, data, capsys):
-    sweep_dir, ids, _ = start_sweep(tmp_path, data, [400, 300, 200])
+@pytest.mark.slow
+def test_cancelling_a_whole_sweep_stops_the_running_run_and_the_queue(tmp_path, tiny_data, capsys):
+    sweep_dir, ids, _ = start_sweep(tmp_path, tiny_data, [400, 300, 200])
     first = sweep_dir / "runs" / ids[400]
     deadline = time.time() + 120
     try:
@@ -134,10 +131,11 @@ def test_cancelling_a_whole_sweep_stops_the_running_run_and_the_queue(tmp_path, 
         kill_workers(first)
 
 
-def test_sigterm_to_a_local_worker_checkpoints_its_run_and_ends_it(tmp_path, data):
+@pytest.mark.slow
+def test_sigterm_to_a_local_worker_checkpoints_its_run_and_ends_it(tmp_path, tiny_data):
     """submitit's job process only logs SIGTERM and its controller forwards SIGTERM to it: the worker now
     stops its run at the next step boundary, checkpointed and cancelled, and both processes end."""
-    sweep_dir, ids, _ = start_sweep(tmp_path, data, [400, 300])
+    sweep_dir, ids, _ = start_sweep(tmp_path, tiny_data, [400, 300])
     run_dir = sweep_dir / "runs" / ids[400]
     deadline = time.time() + 120
     try:
@@ -159,8 +157,9 @@ def test_sigterm_to_a_local_worker_checkpoints_its_run_and_ends_it(tmp_path, dat
         kill_workers(run_dir)
 
 
-def test_a_run_that_does_not_let_go_within_the_grace_is_killed(tmp_path, data):
-    sweep_dir, ids, _ = start_sweep(tmp_path, data, [400])
+@pytest.mark.slow
+def test_a_run_that_does_not_let_go_within_the_grace_is_killed(tmp_path, tiny_data):
+    sweep_dir, ids, _ = start_sweep(tmp_path, tiny_data, [400])
     run_dir = sweep_dir / "runs" / ids[400]
     deadline = time.time() + 120
     try:

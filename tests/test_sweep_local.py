@@ -16,14 +16,9 @@ import yaml
 from loopscale import schedule, store, submit
 from loopscale.errors import UserError
 from loopscale.grid import ExecutorConfig, load_grid
-from sweep_fixtures import GRIDS, cli, cli_json, make_tiny_data
+from sweep_fixtures import GRIDS, cli, cli_json
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_tiny_data(tmp_path_factory.mktemp("data") / "tiny")
 
 
 def check_finished_sweep(sweep_dir, n=4):
@@ -42,29 +37,29 @@ def check_finished_sweep(sweep_dir, n=4):
     return runs
 
 
-def rerun_submits_nothing(sweep_dir, data, *extra):
-    rows = cli_json("sweep", GRIDS / "smoke.yaml", "--data", data, "--out", sweep_dir, "--dry-run", "--json", *extra)
+def rerun_submits_nothing(sweep_dir, tiny_data, *extra):
+    rows = cli_json("sweep", GRIDS / "smoke.yaml", "--data", tiny_data, "--out", sweep_dir, "--dry-run", "--json", *extra)
     assert {r["action"] for r in rows} == {"skip"}
-    out = cli("sweep", GRIDS / "smoke.yaml", "--data", data, "--out", sweep_dir, *extra)
+    out = cli("sweep", GRIDS / "smoke.yaml", "--data", tiny_data, "--out", sweep_dir, *extra)
     assert out.returncode == 0 and "nothing to submit (skip 4)" in out.stdout, out.stdout + out.stderr
 
 
-def test_debug_executor_end_to_end(tmp_path, data):
+def test_debug_executor_end_to_end(tmp_path, tiny_data):
     sweep_dir = tmp_path / "sweep"
-    out = cli("sweep", GRIDS / "smoke.yaml", "--data", data, "--out", sweep_dir, "--executor", "debug")
+    out = cli("sweep", GRIDS / "smoke.yaml", "--data", tiny_data, "--out", sweep_dir, "--executor", "debug")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "ran 4 run(s) in this process" in out.stdout and "done 4" in out.stdout
     runs = check_finished_sweep(sweep_dir)
     assert {json.loads((sweep_dir / "runs" / rid / "job.json").read_text())["executor"] for rid in runs} == {"debug"}
     kept = yaml.safe_load((sweep_dir / "grid.yaml").read_text())  # the grid, with the --data override
     assert kept == {**yaml.safe_load((GRIDS / "smoke.yaml").read_text()),
-                    "data": {"eval_tokens": 2048, "dir": str(data.resolve())}}
-    rerun_submits_nothing(sweep_dir, data, "--executor", "debug")
+                    "data": {"eval_tokens": 2048, "dir": str(tiny_data.resolve())}}
+    rerun_submits_nothing(sweep_dir, tiny_data, "--executor", "debug")
 
 
-def test_local_executor_end_to_end(tmp_path, data):
+def test_local_executor_end_to_end(tmp_path, tiny_data):
     sweep_dir = tmp_path / "sweep"
-    out = cli("sweep", GRIDS / "smoke.yaml", "--data", data, "--out", sweep_dir, "--executor", "local",
+    out = cli("sweep", GRIDS / "smoke.yaml", "--data", tiny_data, "--out", sweep_dir, "--executor", "local",
               "--jobs", "2", "--threads-per-job", "1", "--wait", "--poll", "0.5")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "submitted 4 run(s) to 2 local worker job(s)" in out.stdout
@@ -76,13 +71,13 @@ def test_local_executor_end_to_end(tmp_path, data):
         assert rec["executor"] == "local" and len(rec["workers"]) == 2 and started["threads"] == 1
         workers.add(started["worker"])
     assert workers == {0, 1}  # both workers took runs
-    rerun_submits_nothing(sweep_dir, data, "--executor", "local")
+    rerun_submits_nothing(sweep_dir, tiny_data, "--executor", "local")
 
 
-def test_failed_runs_are_recorded_held_and_retried_only_on_request(tmp_path, data):
+def test_failed_runs_are_recorded_held_and_retried_only_on_request(tmp_path, tiny_data):
     """A run that raises leaves error.json; status says failed with the reason; --retry-failed resubmits it."""
     raw = yaml.safe_load((GRIDS / "smoke.yaml").read_text())
-    raw["data"] = {"dir": str(data), "eval_tokens": 10**9}  # more than the validation split: the trainer raises
+    raw["data"] = {"dir": str(tiny_data), "eval_tokens": 10**9}  # more than the validation split: the trainer raises
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(raw))
     grid = load_grid(tmp_path / "bad.yaml")
     sweep_dir = tmp_path / "sweep"
@@ -100,15 +95,15 @@ def test_failed_runs_are_recorded_held_and_retried_only_on_request(tmp_path, dat
     assert not (sweep_dir / "runs" / st.run_id / "attempts").exists()
 
 
-def test_a_changed_grid_says_what_changed(tmp_path, data):
+def test_a_changed_grid_says_what_changed(tmp_path, tiny_data):
     sweep_dir = tmp_path / "sweep"
-    out = cli("sweep", GRIDS / "smoke.yaml", "--data", data, "--out", sweep_dir, "--executor", "debug")
+    out = cli("sweep", GRIDS / "smoke.yaml", "--data", tiny_data, "--out", sweep_dir, "--executor", "debug")
     assert out.returncode == 0
     raw = yaml.safe_load((GRIDS / "smoke.yaml").read_text())
     raw["train"]["lr_matrix"] = 0.02
     raw["widths"] = [32]
     (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    out = cli("sweep", tmp_path / "smoke.yaml", "--data", data, "--out", sweep_dir, "--dry-run")
+    out = cli("sweep", tmp_path / "smoke.yaml", "--data", tiny_data, "--out", sweep_dir, "--dry-run")
     assert out.returncode == 0, out.stderr
     assert "the grid changed" in out.stdout and "train.lr_matrix added (0.02)" in out.stdout
     assert "widths: [32, 64] → [32]" in out.stdout
@@ -117,12 +112,12 @@ def test_a_changed_grid_says_what_changed(tmp_path, data):
     assert yaml.safe_load((sweep_dir / "grid.yaml").read_text())["widths"] == [32, 64]  # a dry run keeps the old
 
 
-def test_ctrl_c_while_following_leaves_the_runs_going(tmp_path, data):
+def test_ctrl_c_while_following_leaves_the_runs_going(tmp_path, tiny_data):
     """Ctrl-C during `sweep --wait` stops following (exit 130) but not the runs; `status` picks them up."""
     sweep_dir = tmp_path / "sweep"
     # Its own process group, like a shell's foreground job: Ctrl-C signals the whole group.
     proc = subprocess.Popen([sys.executable, "-m", "loopscale.cli", "sweep", str(GRIDS / "smoke.yaml"), "--data",
-                             str(data), "--out", str(sweep_dir), "--executor", "local", "--jobs", "2",
+                             str(tiny_data), "--out", str(sweep_dir), "--executor", "local", "--jobs", "2",
                              "--threads-per-job", "1", "--wait", "--poll", "0.5"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             # as a shell's foreground job: Ctrl-C is not ignored, even when this test's own
@@ -142,17 +137,17 @@ def test_ctrl_c_while_following_leaves_the_runs_going(tmp_path, data):
         assert time.time() < deadline, cli_json("status", sweep_dir, "--json")
         time.sleep(0.5)
     check_finished_sweep(sweep_dir)
-    rerun_submits_nothing(sweep_dir, data, "--executor", "local")
+    rerun_submits_nothing(sweep_dir, tiny_data, "--executor", "local")
 
 
-def test_a_killed_run_is_lost_with_the_reason_and_retried(tmp_path, data):
+def test_a_killed_run_is_lost_with_the_reason_and_retried(tmp_path, tiny_data):
     """SIGKILL of a running job (what the OOM killer or a dying node does) leaves the run `lost`, with why."""
     raw = yaml.safe_load((GRIDS / "smoke.yaml").read_text())
     raw["tokens"] = [16384 * 1000]  # far longer than the test: it is killed early
     raw["widths"], raw["r"] = [32], [2]
     (tmp_path / "long.yaml").write_text(yaml.safe_dump(raw))
     sweep_dir = tmp_path / "sweep"
-    base = ("sweep", tmp_path / "long.yaml", "--data", data, "--out", sweep_dir, "--executor", "local", "--jobs", "1")
+    base = ("sweep", tmp_path / "long.yaml", "--data", tiny_data, "--out", sweep_dir, "--executor", "local", "--jobs", "1")
     out = cli(*base)
     assert out.returncode == 0, out.stdout + out.stderr
     (run,) = (sweep_dir / "runs").iterdir()
@@ -175,9 +170,9 @@ def test_a_killed_run_is_lost_with_the_reason_and_retried(tmp_path, data):
         os.killpg(worker["pid"], signal.SIGKILL)  # its own session: the controller and the job
 
 
-def test_a_data_file_missing_on_the_compute_node_fails_the_run_with_the_reason(tmp_path, data):
+def test_a_data_file_missing_on_the_compute_node_fails_the_run_with_the_reason(tmp_path, tiny_data):
     copy = tmp_path / "data"
-    shutil.copytree(data, copy)
+    shutil.copytree(tiny_data, copy)
     grid = load_grid(GRIDS / "smoke.yaml", data_dir=copy)
     (copy / "train.bin").unlink()  # after the sweep's own check: as if the node cannot see the file
     sweep_dir = tmp_path / "sweep"
@@ -204,11 +199,11 @@ def test_the_local_queue_starts_the_longest_runs_first(tmp_path):
     assert [cost(by_id[d.name]) for d in order] == sorted((cost(s) for s in grid.runs), reverse=True)
 
 
-def one_run_grid(tmp_path, data, **data_keys):
+def one_run_grid(tmp_path, tiny_data, **data_keys):
     """grids/smoke.yaml cut to its smallest run (width 32, r 1), on the tiny data set."""
     raw = yaml.safe_load((GRIDS / "smoke.yaml").read_text())
     raw["widths"], raw["r"] = [32], [1]
-    raw["data"] = {"dir": str(data), "eval_tokens": 2048, **data_keys}
+    raw["data"] = {"dir": str(tiny_data), "eval_tokens": 2048, **data_keys}
     path = tmp_path / f"one-{len(list(tmp_path.glob('one-*.yaml')))}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return load_grid(path)
@@ -234,10 +229,10 @@ class Recorder(submit.SweepProgress):
         self.events.append(("polled", sorted(st.state for st in states.values())))
 
 
-def test_run_sweep_is_a_library_call(tmp_path, data):
+def test_run_sweep_is_a_library_call(tmp_path, tiny_data):
     """run_sweep without the command line: lock, plan, data check, folder, submit, keep the grid, end states;
     a second call skips the finished run and submits nothing."""
-    grid = one_run_grid(tmp_path, data)
+    grid = one_run_grid(tmp_path, tiny_data)
     (rid,) = [s.run_id for s in grid.runs]
     sweep_dir = tmp_path / "sweep"
     seen = Recorder()
@@ -253,8 +248,8 @@ def test_run_sweep_is_a_library_call(tmp_path, data):
     assert [r.action for r in again.plan.rows] == ["skip"] and again.records == {}
 
 
-def test_run_sweep_waits_for_local_runs_and_reports_each_poll(tmp_path, data):
-    grid = one_run_grid(tmp_path, data)
+def test_run_sweep_waits_for_local_runs_and_reports_each_poll(tmp_path, tiny_data):
+    grid = one_run_grid(tmp_path, tiny_data)
     seen = Recorder()
     got = submit.run_sweep(grid, tmp_path / "sweep", ExecutorConfig(kind="local", local_jobs=1, threads_per_job=1),
                            wait=True, poll_s=0.2, progress=seen)
@@ -264,14 +259,14 @@ def test_run_sweep_waits_for_local_runs_and_reports_each_poll(tmp_path, data):
     assert [e[0] for e in seen.events[:3]] == ["planned", "submitting", "submitted"]  # the runs end elsewhere
 
 
-def test_run_sweep_releases_the_lock_when_it_fails_midway(tmp_path, data):
+def test_run_sweep_releases_the_lock_when_it_fails_midway(tmp_path, tiny_data):
     """A call that fails after taking the lock (the data check, the submission) leaves the sweep unlocked:
     the next call on the same folder plans and submits. A first submission that fails leaves no folder."""
     sweep_dir = tmp_path / "sweep"
-    bad_data = one_run_grid(tmp_path, data, eval_tokens=10**9)  # more than the validation split
+    bad_data = one_run_grid(tmp_path, tiny_data, eval_tokens=10**9)  # more than the validation split
     with pytest.raises(UserError, match="exceeds the") as data_failure:
         submit.run_sweep(bad_data, sweep_dir, ExecutorConfig(kind="debug"))
-    grid = one_run_grid(tmp_path, data)
+    grid = one_run_grid(tmp_path, tiny_data)
     with pytest.raises(UserError, match="unknown executor") as submit_failure:
         submit.run_sweep(grid, sweep_dir, ExecutorConfig(kind="nonesuch"))
     assert not sweep_dir.exists()

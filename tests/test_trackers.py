@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -17,11 +18,11 @@ import yaml
 from loopscale.analysis.regime import RECIPE_COLUMNS, mixed_recipe
 from loopscale.config import ConfigError, run_config_from_dict
 from loopscale.grid import GridError, grid_from_dict
-from loopscale.trackers import TrackerSectionError, check_available
+from loopscale.trackers import KINDS
 from loopscale.trackers.base import Background, Tracker
-from loopscale.trackers.section import from_dict
+from loopscale.trackers.section import TrackerSectionError, check_available, from_dict
 from loopscale.training.train import train_run, write_run_config
-from sweep_fixtures import cli_in_process, make_tiny_data
+from sweep_fixtures import cli_in_process
 
 BASE = {"name": "g", "model": {"n_layers_eff": 4, "n_prelude": 1, "n_coda": 1, "head_dim": 16},
         "train": {"seq_len": 32, "batch_tokens": 256, "log_every": 2, "threads": 1},
@@ -29,19 +30,14 @@ BASE = {"name": "g", "model": {"n_layers_eff": 4, "n_prelude": 1, "n_coda": 1, "
 STEPS = 12  # 3072 tokens / 256 a step
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_tiny_data(tmp_path_factory.mktemp("tracker-data") / "tiny")
-
-
 def grid(tmp_path: Path, data_dir: Path | str = "/data/x", **over):
     raw = {**BASE, "data": {**BASE["data"], "dir": str(data_dir)}, **over}
     return grid_from_dict(raw, "g.yaml", cwd=tmp_path)
 
 
-def run_folder(tmp_path: Path, data: Path, tracker: dict, **train) -> Path:
+def run_folder(tmp_path: Path, tiny_data: Path, tracker: dict, **train) -> Path:
     """One r = 2 run of the grid in <tmp>/sweep/runs/<id>, its config.yaml as the sweep writes it."""
-    spec = [s for s in grid(tmp_path, data, tracker=tracker).runs if s.r == 2][0]
+    spec = [s for s in grid(tmp_path, tiny_data, tracker=tracker).runs if s.r == 2][0]
     cfg = spec.config
     if train:
         import dataclasses
@@ -147,7 +143,25 @@ def test_the_tracker_changes_no_run_id_and_no_recipe(tmp_path):
 
 # --- the up-front package check -------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind, module", [("wandb", "wandb"), ("tensorboard", "tensorboard"), ("mlflow", "mlflow")])
+def test_each_kind_of_the_registry_has_one_tracker_class_and_the_section_takes_its_keys():
+    from loopscale.trackers.factory import CLASSES
+    from loopscale.trackers.section import KEYS
+
+    assert list(CLASSES) == list(KINDS) == list(KEYS) == ["wandb", "tensorboard", "mlflow"]
+    assert all(issubclass(cls, Tracker) and cls.kind == kind for kind, cls in CLASSES.items())
+    assert {kind: k.keys for kind, k in KINDS.items()} == KEYS
+
+
+def test_the_section_parser_loads_no_tracker_and_no_torch():
+    """The config and the grid read the section: the registry and the parser alone, never a tracker class."""
+    code = ("import sys, loopscale.config, loopscale.grid; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m.endswith('_tracker') "
+            "or m in ('loopscale.trackers.factory', 'loopscale.trackers.base')); assert not bad, bad")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("kind, module", [(kind, k.package) for kind, k in KINDS.items()])
 def test_a_missing_package_names_its_extra(kind, module, monkeypatch):
     check_available(from_dict({"kind": kind}))  # installed here (make install: the trackers extra)
     monkeypatch.setitem(sys.modules, module, None)  # now `import <module>` raises ImportError
@@ -158,10 +172,10 @@ def test_a_missing_package_names_its_extra(kind, module, monkeypatch):
     assert f"pip install 'loopscale[{kind}]'" in str(e.value) and "\n" not in str(e.value)
 
 
-def test_a_missing_package_stops_the_sweep_before_anything_is_submitted(tmp_path, data, capsys, monkeypatch):
+def test_a_missing_package_stops_the_sweep_before_anything_is_submitted(tmp_path, tiny_data, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)
     path = tmp_path / "g.yaml"
-    path.write_text(yaml.safe_dump({**BASE, "data": {"dir": str(data), "eval_tokens": 512},
+    path.write_text(yaml.safe_dump({**BASE, "data": {"dir": str(tiny_data), "eval_tokens": 512},
                                     "tracker": {"kind": "wandb"}}))
     sweep_dir = tmp_path / "sweep"
     for extra in (["--dry-run"], ["--executor", "debug"]):
@@ -181,8 +195,9 @@ def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-def test_tensorboard_event_files_hold_the_logged_scalars(tmp_path, data):
-    run_dir = run_folder(tmp_path, data, {"kind": "tensorboard"})
+@pytest.mark.slow
+def test_tensorboard_event_files_hold_the_logged_scalars(tmp_path, tiny_data):
+    run_dir = run_folder(tmp_path, tiny_data, {"kind": "tensorboard"})
     rec = train_run(run_dir)
     got = scalars(run_dir / "tensorboard")
     lines = metrics(run_dir)
@@ -195,8 +210,9 @@ def test_tensorboard_event_files_hold_the_logged_scalars(tmp_path, data):
     assert rec["status"] == "done" and rec["run_id"] == run_dir.name
 
 
-def test_tensorboard_after_a_crash_and_resume_has_each_step_once(tmp_path, data):
-    run_dir = run_folder(tmp_path, data, {"kind": "tensorboard"}, checkpoint_every_steps=4)
+@pytest.mark.slow
+def test_tensorboard_after_a_crash_and_resume_has_each_step_once(tmp_path, tiny_data):
+    run_dir = run_folder(tmp_path, tiny_data, {"kind": "tensorboard"}, checkpoint_every_steps=4)
     with pytest.raises(RuntimeError, match="killed"):
         train_run(run_dir, stop=StopAt(6, crash=True))  # dies at step 6, past its checkpoint at 4
     assert scalars(run_dir / "tensorboard")["train/loss"][-1][0] == 6
@@ -218,9 +234,10 @@ def mlflow_runs(store: Path, experiment: str):
     return client, client.search_runs([exp.experiment_id])
 
 
-def test_mlflow_file_store_holds_params_metrics_and_the_run_name(tmp_path, data, monkeypatch):
+@pytest.mark.slow
+def test_mlflow_file_store_holds_params_metrics_and_the_run_name(tmp_path, tiny_data, monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    run_dir = run_folder(tmp_path, data, {"kind": "mlflow"})
+    run_dir = run_folder(tmp_path, tiny_data, {"kind": "mlflow"})
     rec = train_run(run_dir)
     client, runs = mlflow_runs(tmp_path / "sweep" / "mlruns", "g")  # default store: <sweep>/mlruns
     assert len(runs) == 1
@@ -234,10 +251,11 @@ def test_mlflow_file_store_holds_params_metrics_and_the_run_name(tmp_path, data,
     assert run.data.metrics["val_loss"] == pytest.approx(rec["val_loss"])
 
 
-def test_mlflow_resumed_run_continues_its_run(tmp_path, data, monkeypatch):
+@pytest.mark.slow
+def test_mlflow_resumed_run_continues_its_run(tmp_path, tiny_data, monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     store = tmp_path / "store"
-    run_dir = run_folder(tmp_path, data, {"kind": "mlflow", "tracking_uri": str(store)})
+    run_dir = run_folder(tmp_path, tiny_data, {"kind": "mlflow", "tracking_uri": str(store)})
     stopped = train_run(run_dir, stop=StopAt(6))  # a preemption: checkpoint at step 6, to be requeued
     assert stopped["status"] == "stopped" and stopped["step"] == 6
     _, runs = mlflow_runs(store, "g")
@@ -292,12 +310,13 @@ def wandb_history(path: Path) -> tuple[dict, list[dict]]:
     return run, rows
 
 
-def test_wandb_offline_run_files_hold_the_config_and_history(tmp_path, data, monkeypatch):
+@pytest.mark.slow
+def test_wandb_offline_run_files_hold_the_config_and_history(tmp_path, tiny_data, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
     (tmp_path / "wandb-dir").mkdir()
-    run_dir = run_folder(tmp_path, data, {"kind": "wandb", "project": "loops"}, checkpoint_every_steps=4)
+    run_dir = run_folder(tmp_path, tiny_data, {"kind": "wandb", "project": "loops"}, checkpoint_every_steps=4)
     stopped = train_run(run_dir, stop=StopAt(6))
     assert stopped["status"] == "stopped"
     rec = train_run(run_dir)  # requeued: the same wandb run goes on
@@ -313,11 +332,12 @@ def test_wandb_offline_run_files_hold_the_config_and_history(tmp_path, data, mon
     assert [row["val_loss"] for row in rows2 if "val_loss" in row] == [pytest.approx(rec["val_loss"])]
 
 
-def test_wandb_mode_offline_in_the_section_is_honoured(tmp_path, data, monkeypatch):
+@pytest.mark.slow
+def test_wandb_mode_offline_in_the_section_is_honoured(tmp_path, tiny_data, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_DIR", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
-    run_dir = run_folder(tmp_path, data, {"kind": "wandb", "mode": "offline"})
+    run_dir = run_folder(tmp_path, tiny_data, {"kind": "wandb", "mode": "offline"})
     train_run(run_dir)
     (folder,) = (run_dir / "wandb").glob("offline-run-*")  # in the run folder when WANDB_DIR is unset
     run, rows = wandb_history(next(folder.glob("run-*.wandb")))
@@ -326,8 +346,9 @@ def test_wandb_mode_offline_in_the_section_is_honoured(tmp_path, data, monkeypat
 
 # --- failures and slowness ------------------------------------------------------------------------
 
-def test_a_failing_tracker_never_fails_the_run(tmp_path, data, capsys):
-    run_dir = run_folder(tmp_path, data, {"kind": "tensorboard"})
+@pytest.mark.slow
+def test_a_failing_tracker_never_fails_the_run(tmp_path, tiny_data, capsys):
+    run_dir = run_folder(tmp_path, tiny_data, {"kind": "tensorboard"})
     (run_dir / "tensorboard").write_text("a file where the event folder goes")  # a real failure at start
     rec = train_run(run_dir)
     err = capsys.readouterr().err
@@ -396,15 +417,16 @@ def test_a_slow_tracker_never_blocks_the_training_loop():
     assert tracker.logged[0][1] == {"train/loss": 2.0}  # no None, no NaN; names as the trackers log them
 
 
-def test_a_debug_sweep_carries_the_tracker_to_its_runs(tmp_path, data, capsys):
+@pytest.mark.slow
+def test_a_debug_sweep_carries_the_tracker_to_its_runs(tmp_path, tiny_data, capsys):
     path = tmp_path / "g.yaml"
-    path.write_text(yaml.safe_dump({**BASE, "r": [2], "data": {"dir": str(data), "eval_tokens": 512},
+    path.write_text(yaml.safe_dump({**BASE, "r": [2], "data": {"dir": str(tiny_data), "eval_tokens": 512},
                                     "tracker": {"kind": "tensorboard"}}))
     sweep_dir = tmp_path / "sweep"
     code, out, err = cli_in_process(["sweep", path, "--out", sweep_dir, "--executor", "debug"], capsys)
     assert code == 0, err
     (run_dir,) = (sweep_dir / "runs").iterdir()
-    assert run_dir.name == [s.run_id for s in grid(tmp_path, data).runs if s.r == 2][0]  # the id without a tracker
+    assert run_dir.name == [s.run_id for s in grid(tmp_path, tiny_data).runs if s.r == 2][0]  # the id without a tracker
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["tracker"] == {"kind": "tensorboard", "sweep": "g"}
     assert len(scalars(run_dir / "tensorboard")["train/loss"]) == STEPS // 2
     assert json.loads((run_dir / "result.json").read_text())["status"] == "done"

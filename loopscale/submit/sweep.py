@@ -29,7 +29,7 @@ from loopscale.submit.folder import (
     sweep_changes,
 )
 from loopscale.submit.lock import sweep_lock
-from loopscale.trackers import check_available
+from loopscale.trackers.section import check_available
 
 SUBMITTING = ("submit", "resubmit")
 

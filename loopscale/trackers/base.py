@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from loopscale.trackers.section import TrackerConfig
-
 # metrics.jsonl key → the name every tracker logs it under (step is the x-axis)
 METRIC_NAMES = {"loss": "train/loss", "tokens": "train/tokens", "tokens_per_s": "train/tokens_per_s",
                 "lr_factor": "lr_factor", "mfu": "mfu"}
@@ -25,7 +23,8 @@ WAIT_S = 120.0  # longest the end of a run waits for its tracker to drain
 
 
 class Tracker:
-    """One run's connection to an experiment tracker. Called from the background thread only."""
+    """One run's connection to an experiment tracker. Called from the background thread only. A subclass's
+    ``kind`` is its key in the registry (``loopscale.trackers.KINDS``); it is made with (TrackerConfig, run_dir)."""
 
     kind = "tracker"
 
@@ -140,24 +139,3 @@ class Background:
                 msg = (str(e).strip().splitlines() or [""])[0]
                 self._say(f"{name} failed ({type(e).__name__}{': ' + msg if msg else ''}); "
                           "logging to it stops, the run goes on")
-
-
-def make_tracker(tc: TrackerConfig | None, run_dir: Path) -> Background | None:
-    """The run's tracker behind its background thread (the trainer starts it); None without a section."""
-    if tc is None:
-        return None
-    run_dir = Path(run_dir)
-
-    def make() -> Tracker:
-        if tc.kind == "wandb":
-            from loopscale.trackers.wandb_tracker import WandbTracker
-            return WandbTracker(tc, run_dir)
-        if tc.kind == "tensorboard":
-            from loopscale.trackers.tensorboard_tracker import TensorboardTracker
-            return TensorboardTracker(tc, run_dir)
-        if tc.kind == "mlflow":
-            from loopscale.trackers.mlflow_tracker import MlflowTracker
-            return MlflowTracker(tc, run_dir)
-        raise ValueError(f"unknown tracker kind {tc.kind!r}")
-
-    return Background(make, tc.kind)

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from loopscale.errors import UserError
+from loopscale.trackers import KINDS
 
-# The keys each kind takes besides `kind`, what it imports, and the extra that installs it.
-KEYS = {"wandb": ("project", "entity", "mode"), "tensorboard": (), "mlflow": ("tracking_uri",)}
-MODULES = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow"}
+KEYS = {kind: k.keys for kind, k in KINDS.items()}  # the keys each kind takes besides `kind`
 WANDB_MODES = ("online", "offline")
 
 
@@ -82,7 +81,7 @@ def check_available(tc: TrackerConfig | None) -> None:
     """The tracker's package is importable here; else one line naming the extra that installs it."""
     if tc is None:
         return
-    module = MODULES[tc.kind]
+    module = KINDS[tc.kind].package
     try:
         found = importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
