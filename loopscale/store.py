@@ -11,6 +11,7 @@ A sweep folder::
                           cancel.json `loopscale cancel` (or a SIGTERM to a local worker) stopped the run
                           job.out/err the job's stdout/stderr
                           checkpoints/step_<n>.pt the trainer's checkpoints (n: 9 digits)
+                          attempts/<n>/ earlier attempts' records (resubmission moves them there)
     <sweep>/jobs/                     submitit's pickles, submission scripts and logs
     <sweep>/results.db                SQLite, one row per run (``collect``)
 
@@ -47,7 +48,8 @@ RUNS_DIR, JOBS_DIR, DB_FILE, GRID_FILE = "runs", "jobs", "results.db", "grid.yam
 CONFIG_FILE, RESULT_FILE, ERROR_FILE = "config.yaml", "result.json", "error.json"
 JOB_FILE, STARTED_FILE, METRICS_FILE = "job.json", "started.json", "metrics.jsonl"
 CANCEL_FILE = "cancel.json"
-CKPT_DIR = "checkpoints"
+JOB_OUT, JOB_ERR = "job.out", "job.err"  # the job's stdout/stderr (links to submitit's logs, or files)
+CKPT_DIR, ATTEMPTS_DIR, GRID_HISTORY_DIR = "checkpoints", "attempts", "grid-history"
 
 FINISHED = ("done", "diverged")  # a result.json: the run is over and is not trained again
 FITTABLE = ("done",)  # finished with a loss a fit may use: a diverged run is finished, never fitted

@@ -127,6 +127,14 @@ def test_the_sweeps_flops_done_and_eta():
     assert sweep_live([]).summary() == {"flops_done": 0.0, "flops_planned": 0.0, "flops_per_s": 0.0, "eta_s": None}
 
 
+def test_every_run_state_has_a_colour_and_a_place_in_the_tables():
+    from loopscale.commands.console import STATE_ORDER, STATE_STYLE, state_order
+    from loopscale.store import STATES
+
+    assert sorted(STATE_STYLE) == sorted(STATE_ORDER) == sorted(STATES)
+    assert [state_order(s) for s in ("running", "failed", "new", "diverged", "done")] == [0, 4, 9, 10, 11]
+
+
 def test_durations_and_steps_for_people():
     assert [duration(s) for s in (None, -1, 0.4, 45, 200, 3600 + 300, 3 * 86400 + 4 * 3600 + 59)] == [
         "-", "-", "0s", "45s", "3m 20s", "1h 05m", "3d 4h"]

@@ -11,6 +11,7 @@ import typer
 
 from loopscale.commands.console import make_console, resolve_sweep
 from loopscale.errors import UserError
+from loopscale.store import GRID_FILE
 
 OUTCOME_TEXT = {
     "stopped": "stopped at step {step}, checkpoint kept",
@@ -31,7 +32,7 @@ def outcome_text(r) -> str:
 
 def retry_command(sweep_dir: Path, executors: list[str]) -> str:
     """The `loopscale sweep` call that resubmits the cancelled runs: the grid kept in the sweep folder."""
-    cmd = f"loopscale sweep {shlex.quote(str(sweep_dir / 'grid.yaml'))} --out {shlex.quote(str(sweep_dir))}"
+    cmd = f"loopscale sweep {shlex.quote(str(sweep_dir / GRID_FILE))} --out {shlex.quote(str(sweep_dir))}"
     if len(executors) == 1 and executors[0] in ("slurm", "local", "debug"):
         cmd += f" --executor {executors[0]}"
     return cmd + " --retry-failed"

@@ -21,6 +21,7 @@ from loopscale.commands.stages import stage_progress
 from loopscale.commands.status import StatusLook, watch_sweep, watch_title
 from loopscale.errors import UserError
 from loopscale.fmt import sci, si
+from loopscale.store import GRID_FILE, RUNS_DIR
 from loopscale.submit import SweepProgress
 
 
@@ -288,11 +289,11 @@ def submit_summary(kind: str, records: dict[str, dict], totals: dict[str, Any], 
 def print_plan_notes(console: Console, p) -> None:
     """What a plan finds beside its rows: how the grid changed since it was kept, run folders outside it."""
     if p.changes:
-        console.print(f"[yellow]the grid changed since {p.sweep_dir / 'grid.yaml'} was kept:[/]", highlight=False)
+        console.print(f"[yellow]the grid changed since {p.sweep_dir / GRID_FILE} was kept:[/]", highlight=False)
         for line in p.changes:
             console.print(f"  {line}", highlight=False, soft_wrap=True)
     if p.outside:
-        console.print(f"{len(p.outside)} run folder(s) in {p.sweep_dir / 'runs'} are not in this grid (left alone)")
+        console.print(f"{len(p.outside)} run folder(s) in {p.sweep_dir / RUNS_DIR} are not in this grid (left alone)")
 
 
 class ConsoleProgress(SweepProgress):

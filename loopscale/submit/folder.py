@@ -12,13 +12,16 @@ from loopscale.atomic import write_bytes_atomic
 from loopscale.errors import UserError
 from loopscale.grid import Grid, RunSpec, grid_changes, parse_yaml
 from loopscale.store import (
+    ATTEMPTS_DIR,
     CANCEL_FILE,
     CONFIG_FILE,
     ERROR_FILE,
     GRID_FILE,
+    GRID_HISTORY_DIR,
     JOB_FILE,
     METRICS_FILE,
     RESULT_FILE,
+    RUNS_DIR,
     STARTED_FILE,
     checkpoint_paths,
 )
@@ -46,7 +49,7 @@ def record_grid(sweep_dir: Path, grid: Grid) -> None:
     if kept.exists():
         if kept.read_text() == grid.text:
             return
-        history = Path(sweep_dir) / "grid-history"
+        history = Path(sweep_dir) / GRID_HISTORY_DIR
         history.mkdir(exist_ok=True)
         os.replace(kept, history / f"grid-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.yaml")
     write_bytes_atomic(kept, grid.text.encode())
@@ -63,7 +66,7 @@ def unwritable(sweep_dir: Path, e: OSError) -> UserError:
 
 def make_sweep_dir(sweep_dir: Path) -> None:
     try:
-        (Path(sweep_dir) / "runs").mkdir(parents=True, exist_ok=True)
+        (Path(sweep_dir) / RUNS_DIR).mkdir(parents=True, exist_ok=True)
         probe = Path(sweep_dir) / f".write-test-{os.getpid()}"
         probe.touch()
         probe.unlink()
@@ -73,7 +76,7 @@ def make_sweep_dir(sweep_dir: Path) -> None:
 
 def check_data(grid: Grid) -> None:
     """The data dir exists, matches the grid's vocabulary and is long enough for every run."""
-    from loopscale.data import load_data
+    from loopscale.data.dataset import load_data
 
     ds = load_data(grid.data_dir)
     if ds.vocab_size != grid.vocab_size:
@@ -106,9 +109,9 @@ def archive_attempt(run_dir: Path) -> Path | None:
     if not present:
         return None
     n = 1
-    while (run_dir / "attempts" / str(n)).exists():
+    while (run_dir / ATTEMPTS_DIR / str(n)).exists():
         n += 1
-    dest = run_dir / "attempts" / str(n)
+    dest = run_dir / ATTEMPTS_DIR / str(n)
     dest.mkdir(parents=True)
     for f in present:
         src = run_dir / f

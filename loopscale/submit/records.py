@@ -12,9 +12,9 @@ from typing import Any
 
 from loopscale.fmt import timestamp
 from loopscale.errors import UserError
-from loopscale.store import JOBS_DIR
+from loopscale.store import ATTEMPTS_DIR, JOB_ERR, JOB_OUT, JOBS_DIR
 
-LOG_LINKS = ("job.out", "job.err")
+LOG_LINKS = (JOB_OUT, JOB_ERR)
 
 
 def replace_file(path: Path, data: bytes) -> None:
@@ -40,7 +40,7 @@ def sync() -> None:
 
 def attempts(run_dir: Path) -> int:
     """The number of this attempt at the run: earlier ones are kept in attempts/<n>/."""
-    return len(list((run_dir / "attempts").glob("*"))) + 1 if (run_dir / "attempts").exists() else 1
+    return len(list((run_dir / ATTEMPTS_DIR).glob("*"))) + 1 if (run_dir / ATTEMPTS_DIR).exists() else 1
 
 
 def job_record(kind: str, job_id: str, sweep_dir: Path, run_dir: Path, **extra: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 from loopscale.fmt import timestamp
 from loopscale.atomic import write_json_atomic
 from loopscale.schedule import LocalLayout
-from loopscale.store import ERROR_FILE, JOB_FILE, STARTED_FILE
+from loopscale.store import ERROR_FILE, JOB_ERR, JOB_FILE, JOB_OUT, STARTED_FILE
 from loopscale.submit.cancel import cancel_requested, mark_released, watch_cancel
 from loopscale.submit.scheduler import process_start
 
@@ -53,7 +53,7 @@ def _claim(run_dir: Path, token: str | None) -> bool:
 @contextlib.contextmanager
 def _captured(run_dir: Path):
     """stdout/stderr into job.out/job.err of the run folder (for runs sharing a process)."""
-    with open(run_dir / "job.out", "a") as out, open(run_dir / "job.err", "a") as err:
+    with open(run_dir / JOB_OUT, "a") as out, open(run_dir / JOB_ERR, "a") as err:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             yield
 

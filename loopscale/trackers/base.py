@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from loopscale.store import RUNS_DIR
+
 # metrics.jsonl key → the name every tracker logs it under (step is the x-axis)
 METRIC_NAMES = {"loss": "train/loss", "tokens": "train/tokens", "tokens_per_s": "train/tokens_per_s",
                 "lr_factor": "lr_factor", "mfu": "mfu"}
@@ -63,7 +65,7 @@ def run_id_of(run_dir: Path) -> str:
 def sweep_dir_of(run_dir: Path) -> Path:
     """The sweep folder of ``<sweep>/runs/<id>``; a run folder elsewhere is its own."""
     run_dir = Path(run_dir).resolve()
-    return run_dir.parent.parent if run_dir.parent.name == "runs" else run_dir
+    return run_dir.parent.parent if run_dir.parent.name == RUNS_DIR else run_dir
 
 
 class Background:
