@@ -122,7 +122,7 @@ def load_law(spec: str | Path, need_phi: bool = False) -> Law:
 # Log coordinates and the box
 
 
-def theta_of(params: "Law | Mapping") -> np.ndarray:
+def theta_of(params: Law | Mapping) -> np.ndarray:
     """θ = (e, a, α, b, β, φ) of a Law or of {E, A, alpha, B, beta, phi} (fit.json's params; a null φ,
     the Chinchilla form, is 0). The one conversion from coefficients to the fit's coordinates."""
     p = params.to_dict() if isinstance(params, Law) else params
