@@ -50,7 +50,7 @@ def run_step(name: str, cmd: list[str], limit_s: float, log: Path) -> tuple[bool
 
 def generate_data(out: Path, vocab: int, tokens: int, seed: int = 0) -> Path:
     """A data directory of generated tokens: Zipf(1.1) ids over the vocabulary, a BOS every ~1,000 tokens."""
-    from loopscale.data import import_bin
+    from loopscale.data.prepare import import_bin
 
     rng = np.random.default_rng(seed)
     bins = {}

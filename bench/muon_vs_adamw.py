@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -48,24 +47,26 @@ def arch(width: int, r: int) -> Arch:
 
 
 def corpus_dir() -> Path | None:
-    d = Path(os.environ.get("LOOPSCALE_DATA") or "data/default")
-    return d if (d / "meta.json").exists() else None
+    from loopscale.data.format import META_JSON, default_data_dir_setting
+
+    d = Path(default_data_dir_setting())
+    return d if (d / META_JSON).exists() else None
 
 
 def synthetic_corpus(out: Path, vocab: int = 512, n_train: int = 400_000, n_val: int = 40_000) -> Path:
     """A learnable stand-in: random tokens where every odd position repeats the previous one."""
-    import json
-
     import numpy as np
 
+    from loopscale.data.format import TOKEN_FILES, write_meta
+
     rng = np.random.default_rng(0)
-    for name, n in (("train", n_train), ("val", n_val)):
+    for split, n in (("train", n_train), ("val", n_val)):
         t = rng.integers(1, vocab, size=n, dtype=np.uint16)
         t[1::2] = t[0:-1:2]
-        t.tofile(out / f"{name}.bin")
-    meta = {"format_version": 1, "tokenizer": "synthetic", "vocab_size": vocab, "dtype": "uint16", "bos_id": 0,
-            "train_tokens": n_train, "val_tokens": n_val}
-    (out / "meta.json").write_text(json.dumps(meta))
+        t.tofile(out / TOKEN_FILES[split])
+    write_meta(out, tokenizer="synthetic", vocab_size=vocab, dtype="uint16", bos_id=0, train_tokens=n_train,
+               val_tokens=n_val, train_docs=None, val_docs=None, val_unigram_entropy=None, sources=[],
+               settings={"corpus": "synthetic"})
     return out
 
 
@@ -85,7 +86,7 @@ def main() -> None:
     args = p.parse_args()
     model = arch(args.width, args.r)
 
-    from loopscale.data import load_data  # noqa: PLC0415 - after argparse, so --help is fast
+    from loopscale.data.dataset import load_data  # noqa: PLC0415 - after argparse, so --help is fast
     from loopscale.training.train import train  # noqa: PLC0415
 
     data_dir, tmp = corpus_dir(), None

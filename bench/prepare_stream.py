@@ -46,7 +46,7 @@ REF_BATCH = 1024
 
 
 def paragraphs() -> list[str]:
-    from loopscale import corpus
+    from loopscale.data import corpus
 
     out = []
     for src in corpus.DEFAULT_SOURCES:
@@ -154,6 +154,8 @@ def prepare(shards: list[Path], tokenizer: Path, out: Path) -> tuple[int, float,
     """(tokens without BOS, seconds, peak RSS in bytes, [(seconds, RSS bytes)] every POLL_S) of
     `loopscale data prepare` in a subprocess. The peak is the child's VmHWM polled from /proc: its
     getrusage ru_maxrss would count the forked image of this (large) process before the exec."""
+    from loopscale.data.format import read_meta
+
     cmd = [sys.executable, "-m", "loopscale.cli", "data", "prepare", "--input", str(shards[0].parent),
            "--tokenizer", str(tokenizer), "--out", str(out), "--force"]
     log = out.parent / "prepare.stdout"
@@ -173,7 +175,7 @@ def prepare(shards: list[Path], tokenizer: Path, out: Path) -> tuple[int, float,
         sys.exit(f"loopscale data prepare failed (exit {proc.returncode}):\n{log.read_text()}")
     if not peak:  # no /proc: fall back to getrusage (an overestimate, see above)
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    meta = json.loads((out / "meta.json").read_text())
+    meta = read_meta(out)
     tokens = meta["train_tokens"] + meta["val_tokens"] - meta["train_docs"] - meta["val_docs"]
     return tokens, seconds, peak, samples
 

@@ -10,7 +10,10 @@ import pytest
 import torch
 
 from loopscale.config import ConfigError, run_config_from_dict
-from loopscale.data import DOCS_INDEX, doc_starts, import_bin, load_data, prepare_text
+from loopscale.data.dataset import doc_starts, load_data
+from loopscale.data.format import DOCS_INDEX
+from loopscale.data.prepare import import_bin
+from loopscale.data.stream import prepare_stream
 from loopscale.errors import UserError
 from loopscale.training.loaders import _PACK_STREAM, PackedLoader, WindowLoader, make_loader
 
@@ -118,7 +121,7 @@ def _texts(tmp_path, n=6):
 
 def test_doc_index_written_at_prepare_and_rebuilt_when_missing_or_stale(tmp_path):
     out = tmp_path / "data"
-    prepare_text([_texts(tmp_path)], out, tokenizer="bytes", val_fraction=0.3)
+    prepare_stream([_texts(tmp_path)], out, tokenizer="bytes", val_fraction=0.3)
     ds = load_data(out)
     want = np.flatnonzero(np.asarray(ds.train) == ds.bos_id)
     assert np.array_equal(np.load(out / DOCS_INDEX), want) and len(want) == ds.meta["train_docs"]

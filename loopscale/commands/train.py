@@ -23,7 +23,8 @@ def _set(d: dict, section: str, key: str, value: Any) -> None:
 def build_config(base: dict[str, Any], overrides: dict[tuple[str, str], Any], data_dir: str | None):
     """Merge flags over a config dict, fill the vocab from the data dir, validate."""
     from loopscale.config import run_config_from_dict
-    from loopscale.data import default_data_dir, load_data
+    from loopscale.data.dataset import load_data
+    from loopscale.data.format import default_data_dir
 
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
     for (section, key), value in overrides.items():

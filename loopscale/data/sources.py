@@ -7,7 +7,7 @@ Inputs are files, folders (searched recursively, hidden entries skipped) or glob
 - ``.txt``: the whole file is one document.
 Documents are taken verbatim (no cleaning); empty or all-blank ones, and null parquet cells, are skipped.
 Each document has an index within its file (its line or row number, from 0) that never depends on which
-others were skipped; the split (``loopscale.stream_prepare``) hashes it with the file's ``key``.
+others were skipped; the split (``loopscale.data.stream``) hashes it with the file's ``key``.
 """
 
 from __future__ import annotations

