@@ -1,4 +1,5 @@
-"""Grid files: a YAML sweep description expanded into a list of run specs (a pure function).
+"""Grid files: a YAML sweep description read (the file; the data dir's vocabulary through ``loopscale.data.format``)
+and expanded into a list of run specs (``expand`` is a pure function).
 
 A grid names the model family, the training settings, and the axes of the sweep::
 
@@ -28,7 +29,7 @@ A grid names the model family, the training settings, and the axes of the sweep:
     repeats:                        # optional, with any of the three: a few runs again with another
       - {d_model: 64, budget_flops: 1e13, r: 2, seed: 1}   #   seed (the seed-to-seed noise that
                                     #   `plan --from` measures); entries as in `runs:`, seed required
-    executor: {kind: auto, ...}     # see ExecutorConfig; never part of a run's identity
+    executor: {kind: auto, ...}     # loopscale.executor_config.ExecutorConfig; never in a run's identity
     tracker: {kind: tensorboard}    # optional experiment tracker (loopscale.trackers): tensorboard | wandb
                                     #   (project, entity, mode) | mlflow (tracking_uri); never in a run's id
 
@@ -43,12 +44,11 @@ Bad input raises ``GridError`` (a ``UserError``) naming the file, the key and th
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -63,10 +63,13 @@ from loopscale.config import (
 )
 from loopscale import probes as probe_registry
 from loopscale.counting import Arch, ArchError, n_once, n_rec, probe_arch
+from loopscale.data.format import default_data_dir_setting, read_vocab_size
 from loopscale.errors import UserError
+from loopscale.executor_config import ExecutorConfig, parse_executor
 from loopscale.fmt import flatten
 from loopscale.lr_transfer import LR_KEYS, with_paper_lrs
 from loopscale.trackers import section as tracker_section
+from loopscale.validate import GridError, as_list, int_list, number, mapping, number_list, show
 
 WIDTH_UNIT = 64  # d = 64·s (method.md §2)
 TOP_KEYS = ("name", "description", "model", "train", "data", "vocab_size", "r", "widths", "s", "tokens",
@@ -76,38 +79,7 @@ AXIS_TRAIN_KEYS = {"tokens": "tokens/flops/runs", "budget_flops": "flops/runs", 
 RUN_KEYS = ("r", "d_model", "s", "tokens", "budget_flops", "probe", "seed")
 GRID_TRAIN_KEYS = ("lr_rule", "lr_batch_exponent")  # train keys resolved per run at expansion
 LR_RULES = ("fixed", "paper")
-EXECUTOR_KINDS = ("auto", "slurm", "local", "debug")
 SHIPPED_GRIDS = "grids"  # package data: loopscale/grids/*.yaml, found by name (`loopscale sweep tiny`)
-
-
-class GridError(UserError, ValueError):
-    """A grid file that cannot be expanded; the message names the file, the key and the reason."""
-
-
-@dataclass(frozen=True)
-class ExecutorConfig:
-    """Where and how runs execute. Not part of any run's identity.
-
-    slurm: partition, account, qos, time_min (minutes per run), gpus_per_node, cpus_per_task, mem_gb,
-    constraint, array_parallelism (array tasks running at once), setup (shell lines before the run).
-    local: local_jobs (runs at once; default one per GPU, else CPU cores / threads_per_job) and
-    threads_per_job (torch CPU threads per run; default CPU cores / local_jobs).
-    """
-
-    kind: str = "auto"  # auto (slurm if sbatch is on PATH, else local) | slurm | local | debug
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    time_min: int = 60
-    gpus_per_node: int = 0
-    cpus_per_task: int | None = None
-    mem_gb: float | None = None
-    constraint: str | None = None
-    array_parallelism: int | None = None
-    job_name: str | None = None
-    setup: tuple[str, ...] = ()
-    local_jobs: int | None = None
-    threads_per_job: int | None = None
 
 
 @dataclass(frozen=True)
@@ -234,7 +206,7 @@ def parse_yaml(text: str, where: str) -> dict[str, Any]:
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise GridError(f"{where}: not valid YAML{at} ({problem})") from None
     if not isinstance(raw, dict):
-        raise GridError(f"{where}: expected a mapping of grid keys ({', '.join(TOP_KEYS)}), got {_show(raw)}")
+        raise GridError(f"{where}: expected a mapping of grid keys ({', '.join(TOP_KEYS)}), got {show(raw)}")
     return raw
 
 
@@ -246,9 +218,9 @@ def grid_from_dict(raw: dict[str, Any], where: str = "grid", *, text: str | None
         raise GridError(f"{where}: {unknown[0]}: unknown key (allowed: {', '.join(TOP_KEYS)})")
     name = raw.get("name", path.stem if path else "grid")
     if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-        raise GridError(f"{where}: name: expected a plain folder name, got {_show(name)}")
+        raise GridError(f"{where}: name: expected a plain folder name, got {show(name)}")
     executor = parse_executor(raw.get("executor"), where)
-    data = _section(raw, "data", where)
+    data = mapping(raw, "data", where)
     base = Path(cwd) if cwd is not None else Path.cwd()
     try:
         tracker = tracker_section.from_grid(raw.get("tracker"), name, base)
@@ -257,14 +229,18 @@ def grid_from_dict(raw: dict[str, Any], where: str = "grid", *, text: str | None
     if data_dir is not None:  # an override changes the runs: the kept grid must say so
         data["dir"] = str((base / Path(data_dir).expanduser()).resolve())
         raw, text = {**raw, "data": dict(data)}, None
-    resolved = Path(os.path.expanduser(str(data.get("dir") or _default_data_dir())))
+    resolved = Path(os.path.expanduser(str(data.get("dir") or default_data_dir_setting())))
     resolved = (resolved if resolved.is_absolute() else base / resolved).resolve()
     data["dir"] = str(resolved)
     vocab = raw.get("vocab_size")
     if vocab is None:
-        vocab = read_vocab_size(resolved, where)
+        try:
+            vocab = read_vocab_size(resolved, f"run `loopscale data prepare --out {resolved}` or give vocab_size "
+                                              "in the grid")
+        except UserError as e:
+            raise GridError(f"{where}: data.dir: {e}") from None
     elif isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1:
-        raise GridError(f"{where}: vocab_size: expected a positive integer, got {_show(vocab)}")
+        raise GridError(f"{where}: vocab_size: expected a positive integer, got {show(vocab)}")
     runs = expand({**raw, "data": data, "vocab_size": vocab}, where)
     if tracker is not None:  # every run's config carries it; run ids are unchanged (not in semantic_dict)
         runs = [dataclasses.replace(s, config=dataclasses.replace(s.config, tracker=tracker)) for s in runs]
@@ -272,67 +248,13 @@ def grid_from_dict(raw: dict[str, Any], where: str = "grid", *, text: str | None
     return Grid(name, path, dumped, raw, runs, executor, resolved, vocab, raw.get("vocab_size") is None, tracker)
 
 
-def _default_data_dir() -> str:
-    return os.environ.get("LOOPSCALE_DATA") or "data/default"  # as loopscale.data.default_data_dir
-
-
-def read_vocab_size(data_dir: Path, where: str) -> int:
-    """The vocabulary of a prepared data dir, from its meta.json (no tokens are read)."""
-    meta = data_dir / "meta.json"
-    fix = f"run `loopscale data prepare --out {data_dir}` or give vocab_size in the grid"
-    try:
-        vocab = json.loads(meta.read_text()).get("vocab_size")
-    except FileNotFoundError:
-        raise GridError(f"{where}: data.dir: {data_dir} holds no prepared data (no meta.json); {fix}") from None
-    except (OSError, ValueError, AttributeError) as e:
-        raise GridError(f"{where}: data.dir: cannot read {meta} ({e}); {fix}") from None
-    if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1:
-        raise GridError(f"{where}: data.dir: {meta} has no valid vocab_size")
-    return vocab
-
-
-def parse_executor(raw: Any, where: str) -> ExecutorConfig:
-    """The grid's ``executor:`` section, strictly: unknown keys and wrong types are errors."""
-    if raw is None:
-        return ExecutorConfig()
-    if not isinstance(raw, dict):
-        raise GridError(f"{where}: executor: expected a mapping, got {_show(raw)}")
-    raw = dict(raw)
-    setup = raw.pop("setup", ())
-    if isinstance(setup, str):
-        setup = [setup]
-    if not isinstance(setup, (list, tuple)) or not all(isinstance(s, str) for s in setup):
-        raise GridError(f"{where}: executor.setup: expected a list of shell lines, got {_show(setup)}")
-    try:
-        ex = build(ExecutorConfig, raw, "executor")
-    except ConfigError as e:
-        raise GridError(f"{where}: {e}") from None
-    ex = dataclasses.replace(ex, setup=tuple(setup))
-    check_executor(ex, where)
-    return ex
-
-
-def check_executor(ex: ExecutorConfig, where: str = "executor") -> None:
-    if ex.kind not in EXECUTOR_KINDS:
-        raise GridError(f"{where}: executor.kind: unknown executor {ex.kind!r}; choose one of "
-                        f"{', '.join(EXECUTOR_KINDS)}")
-    for key in ("time_min", "cpus_per_task", "array_parallelism", "local_jobs", "threads_per_job"):
-        v = getattr(ex, key)
-        if v is not None and v < 1:
-            raise GridError(f"{where}: executor.{key}: must be at least 1, got {v}")
-    if ex.gpus_per_node < 0:
-        raise GridError(f"{where}: executor.gpus_per_node: must not be negative, got {ex.gpus_per_node}")
-    if ex.mem_gb is not None and not ex.mem_gb > 0:
-        raise GridError(f"{where}: executor.mem_gb: must be positive, got {ex.mem_gb}")
-
-
 # --- expansion -------------------------------------------------------------------------------
 
 def expand(raw: dict[str, Any], where: str = "grid") -> list[RunSpec]:
     """A validated grid dict (data dir absolute, vocab_size set) → the run specs, deduplicated, in
     grid order (budget, r, width, probe, seed)."""
-    model = _section(raw, "model", where)
-    train_raw = _section(raw, "train", where)
+    model = mapping(raw, "model", where)
+    train_raw = mapping(raw, "train", where)
     for key, axis in AXIS_MODEL_KEYS.items():
         if key in model:
             raise GridError(f"{where}: model.{key}: set by the grid's `{axis}:` list, not in model")
@@ -342,7 +264,7 @@ def expand(raw: dict[str, Any], where: str = "grid") -> list[RunSpec]:
     train_raw, rules = _train_rules(train_raw, where)
     try:
         train = build(TrainConfig, train_raw, "train")
-        data = build(DataConfig, _section(raw, "data", where), "data")
+        data = build(DataConfig, mapping(raw, "data", where), "data")
         base_arch, probe_settings = _model_fields(model)
     except ConfigError as e:
         raise GridError(f"{where}: {e}") from None
@@ -351,9 +273,9 @@ def expand(raw: dict[str, Any], where: str = "grid") -> list[RunSpec]:
                         f"fraction of each matrix's norm); set optimizer: muonh (got {train.optimizer})")
     if data.eval_tokens <= 0:
         raise GridError(f"{where}: data.eval_tokens: must be positive, got {data.eval_tokens}")
-    rs = _int_list(raw, "r", where, default=[1])
+    rs = int_list(raw, "r", where, default=[1])
     probes = _probe_list(raw, where)
-    seeds = _int_list(raw, "seeds", where, default=[0], minimum=0)
+    seeds = int_list(raw, "seeds", where, default=[0], minimum=0)
     vocab = raw["vocab_size"]
 
     modes = [k for k in ("tokens", "flops", "runs") if k in raw]
@@ -369,7 +291,7 @@ def expand(raw: dict[str, Any], where: str = "grid") -> list[RunSpec]:
     points: list[tuple[str, int, int, str, int, int | None, float | None]] = []
     if mode == "tokens":
         widths = _widths(raw, where)
-        for t in _number_list(raw["tokens"], f"{where}: tokens", integer=True):
+        for t in number_list(raw["tokens"], f"{where}: tokens", integer=True):
             points += [(f"tokens {t}", d, r, p, s, t, None) for r in rs for d in widths for p in probes for s in seeds]
     elif mode == "flops":
         for c, widths in _flops_map(raw["flops"], where):
@@ -432,7 +354,7 @@ def _train_rules(train_raw: dict[str, Any], where: str) -> tuple[dict[str, Any],
     train_raw = dict(train_raw)
     rule = train_raw.pop("lr_rule", "fixed")
     if rule not in LR_RULES:
-        raise GridError(f"{where}: train.lr_rule: unknown rule {_show(rule)}; choose one of {', '.join(LR_RULES)}")
+        raise GridError(f"{where}: train.lr_rule: unknown rule {show(rule)}; choose one of {', '.join(LR_RULES)}")
     exponent = 0.0
     if "lr_batch_exponent" in train_raw:
         v = train_raw.pop("lr_batch_exponent")
@@ -443,7 +365,7 @@ def _train_rules(train_raw: dict[str, Any], where: str) -> tuple[dict[str, Any],
         except (TypeError, ValueError):
             exponent = float("nan")
         if not -10 < exponent < 10:
-            raise GridError(f"{where}: train.lr_batch_exponent: expected a number (the authors: 0.558), got {_show(v)}")
+            raise GridError(f"{where}: train.lr_batch_exponent: expected a number (the authors: 0.558), got {show(v)}")
     if rule == "paper":
         given = [k for k in LR_KEYS if k in train_raw]
         if given:
@@ -458,10 +380,10 @@ def _train_rules(train_raw: dict[str, Any], where: str) -> tuple[dict[str, Any],
         for k, v in spec.items():
             if isinstance(k, bool) or not isinstance(k, int) or k < 1:
                 raise GridError(f"{where}: train.micro_batch_rows: keys are widths d_model (positive integers), "
-                                f"got {_show(k)}")
+                                f"got {show(k)}")
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise GridError(f"{where}: train.micro_batch_rows.{k}: expected a non-negative integer "
-                                f"(0 = the whole batch), got {_show(v)}")
+                                f"(0 = the whole batch), got {show(v)}")
             pairs.append((k, v))
         micro = tuple(sorted(pairs))
     return train_raw, TrainRules(rule, exponent, micro)
@@ -488,67 +410,11 @@ def _model_fields(model: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
     return {k: getattr(arch, k) for k in fixed}, settings
 
 
-def _section(raw: dict[str, Any], key: str, where: str) -> dict[str, Any]:
-    v = raw.get(key) or {}
-    if not isinstance(v, dict):
-        raise GridError(f"{where}: {key}: expected a mapping, got {_show(v)}")
-    return dict(v)
-
-
-def _show(v: Any) -> str:
-    s = repr(v)
-    return s if len(s) <= 60 else s[:57] + "..."
-
-
-def _number(v: Any, where: str, integer: bool) -> float | int:
-    """A positive number; YAML reads 1e18 (no dot) as a string, so numeric strings are accepted."""
-    x = v
-    if isinstance(v, str):
-        try:
-            x = float(v.replace("_", ""))
-        except ValueError:
-            raise GridError(f"{where}: expected a number, got {_show(v)}") from None
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        raise GridError(f"{where}: expected a number, got {_show(v)}")
-    if not x > 0 or x != x or x == float("inf"):
-        raise GridError(f"{where}: must be a positive finite number, got {_show(v)}")
-    if integer:
-        if float(x) != int(x):
-            raise GridError(f"{where}: expected a whole number, got {_show(v)}")
-        return int(x)
-    return float(x)
-
-
-def _as_list(v: Any, where: str) -> list[Any]:
-    if isinstance(v, (list, tuple)):
-        if not v:
-            raise GridError(f"{where}: the list is empty")
-        return list(v)
-    return [v]  # a scalar means a one-element list
-
-
-def _number_list(v: Any, where: str, integer: bool) -> list:
-    out = [_number(x, where, integer) for x in _as_list(v, where)]
-    return list(dict.fromkeys(out))
-
-
-def _int_list(raw: dict, key: str, where: str, default: list[int], minimum: int = 1) -> list[int]:
-    if key not in raw:
-        return default
-    out = []
-    for v in _as_list(raw[key], f"{where}: {key}"):
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            kind = "positive" if minimum == 1 else "non-negative"
-            raise GridError(f"{where}: {key}: expected {kind} integers, got {_show(v)}")
-        out.append(v)
-    return list(dict.fromkeys(out))
-
-
 def _probe_list(raw: dict, where: str) -> list[str]:
-    probes = _as_list(raw.get("probes", ["none"]), f"{where}: probes")
+    probes = as_list(raw.get("probes", ["none"]), f"{where}: probes")
     for p in probes:
         if not isinstance(p, str) or p not in probe_registry.PROBES:
-            raise GridError(f"{where}: probes: unknown probe {_show(p)}; choose from {probe_registry.choices(', ')}")
+            raise GridError(f"{where}: probes: unknown probe {show(p)}; choose from {probe_registry.choices(', ')}")
     return list(dict.fromkeys(probes))
 
 
@@ -561,19 +427,19 @@ def _widths(spec: Any, where: str, key: str = "") -> list[int]:
         raise GridError(f"{where}: {key}widths: give exactly one of widths (d_model) or s (d = 64·s)")
     k = has[0]
     out = []
-    for v in _as_list(spec[k], f"{where}: {key}{k}"):
+    for v in as_list(spec[k], f"{where}: {key}{k}"):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise GridError(f"{where}: {key}{k}: expected positive integers, got {_show(v)}")
+            raise GridError(f"{where}: {key}{k}: expected positive integers, got {show(v)}")
         out.append(v * WIDTH_UNIT if k == "s" else v)
     return list(dict.fromkeys(out))
 
 
 def _flops_map(v: Any, where: str) -> list[tuple[float, list[int]]]:
     if not isinstance(v, dict) or not v:
-        raise GridError(f"{where}: flops: expected a mapping of FLOP budget to widths, got {_show(v)}")
+        raise GridError(f"{where}: flops: expected a mapping of FLOP budget to widths, got {show(v)}")
     out = []
     for c, widths in v.items():
-        budget = _number(c, f"{where}: flops: budget {_show(c)}", integer=False)
+        budget = number(c, f"{where}: flops: budget {show(c)}", integer=False)
         if isinstance(widths, dict):
             extra = set(widths) - {"widths", "s"}
             if extra:
@@ -589,12 +455,12 @@ def _explicit_runs(v: Any, where: str, rs: list[int], probes: list[str], seeds: 
                    section: str = "runs") -> list:
     """Points of a ``runs:`` list, or of ``repeats:`` (the same entries, each with its own seed)."""
     if not isinstance(v, list) or not v:
-        raise GridError(f"{where}: {section}: expected a non-empty list of runs, got {_show(v)}")
+        raise GridError(f"{where}: {section}: expected a non-empty list of runs, got {show(v)}")
     points = []
     for i, run in enumerate(v):
         key = f"{section}[{i}]"
         if not isinstance(run, dict):
-            raise GridError(f"{where}: {key}: expected a mapping, got {_show(run)}")
+            raise GridError(f"{where}: {key}: expected a mapping, got {show(run)}")
         extra = [k for k in run if k not in RUN_KEYS]
         if extra:
             raise GridError(f"{where}: {key}.{extra[0]}: unknown key (allowed: {', '.join(RUN_KEYS)})")
@@ -608,11 +474,11 @@ def _explicit_runs(v: Any, where: str, rs: list[int], probes: list[str], seeds: 
             raise GridError(f"{where}: {key}: one width per run")
         if ("tokens" in run) == ("budget_flops" in run):
             raise GridError(f"{where}: {key}: give exactly one of tokens or budget_flops")
-        tokens = _number(run["tokens"], f"{where}: {key}.tokens", True) if "tokens" in run else None
-        budget = _number(run["budget_flops"], f"{where}: {key}.budget_flops", False) if "budget_flops" in run else None
-        run_rs = _int_list(run, "r", f"{where}: {key}", default=rs)
+        tokens = number(run["tokens"], f"{where}: {key}.tokens", True) if "tokens" in run else None
+        budget = number(run["budget_flops"], f"{where}: {key}.budget_flops", False) if "budget_flops" in run else None
+        run_rs = int_list(run, "r", f"{where}: {key}", default=rs)
         run_probes = _probe_list({"probes": run["probe"]}, f"{where}: {key}") if "probe" in run else probes
-        run_seeds = _int_list({"seed": run["seed"]}, "seed", f"{where}: {key}", [0], 0) if "seed" in run else seeds
+        run_seeds = int_list({"seed": run["seed"]}, "seed", f"{where}: {key}", [0], 0) if "seed" in run else seeds
         points += [(key, d[0], r, p, s, tokens, budget) for r in run_rs for p in run_probes for s in run_seeds]
     return points
 
@@ -623,16 +489,10 @@ def grid_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     out = []
     for k in sorted(set(a) | set(b)):
         if k not in a:
-            out.append(f"{k} added ({_show(b[k])})")
+            out.append(f"{k} added ({show(b[k])})")
         elif k not in b:
-            out.append(f"{k} removed (was {_show(a[k])})")
+            out.append(f"{k} removed (was {show(a[k])})")
         elif a[k] != b[k]:
-            out.append(f"{k}: {_show(a[k])} → {_show(b[k])}")
+            out.append(f"{k}: {show(a[k])} → {show(b[k])}")
     return out
 
-
-def describe(specs: Iterable[RunSpec]) -> str:
-    specs = list(specs)
-    rs = sorted({s.r for s in specs})
-    widths = sorted({s.d_model for s in specs})
-    return f"{len(specs)} runs, r ∈ {{{', '.join(map(str, rs))}}}, {len(widths)} widths"
