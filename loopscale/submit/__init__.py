@@ -8,7 +8,10 @@
 - :mod:`~loopscale.submit.folder`: the sweep folder (kept grid, data check, config.yaml, earlier attempts).
 - :mod:`~loopscale.submit.executors`: ``submit(sweep_dir, specs, ex)``: ``slurm`` as one job array
   (:mod:`~loopscale.submit.slurm`), ``local`` as detached worker jobs (:mod:`~loopscale.submit.local`),
-  ``debug`` in this process; :mod:`~loopscale.submit.worker` is what runs inside the job.
+  ``debug`` in this process; :mod:`~loopscale.submit.worker` is what runs inside the job, and
+  :mod:`~loopscale.submit.detached` starts the local workers' controllers in a session of their own.
+- :mod:`~loopscale.submit.job`: ``TrainJob``, SLURM's checkpointable job; ``train(run_dir, stop, threads)``, the
+  one bridge to :mod:`loopscale.training` (imported inside it, in the job: nothing else here reaches torch).
 - :mod:`~loopscale.submit.scheduler`: ``states(sweep_dir, jobs)``, SLURM's or the local processes' word
   on runs in flight, the one place the scheduler is asked; ``run_states`` and ``wait`` use it.
 - :mod:`~loopscale.submit.lock`: ``with sweep_lock(sweep_dir): ...``.
