@@ -4,9 +4,9 @@ bpe:4096), prepared once per machine under the loopscale cache and reused by eve
 stands between the SLURM tests and a cluster that is not there.
 
 The `slow` rule: a test that trains carries the `slow` marker (`make test-fast` leaves those out). A test
-without the marker that takes more than ``FAST_MAX_STEPS`` optimizer steps in this process fails, naming the
-marker it lacks; steps are counted with torch's global optimizer hook, once the test session has imported torch.
-Tests that train in other processes (sweeps, the SLURM tests) are marked slow by module."""
+without the marker that makes more than ``FAST_MAX_STEPS`` training forward passes of the model in this process
+fails, naming the marker it lacks (counted with torch's global forward pre-hook once the session has imported
+torch). Tests that train in other processes (sweeps, workers, torchrun, SLURM) are marked slow by module."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-FAST_MAX_STEPS = 40  # optimizer steps a test may take without being marked slow (a unit test of a step is fine)
+FAST_MAX_STEPS = 40  # training steps of the model a test may take without being marked slow
 SLURM_PING_TIMEOUT_S = 10
 START_CLUSTER = "start one with `bash scripts/slurm-local.sh` (as root), then rerun"
 
@@ -55,8 +55,8 @@ def slurm_controller() -> None:
 
 @pytest.fixture(scope="session")
 def real_corpus() -> Path:
-    from loopscale.corpus import default_cache_dir
-    from loopscale.data import prepare_default
+    from loopscale.data.corpus import default_cache_dir
+    from loopscale.data.prepare import prepare_default
 
     out = Path(os.environ.get("LOOPSCALE_TEST_DATA", default_cache_dir().parent / "test-data" / "bpe-4096"))
     prepare_default(out, tokenizer="bpe:4096")  # a no-op when already prepared with these settings
@@ -73,30 +73,38 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 class _StepCounter:
+    """Training forward passes of loopscale's model (a LoopedLM in training mode with gradients on), counted by
+    torch's global forward pre-hook: evaluation, unit tests of one layer and optimizer tests are not training."""
+
     def __init__(self) -> None:
         self.steps = 0
         self.handle = None
 
-    def hook(self, optimizer, args, kwargs) -> None:
-        self.steps += 1
+    def hook(self, module, args) -> None:
+        if type(module).__name__ == "LoopedLM" and module.training:
+            import torch
+
+            if torch.is_grad_enabled():
+                self.steps += 1
 
     def install(self) -> None:
         if self.handle is None and "torch" in sys.modules:
-            from torch.optim.optimizer import register_optimizer_step_pre_hook
+            from torch.nn.modules.module import register_module_forward_pre_hook
 
-            self.handle = register_optimizer_step_pre_hook(self.hook)
+            self.handle = register_module_forward_pre_hook(self.hook)
 
 
 _STEPS = _StepCounter()
 
 
-@pytest.hookimpl(hookwrapper=True)
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
     _STEPS.install()
     before = _STEPS.steps
-    outcome = yield
+    result = yield  # a failing test raises here: its own failure stands
     _STEPS.install()  # torch imported by this test: later tests are counted
     steps = _STEPS.steps - before
-    if steps > FAST_MAX_STEPS and item.get_closest_marker("slow") is None and outcome.excinfo is None:
-        pytest.fail(f"{item.nodeid} trains ({steps} optimizer steps > {FAST_MAX_STEPS}) but is not marked "
-                    "@pytest.mark.slow: `make test-fast` would run it", pytrace=False)
+    if steps > FAST_MAX_STEPS and item.get_closest_marker("slow") is None:
+        pytest.fail(f"{item.nodeid} trains ({steps} training forward passes of LoopedLM > {FAST_MAX_STEPS}) but "
+                    "is not marked @pytest.mark.slow: `make test-fast` would run it", pytrace=False)
+    return result

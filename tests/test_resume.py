@@ -22,7 +22,7 @@ from loopscale.training.train import train_run, write_run_config
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    from loopscale.data import prepare_text
+    from loopscale.data.stream import prepare_stream
 
     rng = np.random.default_rng(0)
     words = ["the", "loop", "block", "cat", "sat", "on", "a", "mat", "and", "ran", "far", "away"]
@@ -30,14 +30,14 @@ def corpus(tmp_path_factory) -> Path:
     for i in range(12):
         (src / f"doc{i}.txt").write_text(" ".join(rng.choice(words, 3000)) + ".\n")
     out = tmp_path_factory.mktemp("data")
-    prepare_text([src], out, tokenizer="bytes", val_fraction=0.25, force=True)
+    prepare_stream([src], out, tokenizer="bytes", val_fraction=0.25, force=True)
     return out
 
 
 @pytest.fixture(scope="module")
 def short_docs(tmp_path_factory) -> Path:
     """Many documents of 2 to 60 words: rows of 33 bytes hold whole ones, so packing has choices to make."""
-    from loopscale.data import prepare_text
+    from loopscale.data.stream import prepare_stream
 
     rng = np.random.default_rng(1)
     words = ["the", "loop", "block", "cat", "sat", "on", "a", "mat", "and", "ran", "far", "away"]
@@ -45,7 +45,7 @@ def short_docs(tmp_path_factory) -> Path:
     for i in range(300):
         (src / f"doc{i}.txt").write_text(" ".join(rng.choice(words, int(rng.integers(2, 60)))) + ".")
     out = tmp_path_factory.mktemp("short-data")
-    prepare_text([src], out, tokenizer="bytes", val_fraction=0.25, force=True)
+    prepare_stream([src], out, tokenizer="bytes", val_fraction=0.25, force=True)
     return out
 
 

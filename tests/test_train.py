@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from loopscale.cli import main
-from loopscale.data import load_data
+from loopscale.data.dataset import load_data
 from loopscale.training.loaders import batch_starts
 from loopscale.training.train import train_run
 
@@ -65,7 +65,7 @@ def test_batches_are_a_pure_function_of_seed_and_step():
 @pytest.fixture()
 def small_corpus(tmp_path) -> Path:
     """Generated text: enough for a few quick steps."""
-    from loopscale.data import prepare_text
+    from loopscale.data.stream import prepare_stream
 
     rng = np.random.default_rng(0)
     words = ["the", "loop", "block", "cat", "sat", "on", "a", "mat", "and", "ran", "far", "away"]
@@ -74,7 +74,7 @@ def small_corpus(tmp_path) -> Path:
     for i in range(12):
         (src / f"doc{i}.txt").write_text(" ".join(rng.choice(words, 3000)) + ".\n")
     out = tmp_path / "data"
-    prepare_text([src], out, tokenizer="bytes", val_fraction=0.25)
+    prepare_stream([src], out, tokenizer="bytes", val_fraction=0.25)
     return out
 
 

@@ -161,7 +161,7 @@ def make_loader(kind: str, train: np.ndarray, seq_len: int, rows: int, seed: int
     if kind == "windows":
         return WindowLoader(train, seq_len, rows, seed)
     if kind == "packed":
-        from loopscale.data import doc_starts
+        from loopscale.data.dataset import doc_starts
 
         return PackedLoader(train, doc_starts(dataset), seq_len, rows, seed)
     raise UserError(f"data.loader: unknown {kind!r}; choose one of {', '.join(LOADERS)}")
