@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from loopscale import schedule
-from loopscale.analysis.fit import bootstrap_fits, bootstrap_plan, unit_labels
+from loopscale.analysis.bootstrap import bootstrap_fits, bootstrap_plan, unit_labels
 from loopscale.analysis.law import PAPER_LAW, Law
 from loopscale.analysis.plan import (
     DEFAULT_CPU_GFLOPS,

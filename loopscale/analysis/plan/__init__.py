@@ -5,7 +5,7 @@ law (the paper's coefficients, or a fit.json) the grid is simulated ``replicates
 Gaussian noise of ``noise`` nats on each final loss, and every replicate is analysed as
 `loopscale fit` would (method.md §5):
 
-1. **Point fit**: :func:`loopscale.analysis.fit.fit_law` — the same Huber objective, box and multistart, but
+1. **Point fit**: :func:`loopscale.analysis.lawfit.fit_law` — the same Huber objective, box and multistart, but
    with ``starts`` random starts (default 8, plus fit's fixed grid of 24) and the true θ as a warm
    start, instead of 500 random starts. The true θ is near the optimum, so this finds the same
    optimum at a sixth of the cost.
@@ -39,7 +39,7 @@ of runs identical but for the seed (loopscale.analysis.regime.seed_noise; the gr
 fit's residual RMSE.
 
 Regime (:func:`bracketing`): under the prior law, without noise, does each iso-FLOP (budget, r) cell
-of the grid bracket its compute-optimal width (loopscale.analysis.regime.cell_minima)? Fewer than 2/3 of the
+of the grid bracket its compute-optimal width (loopscale.analysis.cells.cell_minima)? Fewer than 2/3 of the
 cells with ≥ 3 widths is a warning: the fit would see one side of each valley.
 
 Units: losses in nats, FLOPs are training FLOPs (counting.py). Cost in the executor's unit
@@ -58,7 +58,7 @@ from loopscale.analysis.plan.cost import (cost_summary, cpu_hours, executor_layo
 from loopscale.analysis.plan.design import baseline_and_probes, design_table, fit_data
 from loopscale.analysis.plan.planner import PlanReport, check_grid, check_plan_args, plan_grid
 from loopscale.analysis.plan.prior import SweepPrior, measured_cpu_rate, sweep_prior
-from loopscale.analysis.plan.refit import refit_many, theta_of
+from loopscale.analysis.plan.refit import refit_many
 from loopscale.analysis.plan.sandwich import Z80, Z95, information, phi_variance
 from loopscale.analysis.plan.settings import DEFAULT_CPU_GFLOPS, SWEEP_FIT_STARTS
 from loopscale.analysis.plan.simulate import bootstrap_many, point_fits, simulate_losses, spread_width
@@ -70,5 +70,5 @@ __all__ = [
     "cost_summary", "cpu_hours", "design_table", "executor_layout", "executor_unit", "fit_data", "gpu_hours",
     "greedy_suggestions", "information", "low_information_runs", "measured_cpu_rate", "phi_variance",
     "plan_grid", "point_fits", "refit_many", "schedule_hours", "simulate_losses", "spread_width", "sweep_prior",
-    "theta_of", "unit_hours",
+    "unit_hours",
 ]

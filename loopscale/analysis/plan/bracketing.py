@@ -7,15 +7,16 @@ import dataclasses
 
 import numpy as np
 
+from loopscale.analysis.cells import MIN_WIDTHS, cell_minima, cells_missed
 from loopscale.analysis.law import Law
 from loopscale.analysis.plan.design import design_table
-from loopscale.analysis.regime import BRACKETED_SHARE, MIN_WIDTHS, cell_minima, cells_missed
+from loopscale.analysis.regime import BRACKETED_SHARE
 
 
 def bracketing(grid, law: Law, law_source: str = "paper", probe_delta: float = 0.0) -> dict:
     """The grid's iso-FLOP (budget, r, probe) cells under ``law`` without noise: the loss the law
     predicts at each design point (probe runs at φ + probe_delta, as they are simulated), and where
-    each cell's minimum over N = N_once + N_rec lies (loopscale.analysis.regime.cell_minima). ``warning`` is
+    each cell's minimum over N = N_once + N_rec lies (loopscale.analysis.cells.cell_minima). ``warning`` is
     set when fewer than 2/3 of the cells with ≥ 3 widths bracket it: the fit would see one side of
     each valley. Token-budget runs belong to no cell."""
     d = design_table(grid.runs)

@@ -9,7 +9,8 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from loopscale.analysis.fit import FitData, unit_labels
+from loopscale.analysis.bootstrap import unit_labels
+from loopscale.analysis.law import FitData
 from loopscale.counting import baseline_arch, n_once, n_rec
 
 

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from loopscale import paper
-from loopscale.analysis.fit import HUBER_DELTA, I_PHI
-from loopscale.analysis.law import Law
+from loopscale.analysis.defaults import HUBER_DELTA
+from loopscale.analysis.law import I_PHI, Law
 from loopscale.analysis.parallel import single_threaded_blas
 from loopscale.analysis.plan.bracketing import bracketing
 from loopscale.analysis.plan.cost import cost_summary, executor_layout, executor_unit, unit_hours

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from loopscale.analysis.fit import FitData, run_fit
-from loopscale.analysis.law import Law
+from loopscale.analysis.fit import run_fit
+from loopscale.analysis.law import FitData, Law
 from loopscale.analysis.plan.settings import SWEEP_FIT_STARTS
 from loopscale.analysis.regime import seed_noise
 from loopscale.errors import UserError

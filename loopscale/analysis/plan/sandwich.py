@@ -9,10 +9,9 @@ import numpy as np
 import pandas as pd
 from scipy.special import erf
 
-from loopscale.analysis.fit import HUBER_DELTA, I_PHI, log_prediction
-from loopscale.analysis.law import Law
+from loopscale.analysis.defaults import HUBER_DELTA
+from loopscale.analysis.law import I_PHI, Law, log_prediction, theta_of
 from loopscale.analysis.plan.design import fit_data
-from loopscale.analysis.plan.refit import theta_of
 
 Z95 = 1.959963984540054  # two-sided 95%
 Z80 = 0.8416212335729143  # one-sided 80% power

@@ -7,11 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from loopscale.analysis.fit import HUBER_DELTA, I_PHI, bootstrap_plan, fit_law, percentile_ci
-from loopscale.analysis.law import Law
+from loopscale.analysis.bootstrap import bootstrap_plan, percentile_ci
+from loopscale.analysis.defaults import HUBER_DELTA
+from loopscale.analysis.law import I_PHI, Law, theta_of
+from loopscale.analysis.lawfit import fit_law
 from loopscale.analysis.parallel import parallel_map, single_threaded_blas
 from loopscale.analysis.plan.design import bootstrap_units, fit_data
-from loopscale.analysis.plan.refit import refit_many, theta_of
+from loopscale.analysis.plan.refit import refit_many
 from loopscale.schedule import cpu_count
 
 

@@ -10,10 +10,10 @@ import math
 import numpy as np
 import pandas as pd
 
-from loopscale.analysis.fit import HUBER_DELTA, I_PHI
-from loopscale.analysis.law import Law
+from loopscale.analysis.defaults import HUBER_DELTA
+from loopscale.analysis.law import I_PHI, Law, theta_of
 from loopscale.analysis.plan.design import fit_data, run_row
-from loopscale.analysis.plan.refit import refit_many, theta_of
+from loopscale.analysis.plan.refit import refit_many
 from loopscale.analysis.plan.sandwich import Z95, information, phi_variance, sandwich_phi
 from loopscale.analysis.plan.settings import CHECK_REPLICATES
 from loopscale.analysis.plan.simulate import simulate_losses
