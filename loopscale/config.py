@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, get_type_hints
 
 from loopscale.counting import Arch, ArchError, flops_per_token, iterations_for_budget
+from loopscale.data.format import DEFAULT_DATA_DIR
 from loopscale.errors import UserError
 from loopscale.trackers.section import TrackerConfig, TrackerSectionError
 from loopscale.trackers.section import from_dict as tracker_from_dict
@@ -28,7 +29,7 @@ class ConfigError(UserError, ValueError):
 class DataConfig:
     """Where the tokenized corpus lives (``loopscale data prepare`` writes it)."""
 
-    dir: str = "data/default"  # folder with train.bin, val.bin, meta.json
+    dir: str = DEFAULT_DATA_DIR  # a prepared data dir (loopscale.data.format)
     eval_tokens: int = 65536  # held-out tokens scored at the end; the same for every run
     # Training batches: windows (random windows of the token stream) | packed (BOS-aligned best-fit
     # packed documents, every row starting at a document; loopscale.training.loaders). In the run id unless windows.

@@ -52,17 +52,10 @@ from loopscale.data.threaded import threaded
 from loopscale.data.tokenizer import (BOS_TOKEN, BPETokenizer, ByteTokenizer, PretrainedTokenizer,
                                       is_tokenizer_path, parse_tokenizer)
 from loopscale.errors import UserError
+from loopscale.schedule import cpu_count
 
 
-def _cores() -> int:
-    """The cores this process may run on (the tokenizers library's thread pool takes as many)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-BATCH_CHARS = max(1 << 20, _cores() << 16)  # characters per encode_batch call: 64k per core, 1M at least
+BATCH_CHARS = max(1 << 20, cpu_count() << 16)  # characters per encode_batch call: 64k per core, 1M at least
 STAGES_MIN_CORES = 6  # from this many cores on, reading and array-making run beside the encoding (see _encoded)
 BATCH_DOCS = 8192
 QUEUE_BATCHES = 4
@@ -166,7 +159,7 @@ def _encoder(tok) -> tuple[Callable, Callable]:
 def _encoded(batches: Iterator[_Batch], encode: Callable) -> Iterator[tuple[_Batch, object]]:
     """(batch, its encoding) in order: read and encoded in threads of their own on ``STAGES_MIN_CORES`` cores
     or more, in the caller's thread otherwise (see the module docstring)."""
-    if _cores() < STAGES_MIN_CORES:
+    if cpu_count() < STAGES_MIN_CORES:
         return ((b, encode(b.texts)) for b in batches)
     read_ahead = threaded(batches, QUEUE_BATCHES, "loopscale-reader")
     return threaded(((b, encode(b.texts)) for b in read_ahead), 2, "loopscale-encoder")
