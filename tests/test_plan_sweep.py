@@ -14,7 +14,7 @@ import pytest
 
 from loopscale.analysis.law import Law
 from loopscale.grid import load_grid
-from sweep_fixtures import cli, cli_json, make_tiny_data
+from sweep_fixtures import cli, cli_json
 
 pytestmark = pytest.mark.slow
 
@@ -37,11 +37,10 @@ QUICK = ["--replicates", 10, "--bootstrap", 0, "--suggest", 0, "--starts", 0, "-
 
 
 @pytest.fixture(scope="module")
-def pilot(tmp_path_factory):
+def pilot(tmp_path_factory, tiny_data):
     root = tmp_path_factory.mktemp("pilot")
-    data = make_tiny_data(root / "data")
     grid = root / "pilot.yaml"
-    grid.write_text(PILOT.format(data=data))
+    grid.write_text(PILOT.format(data=tiny_data))
     sweep = root / "sweep"
     out = cli("sweep", grid, "--out", sweep, "--executor", "debug")
     assert out.returncode == 0 and "done 14" in out.stdout, out.stdout + out.stderr
