@@ -25,9 +25,6 @@ from loopscale.atomic import json_safe
 from loopscale.errors import UserError
 from loopscale.runs_table import usable_rows
 
-# The old import path of three names that moved to analysis.law, for plan until it imports them from there.
-from loopscale.analysis.law import LOWER, UPPER, log_prediction  # noqa: E402,F401
-
 
 @dataclass
 class FitReport:

@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 
 from loopscale.analysis.cells import MIN_WIDTHS, CellMinimum, cells_missed, table_cells
-from loopscale.analysis.cells import cell_minima  # noqa: F401 - plan imports it from here (old path)
 from loopscale.analysis.law import LOWER, PARAM_NAMES, UPPER, bound_value, theta_of
 from loopscale.atomic import json_safe
 from loopscale.fmt import finite
