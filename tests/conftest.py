@@ -4,9 +4,9 @@ bpe:4096), prepared once per machine under the loopscale cache and reused by eve
 stands between the SLURM tests and a cluster that is not there.
 
 The `slow` rule: a test that trains carries the `slow` marker (`make test-fast` leaves those out). A test
-without the marker that makes more than ``FAST_MAX_STEPS`` training forward passes of the model in this process
-fails, naming the marker it lacks (counted with torch's global forward pre-hook once the session has imported
-torch). Tests that train in other processes (sweeps, workers, torchrun, SLURM) are marked slow by module."""
+without the marker that takes an optimizer step on the model in this process fails, naming the marker it lacks
+(counted with torch's global hooks once the session has imported torch). Tests that train in other processes
+(sweeps, workers, torchrun, SLURM) carry the marker by hand."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-FAST_MAX_STEPS = 40  # training steps of the model a test may take without being marked slow
 SLURM_PING_TIMEOUT_S = 10
 START_CLUSTER = "start one with `bash scripts/slurm-local.sh` (as root), then rerun"
 
@@ -73,25 +72,32 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 class _StepCounter:
-    """Training forward passes of loopscale's model (a LoopedLM in training mode with gradients on), counted by
-    torch's global forward pre-hook: evaluation, unit tests of one layer and optimizer tests are not training."""
+    """Training steps of loopscale's model in this process: optimizer steps taken in a test that has run a
+    LoopedLM forward pass in training mode with gradients on (torch's global forward pre-hook and optimizer
+    step hook). A forward/backward check of the model, or an optimizer's unit test on bare tensors, takes none."""
 
     def __init__(self) -> None:
+        self.forwards = 0
         self.steps = 0
-        self.handle = None
+        self.handles = None
 
-    def hook(self, module, args) -> None:
+    def forward_hook(self, module, args) -> None:
         if type(module).__name__ == "LoopedLM" and module.training:
             import torch
 
-            if torch.is_grad_enabled():
-                self.steps += 1
+            self.forwards += torch.is_grad_enabled()
 
-    def install(self) -> None:
-        if self.handle is None and "torch" in sys.modules:
+    def step_hook(self, optimizer, args, kwargs) -> None:
+        self.steps += self.forwards > 0
+
+    def start(self) -> None:
+        self.forwards = self.steps = 0
+        if self.handles is None and "torch" in sys.modules:
             from torch.nn.modules.module import register_module_forward_pre_hook
+            from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-            self.handle = register_module_forward_pre_hook(self.hook)
+            self.handles = (register_module_forward_pre_hook(self.forward_hook),
+                            register_optimizer_step_pre_hook(self.step_hook))
 
 
 _STEPS = _StepCounter()
@@ -99,12 +105,11 @@ _STEPS = _StepCounter()
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
-    _STEPS.install()
-    before = _STEPS.steps
+    _STEPS.start()
     result = yield  # a failing test raises here: its own failure stands
-    _STEPS.install()  # torch imported by this test: later tests are counted
-    steps = _STEPS.steps - before
-    if steps > FAST_MAX_STEPS and item.get_closest_marker("slow") is None:
-        pytest.fail(f"{item.nodeid} trains ({steps} training forward passes of LoopedLM > {FAST_MAX_STEPS}) but "
-                    "is not marked @pytest.mark.slow: `make test-fast` would run it", pytrace=False)
+    steps = _STEPS.steps
+    _STEPS.start()  # torch imported by this test: later tests are counted
+    if steps and item.get_closest_marker("slow") is None:
+        pytest.fail(f"{item.nodeid} trains the model ({steps} optimizer steps) but is not marked "
+                    "@pytest.mark.slow: `make test-fast` would run it", pytrace=False)
     return result

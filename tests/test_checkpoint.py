@@ -46,6 +46,7 @@ def test_the_planted_file_would_run_code_on_a_trusting_load(tmp_path):
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_planted_checkpoint_in_fresh_run_runs_nothing_and_starts_from_scratch(corpus, tmp_path, capsys):  # noqa: F811
     run = make_run(corpus, tmp_path / "run")
     marker = tmp_path / "marker"
@@ -58,6 +59,7 @@ def test_planted_checkpoint_in_fresh_run_runs_nothing_and_starts_from_scratch(co
     assert (run / "checkpoints" / "step_000000001.pt.unreadable").exists()  # set aside, not deleted
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["planted", "truncated", "garbage", "old pickle format"])
 def test_unreadable_newest_checkpoint_falls_back_to_the_older_one(damage, corpus, tmp_path, capsys):  # noqa: F811
     ref = train_run(make_run(corpus, tmp_path / "ref"))
@@ -89,6 +91,7 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_older_one(damage, corpus
     assert done["val_loss"] == ref["val_loss"] and done["tokens"] == ref["tokens"]
 
 
+@pytest.mark.slow
 def test_cli_train_ignores_a_planted_checkpoint_in_a_fresh_out_folder(corpus, tmp_path, capsys):  # noqa: F811
     out, marker = tmp_path / "out", tmp_path / "marker"
     planted = plant(out / "checkpoints" / "step_000000001.pt", marker)

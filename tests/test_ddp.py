@@ -18,6 +18,8 @@ from loopscale.training.train import train_run, write_run_config
 sys.path.insert(0, str(Path(__file__).parent))
 from sweep_fixtures import make_tiny_data  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test starts training processes (torchrun's gloo ranks)
+
 TOL = 1e-5
 STEPS = 8
 

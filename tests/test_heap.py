@@ -29,6 +29,7 @@ def _faults(mode: str) -> tuple[str, int]:
     return out[0], int(out[1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
 def test_keep_freed_memory_stops_page_faults_of_repeated_large_allocations():
     took, kept = _faults("keep")

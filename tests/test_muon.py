@@ -274,6 +274,7 @@ def test_build_optimizer_muonh_groups_and_adamw_path_unchanged():
     assert [g["name"] for g in opt_adamw.param_groups] == ["matrix", "embed", "head", "norm"]
 
 
+@pytest.mark.slow
 def test_muonh_trains_the_looped_model_and_keeps_its_matrices_on_spheres():
     model, opt = tiny()
     matrices = model.param_groups()["matrix"]
@@ -284,6 +285,7 @@ def test_muonh_trains_the_looped_model_and_keeps_its_matrices_on_spheres():
         assert p.norm().item() == pytest.approx(n, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_combined_lrs_are_written_through_param_groups():
     model, opt = tiny()
     for g in opt.param_groups:
@@ -293,6 +295,7 @@ def test_combined_lrs_are_written_through_param_groups():
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
+@pytest.mark.slow
 def test_combined_state_dict_round_trip_gives_identical_steps():
     model, opt = tiny()
     train_steps(model, opt, 3)

@@ -81,7 +81,7 @@ def test_report_of_a_real_sweep_fit_probe_and_runs(probe_sweep, tmp_path):
     assert "<td class=\"s-done\">done</td><td class=\"n\">18</td>" in html
     assert "18 finished runs trained" in html and "r = 2 tbptt" in html and "grid.yaml" in html
     trained = sum(json.loads((sweep / "runs" / r["run_id"] / "result.json").read_text())["flops_total"] for r in runs)
-    assert f"| **all** |  | **18** | **18** |" in md and f"**{trained:.3g}**".replace("e+", "e") in md
+    assert "| **all** |  | **18** | **18** |" in md and f"**{trained:.3g}**".replace("e+", "e") in md
 
     # the fit is `loopscale fit`'s (same settings, same numbers), with its tables and residuals
     fit = cli_json("fit", sweep, "--probe", "none", *FAST, "--json", "--no-plots", "--out", tmp_path)

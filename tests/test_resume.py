@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -70,6 +69,7 @@ class StopAfter(threading.Event):
         return self.n < 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loader, data", [("windows", "corpus"), ("packed", "short_docs")])
 def test_stop_and_resume_is_bitwise_identical(loader, data, request, tmp_path):
     corpus = request.getfixturevalue(data)
@@ -86,6 +86,7 @@ def test_stop_and_resume_is_bitwise_identical(loader, data, request, tmp_path):
     assert checkpoint_paths(run) == []  # pruned once the result is written
 
 
+@pytest.mark.slow
 def test_killed_process_resumes_to_same_loss(corpus, tmp_path):
     ref = train_run(make_run(corpus, tmp_path / "ref", steps=40))
     run = make_run(corpus, tmp_path / "killed", steps=40)
@@ -114,6 +115,7 @@ def test_checkpoints_atomic_keep_previous_and_fall_back(tmp_path):
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.suffix == ".tmp"]
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_run_is_refused(corpus, tmp_path):
     a = make_run(corpus, tmp_path / "a")
     train_run(a, stop=StopAfter(2))

@@ -95,6 +95,7 @@ def test_crash_leaves_error_json_and_no_result(small_corpus, tmp_path):
     assert rec["status"] == "failed" and "val.bin" in rec["error"] and "Traceback" in rec["traceback"]
 
 
+@pytest.mark.slow
 def test_train_run_writes_result_atomically(small_corpus, tmp_path, capsys):
     out = tmp_path / "run"
     code, _, err = run_cli(["train", "--data", str(small_corpus), "--r", "2", "--width", "32", "--head-dim", "16",
@@ -145,6 +146,7 @@ def test_unknown_option_exits_2():
     assert p.returncode == 2 and "No such option" in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_mfu_is_logged_and_none_on_cpu(small_corpus, tmp_path):
     from loopscale.training import perf
     from loopscale.config import run_config_from_dict

@@ -13,7 +13,6 @@ One implementation for `fit`, `compare`, `report` and `plan`:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import pandas as pd
 from loopscale.analysis.cells import MIN_WIDTHS, CellMinimum, cells_missed, table_cells
 from loopscale.analysis.law import LOWER, PARAM_NAMES, UPPER, bound_value, theta_of
 from loopscale.atomic import json_safe
+from loopscale.data.format import read_meta
 from loopscale.fmt import finite
 
 if TYPE_CHECKING:
@@ -90,9 +90,9 @@ def seed_noise(table: pd.DataFrame) -> dict:
 # --- data epochs ---------------------------------------------------------------------------------------
 
 def train_tokens_of(data_dir) -> int | None:
-    """train_tokens of a prepared data dir (its meta.json; loopscale.data), None when unknown."""
+    """train_tokens of a prepared data dir (its metadata, loopscale.data.format), None when unknown."""
     try:
-        meta = json.loads((Path(str(data_dir)).expanduser() / "meta.json").read_text())
+        meta = read_meta(Path(str(data_dir)).expanduser())
         v = meta.get("train_tokens") if isinstance(meta, dict) else None
         return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 else None
     except (OSError, ValueError, TypeError):

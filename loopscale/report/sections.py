@@ -18,6 +18,7 @@ from loopscale.analysis.regime_text import cell_rows, ci_text, noise_line, verdi
 from loopscale.fmt import finite, num, sci, si
 from loopscale.report.blocks import Bullets, Code, Facts, Figure, Heading, Para, Section, Table
 from loopscale.report.data import BASELINE, FitPart, ProbePart, Report
+from loopscale.store import FINISHED
 
 SYMBOL = {"alpha": "α", "beta": "β", "phi": "φ"}
 FIGURE_CAPTIONS = {
@@ -288,7 +289,7 @@ def design_table(runs: pd.DataFrame) -> Table:
                                                                    df["tokens"])]
     df["_key"] = list(key)
     df["_sort"] = df["budget_flops"].fillna(np.inf) if "budget_flops" in df else 0
-    df["_done"] = df["status"].isin(("done", "diverged"))
+    df["_done"] = df["status"].isin(FINISHED)
     several = df["probe"].nunique() > 1
     groups = sorted({(p != BASELINE, p, r) for p, r in zip(df["probe"], df["r"])})
     heads = [f"r = {r:g}" + (f" {p}" if several else "") for _, p, r in groups]

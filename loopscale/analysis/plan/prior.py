@@ -17,7 +17,7 @@ from loopscale.analysis.regime import seed_noise
 from loopscale.errors import UserError
 from loopscale.runs_table import load_runs, select_probe, usable_rows
 from loopscale.schedule import cpu_count
-from loopscale.store import FINISHED
+from loopscale.store import DB_FILE, FINISHED, RUNS_DIR, STARTED_FILE
 
 
 @dataclass
@@ -48,7 +48,7 @@ def sweep_prior(sweep_dir, *, starts: int = SWEEP_FIT_STARTS, seed: int = 0, wor
     path = Path(sweep_dir)
     if not path.is_dir():
         raise UserError(f"{path}: no such sweep folder (--from takes a sweep folder made by `loopscale sweep`)")
-    if not (path / "runs").is_dir() and not (path / "results.db").is_file():
+    if not (path / RUNS_DIR).is_dir() and not (path / DB_FILE).is_file():
         raise UserError(f"{path}: not a sweep folder (no runs/ and no results.db)")
     try:
         table = load_runs(path)
@@ -106,11 +106,11 @@ def measured_cpu_rate(sweep_dir, runs: pd.DataFrame) -> dict | None:
     cpu = ((device == "cpu") & (wall > 0) & (f > 0)).to_numpy()
     if not cpu.any():
         return None
-    root = Path(sweep_dir) / "runs"
+    root = Path(sweep_dir) / RUNS_DIR
     threads = col("train.threads").fillna(0).to_numpy(dtype=float)
     for i in np.flatnonzero(cpu & (threads <= 0)):
         try:
-            threads[i] = json.loads((root / str(runs["run_id"].iloc[i]) / "started.json").read_text()).get("threads") or 0
+            threads[i] = json.loads((root / str(runs["run_id"].iloc[i]) / STARTED_FILE).read_text()).get("threads") or 0
         except (OSError, ValueError, AttributeError):
             threads[i] = 0
     threads = np.where(threads > 0, threads, cpu_count())[cpu]
