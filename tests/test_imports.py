@@ -160,9 +160,10 @@ def with_parents(name: str, modules: dict[str, Module]) -> set[str]:
 
 
 @cache
-def reach(name: str) -> tuple[frozenset[str], frozenset[str]]:
+def reach(name: str, past_bridge: bool = True) -> tuple[frozenset[str], frozenset[str]]:
     """(loopscale modules, other packages) that importing ``name`` can load: its imports at module level,
-    inside functions and under TYPE_CHECKING, and theirs, transitively, parent packages included."""
+    inside functions and under TYPE_CHECKING, and theirs, transitively, parent packages included. With
+    ``past_bridge`` False, not through BRIDGE's import (which runs only inside a job)."""
     modules = graph()
     seen, todo, external = set(), [name], set()
     while todo:
@@ -173,7 +174,8 @@ def reach(name: str) -> tuple[frozenset[str], frozenset[str]]:
         external |= m.external
         for target in m.top | m.lazy | m.typing:
             assert target in modules, f"{m.name} imports {target}, which is not a module of the package"
-            todo += sorted(with_parents(target, modules) - seen)
+            if past_bridge or (m.name, target) != BRIDGE:
+                todo += sorted(with_parents(target, modules) - seen)
     return frozenset(seen), frozenset(external)
 
 
@@ -276,24 +278,6 @@ def edges(m: Module) -> set[str]:
     return m.top | m.lazy | m.typing
 
 
-@cache
-def reach_without_bridge(name: str) -> tuple[frozenset[str], frozenset[str]]:
-    """As ``reach``, but not through BRIDGE's import (which runs only inside a job)."""
-    modules = graph()
-    seen, todo, external = set(), [name], set()
-    while todo:
-        m = modules[todo.pop()]
-        if m.name in seen:
-            continue
-        seen.add(m.name)
-        external |= m.external
-        for target in edges(m):
-            if (m.name, target) == BRIDGE:
-                continue
-            todo += sorted(with_parents(target, modules) - seen)
-    return frozenset(seen), frozenset(external)
-
-
 def _layer_breaks(m: Module) -> list[str]:
     mine, breaks = layer(m.name), []
     for target in sorted(edges(m)):
@@ -322,7 +306,7 @@ def test_the_layer_rule_catches_a_break():
 
 
 def _torch_free(name: str) -> list[str]:
-    loaded, external = reach_without_bridge(name)
+    loaded, external = reach(name, past_bridge=False)
     if "torch" in external:
         return [" -> ".join(path_to(name, _imports_torch)) + " -> torch"]
     return [m for m in loaded if layer(m) == "training"]
