@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from loopscale.grid import ExecutorConfig, RunSpec
@@ -75,3 +75,32 @@ def longest_first(run_dirs: list[Path], specs: list[RunSpec]) -> list[Path]:
     are short ones and no worker idles long at the end of a sweep."""
     cost = {s.run_id: queue_cost(s.tokens, s.flops_per_token) for s in specs}
     return sorted(run_dirs, key=lambda d: -cost.get(d.name, 0))
+
+
+# --- processes of this machine (local workers, a data dir's prepare lock) ---------------------------------
+
+def process_start(pid: int) -> int | None:
+    """Start time of a live, non-zombie process (clock ticks since boot), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode(errors="replace")
+    except OSError:
+        if not Path("/proc/self/stat").exists():  # no procfs: fall back to a signal-0 probe
+            try:
+                os.kill(pid, 0)
+                return 0
+            except OSError:
+                return None
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def alive(pid: Any, pid_start: Any) -> bool:
+    """The process is running and is the one recorded (not a later process with a reused pid)."""
+    if not isinstance(pid, int):
+        return False
+    start = process_start(pid)
+    return start is not None and (not pid_start or start in (0, pid_start))

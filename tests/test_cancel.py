@@ -15,7 +15,8 @@ from loopscale import store
 from loopscale.grid import load_grid
 from loopscale.submit import archive_attempt, run_job, run_sweep
 from loopscale.submit.cancel import cancel_runs
-from loopscale.submit.scheduler import alive, run_states
+from loopscale.schedule import alive
+from loopscale.submit.scheduler import run_states
 from sweep_fixtures import cli, cli_in_process, cli_json, fake_result
 
 STEP = 1024  # tokens per optimizer step in these grids

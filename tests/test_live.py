@@ -16,12 +16,12 @@ from rich.console import Console
 from sweep_fixtures import cli, cli_in_process, fake_result
 from test_store import smoke_specs
 
-from loopscale import live
+from loopscale import live, schedule
 from loopscale.commands.console import duration, step_text
 from loopscale.commands.sweep import ConsoleProgress
 from loopscale.live import Planned, last_metrics, run_live, sweep_live
 from loopscale.store import RunState
-from loopscale.submit import scheduler, write_config
+from loopscale.submit import write_config
 
 
 def metric(step: int, **extra) -> dict:
@@ -145,7 +145,7 @@ def test_durations_and_steps_for_people():
 # --- the command line ------------------------------------------------------------------------------
 
 def me() -> dict:
-    return {"pid": os.getpid(), "pid_start": scheduler.process_start(os.getpid())}
+    return {"pid": os.getpid(), "pid_start": schedule.process_start(os.getpid())}
 
 
 def make_sweep(tmp_path, running_pid: dict | None = None):
@@ -206,7 +206,7 @@ def test_watch_with_nothing_in_flight_prints_the_table_and_exits(tmp_path):
 def test_watch_follows_runs_in_flight_until_they_end(tmp_path):
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
-        rec = {"pid": worker.pid, "pid_start": scheduler.process_start(worker.pid)}
+        rec = {"pid": worker.pid, "pid_start": schedule.process_start(worker.pid)}
         _, running, new = make_sweep(tmp_path, running_pid=rec)
         watch = subprocess.Popen([sys.executable, "-m", "loopscale.cli", "status", str(tmp_path), "--watch", "--every",
                                   "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

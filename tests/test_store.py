@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from loopscale import store
+from loopscale import schedule, store
 from loopscale.errors import UserError
 from loopscale.grid import grid_from_dict
 from loopscale.submit import action_for, archive_attempt, plan, scheduler, write_config
@@ -45,7 +45,7 @@ def sweep(tmp_path):
     (runs / "aaaaaaaaaaa5" / "error.json").write_text(json.dumps({"status": "failed", "error": "ValueError: boom\nmore"}))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    me = {"pid": os.getpid(), "pid_start": scheduler.process_start(os.getpid())}
+    me = {"pid": os.getpid(), "pid_start": schedule.process_start(os.getpid())}
     job(runs / "aaaaaaaaaaa6", workers=[me])
     (runs / "aaaaaaaaaaa6" / "started.json").write_text(json.dumps({"pid": dead.pid}))  # it died mid-run: lost
     job(runs / "aaaaaaaaaaa7", workers=[me])  # its worker is alive, nobody took it yet: pending

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from loopscale.fmt import timestamp
 from loopscale.errors import UserError
+from loopscale.schedule import alive
 from loopscale.store import (
     CANCEL_FILE,
     IN_FLIGHT,
@@ -202,7 +203,7 @@ def _let_go(run: CancelledRun, run_dir: Path, queued: dict[str, str] | None) -> 
         return True
     if isinstance(started, dict) and started.get("host") not in (None, socket.gethostname()):
         return False  # only the marker can tell
-    if not isinstance(started, dict) or not scheduler.alive(started.get("pid"), started.get("pid_start")):
+    if not isinstance(started, dict) or not alive(started.get("pid"), started.get("pid_start")):
         run.outcome, run.step = "ended", latest_step(run_dir)
         return True
     return False
@@ -217,7 +218,7 @@ def _kill_if_ours(run: CancelledRun, run_dir: Path) -> int | None:
     if not isinstance(started, dict) or started.get("host") != socket.gethostname():
         return None
     pid = started.get("pid")
-    if not scheduler.alive(pid, started.get("pid_start")):
+    if not alive(pid, started.get("pid_start")):
         return None
     try:
         os.kill(pid, signal.SIGKILL)

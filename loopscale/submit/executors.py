@@ -21,7 +21,7 @@ from loopscale.store import JOB_FILE, JOBS_DIR, RunState, file_state, runs_root
 from loopscale.submit.folder import archive_attempt, write_config
 from loopscale.submit.local import submit_local
 from loopscale.submit.records import job_record, sync, write_json
-from loopscale.submit.scheduler import process_start
+from loopscale.schedule import process_start
 from loopscale.submit.slurm import submit_slurm
 from loopscale.submit.worker import run_job
 

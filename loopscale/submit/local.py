@@ -16,7 +16,7 @@ from loopscale.grid import ExecutorConfig
 from loopscale.schedule import local_layout
 from loopscale.store import JOB_FILE, JOBS_DIR
 from loopscale.submit.records import job_record, submission_error, write_json
-from loopscale.submit.scheduler import process_start
+from loopscale.schedule import process_start
 from loopscale.submit.worker import run_queue
 
 

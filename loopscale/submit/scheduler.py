@@ -10,7 +10,6 @@ all SLURM jobs. :func:`run_states` is the store's ``run_states`` with that answe
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import subprocess
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from loopscale import store
+from loopscale.schedule import alive
 from loopscale.store import IN_FLIGHT, STARTED_FILE, RunState, read_json, runs_root
 
 SLURM_STATES = {
@@ -142,33 +142,6 @@ def _squeue(job_ids: list[str]) -> dict[str, str] | None:
 
 
 # --- local and debug jobs: processes on this host ----------------------------------------------
-
-def process_start(pid: int) -> int | None:
-    """Start time of a live, non-zombie process (clock ticks since boot), None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode(errors="replace")
-    except OSError:
-        if not Path("/proc/self/stat").exists():  # no procfs: fall back to a signal-0 probe
-            try:
-                os.kill(pid, 0)
-                return 0
-            except OSError:
-                return None
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
-
-
-def alive(pid: Any, pid_start: Any) -> bool:
-    """The process is running and is the one recorded (not a later process with a reused pid)."""
-    if not isinstance(pid, int):
-        return False
-    start = process_start(pid)
-    return start is not None and (not pid_start or start in (0, pid_start))
-
 
 def _process_state(job: dict[str, Any], run_dir: Path) -> tuple[str, str]:
     """Local and debug jobs: the process that took the run (started.json) or, before that, the

@@ -24,7 +24,7 @@ from loopscale.atomic import write_json_atomic
 from loopscale.schedule import LocalLayout
 from loopscale.store import ERROR_FILE, JOB_ERR, JOB_FILE, JOB_OUT, STARTED_FILE
 from loopscale.submit.cancel import cancel_requested, mark_released, watch_cancel
-from loopscale.submit.scheduler import process_start
+from loopscale.schedule import process_start
 
 
 def _claim(run_dir: Path, token: str | None) -> bool:
