@@ -56,7 +56,8 @@ MAY_IMPORT = {
     "report": {"core", "probes", "analysis", "submit", "report"},
     "commands": set(LAYERS),
 }
-FORMAT = {"loopscale.data", "loopscale.data.format"}  # what core may import of data
+FORMAT = {"loopscale.data", "loopscale.data.format", "loopscale.data.identity", "loopscale.data.lock"}  # what core
+# and analysis may import of data: its files, its metadata, its identity and its writer's lock (no tokens, no tokenizer)
 
 
 @dataclass

@@ -41,8 +41,9 @@ DATA_ENV = "LOOPSCALE_DATA"
 # meta.json's keys in the order they are written; the ones in OPTIONAL_META_KEYS only where a prepare has them
 META_KEYS = ("format_version", "tokenizer", "vocab_size", "tokenizer_vocab_size", "tokenizer_sha256", "dtype",
              "bos_id", "bos_token", "train_tokens", "val_tokens", "train_docs", "val_docs", "train_chars",
-             "val_chars", "val_unigram_entropy", "sources", "settings", "created_by")
-OPTIONAL_META_KEYS = ("tokenizer_vocab_size", "tokenizer_sha256", "bos_token", "train_chars", "val_chars")
+             "val_chars", "val_unigram_entropy", "sources", "settings", "data_id", "created_by")
+OPTIONAL_META_KEYS = ("tokenizer_vocab_size", "tokenizer_sha256", "bos_token", "train_chars", "val_chars",
+                      "data_id")  # data_id: loopscale.data.identity; absent in folders made before it existed
 
 
 def default_data_dir_setting() -> str:
@@ -79,6 +80,14 @@ def write_meta(out_dir: Path, **fields: Any) -> dict[str, Any]:
     meta = {k: meta[k] for k in META_KEYS if k in meta}
     write_json_atomic(Path(out_dir) / META_JSON, meta)
     return meta
+
+
+def rewrite_meta(data_dir: str | Path, meta: dict[str, Any]) -> None:
+    """Write back a meta.json read from ``data_dir`` with keys added (its data_id), every other key as it was,
+    in ``META_KEYS`` order (keys this version does not know last), atomically."""
+    ordered = {k: meta[k] for k in META_KEYS if k in meta}
+    ordered.update({k: v for k, v in meta.items() if k not in ordered})
+    write_json_atomic(Path(data_dir) / META_JSON, ordered)
 
 
 def read_meta(data_dir: str | Path) -> Any:
