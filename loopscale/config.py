@@ -2,7 +2,10 @@
 
 A ``RunConfig`` is everything one training run needs. It is torch-free so grids can expand and
 hash runs without importing torch. ``semantic_dict`` holds only the fields that change a run's
-result; its hash is the run id.
+result; its hash is the run id. The data enters it by content (``data.data_id``, the identity of the
+prepared data dir: ``loopscale.data.identity``), not by path: ``data.dir`` is where a job finds its data, an
+execution setting. A config without an identity (written before identities existed) keeps its old,
+path-keyed id.
 """
 
 from __future__ import annotations
@@ -27,17 +30,23 @@ class ConfigError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the tokenized corpus lives (``loopscale data prepare`` writes it)."""
+    """Where the tokenized corpus lives (``loopscale data prepare`` writes it) and what it holds."""
 
-    dir: str = DEFAULT_DATA_DIR  # a prepared data dir (loopscale.data.format)
+    dir: str = DEFAULT_DATA_DIR  # a prepared data dir (loopscale.data.format); where, not what: not in the run id
     eval_tokens: int = 65536  # held-out tokens scored at the end; the same for every run
     # Training batches: windows (random windows of the token stream) | packed (BOS-aligned best-fit
     # packed documents, every row starting at a document; loopscale.training.loaders). In the run id unless windows.
     loader: str = "windows"
+    # The identity of dir's content (loopscale.data.identity: a hash of its tokens, tokenizer, vocabulary and
+    # format), set when a grid or `loopscale train` resolves the dir; in the run id instead of dir. None: not
+    # known (a grid planned before its data is prepared, or a config written before identities existed).
+    data_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.loader not in ("windows", "packed"):
             raise ConfigError(f"data.loader: unknown {self.loader!r}; choose windows or packed")
+        if self.data_id is not None and (not isinstance(self.data_id, str) or not self.data_id):
+            raise ConfigError(f"data.data_id: expected the data dir's identity (a hex string), got {self.data_id!r}")
 
 
 OPTIMIZERS = ("adamw", "muonh")
@@ -124,11 +133,18 @@ class RunConfig:
             del d["model"]["probe_settings"]  # the ids of every other run stay as they were
         if self.train.optimizer != "muonh":  # MuonH's setting means nothing to another optimizer
             del d["train"]["muon_ns"]
+        if self.data.data_id is None:  # no identity known: the config reads as it did before identities
+            del d["data"]["data_id"]
         return d
 
     def semantic_dict(self) -> dict[str, Any]:
-        """The fields that change the result (execution-only settings dropped)."""
+        """The fields that change the result (execution-only settings dropped). The data counts by its identity
+        (data.data_id), not by where it lies (data.dir): the same tokens in two folders give one id. Without an
+        identity (a config written before identities existed) the dir stands in for it, as it did then, so such
+        a config keeps its old id until its run is re-keyed."""
         d = self.to_dict()
+        if self.data.data_id is not None:
+            del d["data"]["dir"]
         d.pop("tracker", None)  # where a run is logged changes nothing in it
         for k in EXECUTION_FIELDS:
             d["train"].pop(k, None)

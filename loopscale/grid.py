@@ -1,5 +1,6 @@
-"""Grid files: a YAML sweep description read (the file; the data dir's vocabulary through ``loopscale.data.format``)
-and expanded into a list of run specs (``expand`` is a pure function).
+"""Grid files: a YAML sweep description read (the file; the data dir's vocabulary through ``loopscale.data.format``
+and its identity through ``loopscale.data.identity``) and expanded into a list of run specs (``expand`` is a pure
+function).
 
 A grid names the model family, the training settings, and the axes of the sweep::
 
@@ -14,8 +15,10 @@ A grid names the model family, the training settings, and the axes of the sweep:
       # lr_batch_exponent: 0.558    # paper rule only: × (B / 2^18)^β on embed/head/matrix lrs; default 0
       # micro_batch_rows: {768: 16, 1536: 8}   # rows per forward pass per width: the value of the smallest
       #                             #   key ≥ d_model (a plain number: every width); execution only
-    data: {dir: data/default, eval_tokens: 65536}  # relative dirs are resolved against the working dir
-    vocab_size: 4096                # optional; default: read from the data dir's meta.json
+    data: {dir: data/default, eval_tokens: 65536}  # relative dirs are resolved against the working dir; the
+                                    #   runs' ids hold the dir's identity (its content), not its path
+    vocab_size: 4096                # optional; default: read from the data dir's meta.json. Given, the grid
+                                    #   plans without its data, but its run ids wait for the data (ids_known)
     r: [1, 2, 4, 8]                 # recurrences
     probes: [none]                  # registered probes (loopscale.probes: none, tbptt, hyperconn, ...)
     seeds: [0]
@@ -63,11 +66,13 @@ from loopscale.config import (
 )
 from loopscale import probes as probe_registry
 from loopscale.counting import Arch, ArchError, n_once, n_rec, probe_arch
+from loopscale.data import identity
 from loopscale.data.format import default_data_dir_setting, read_vocab_size
 from loopscale.errors import UserError
 from loopscale.executor_config import ExecutorConfig, parse_executor
 from loopscale.fmt import flatten
-from loopscale.lr_transfer import LR_KEYS, with_paper_lrs
+from loopscale.grid_train import train_rules
+from loopscale.lr_transfer import with_paper_lrs
 from loopscale.trackers import section as tracker_section
 from loopscale.validate import GridError, as_list, int_list, number, mapping, number_list, show
 
@@ -77,8 +82,6 @@ TOP_KEYS = ("name", "description", "model", "train", "data", "vocab_size", "r", 
 AXIS_MODEL_KEYS = {"d_model": "widths/s", "r": "r", "probe": "probes"}
 AXIS_TRAIN_KEYS = {"tokens": "tokens/flops/runs", "budget_flops": "flops/runs", "seed": "seeds"}
 RUN_KEYS = ("r", "d_model", "s", "tokens", "budget_flops", "probe", "seed")
-GRID_TRAIN_KEYS = ("lr_rule", "lr_batch_exponent")  # train keys resolved per run at expansion
-LR_RULES = ("fixed", "paper")
 SHIPPED_GRIDS = "grids"  # package data: loopscale/grids/*.yaml, found by name (`loopscale sweep tiny`)
 
 
@@ -147,6 +150,13 @@ class Grid:
     vocab_size: int
     vocab_from_data: bool  # vocab_size was read from the data dir rather than given
     tracker: tracker_section.TrackerConfig | None = None  # the grid's tracker section (also in each run's config)
+    data_id: str | None = None  # the data dir's identity (in every run's config and id); None: not prepared yet
+
+    @property
+    def ids_known(self) -> bool:
+        """False while the data dir is not prepared: the runs' ids wait for its identity (each spec's run_id is
+        then only a key within this grid, never a run folder's name)."""
+        return self.data_id is not None
 
     @property
     def total_flops(self) -> float:
@@ -226,7 +236,10 @@ def grid_from_dict(raw: dict[str, Any], where: str = "grid", *, text: str | None
         tracker = tracker_section.from_grid(raw.get("tracker"), name, base)
     except tracker_section.TrackerSectionError as e:
         raise GridError(f"{where}: {e}") from None
-    if data_dir is not None:  # an override changes the runs: the kept grid must say so
+    if "data_id" in data:
+        raise GridError(f"{where}: data.data_id: the identity of data.dir's content, read from the prepared data "
+                        "dir; remove it")
+    if data_dir is not None:  # an override changes where the runs read their data: the kept grid must say so
         data["dir"] = str((base / Path(data_dir).expanduser()).resolve())
         raw, text = {**raw, "data": dict(data)}, None
     resolved = Path(os.path.expanduser(str(data.get("dir") or default_data_dir_setting())))
@@ -241,18 +254,22 @@ def grid_from_dict(raw: dict[str, Any], where: str = "grid", *, text: str | None
             raise GridError(f"{where}: data.dir: {e}") from None
     elif isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1:
         raise GridError(f"{where}: vocab_size: expected a positive integer, got {show(vocab)}")
+    data_id = identity.data_id(resolved)  # read from meta.json (computed once for a dir made before identities)
+    if data_id is not None:
+        data["data_id"] = data_id
     runs = expand({**raw, "data": data, "vocab_size": vocab}, where)
     if tracker is not None:  # every run's config carries it; run ids are unchanged (not in semantic_dict)
         runs = [dataclasses.replace(s, config=dataclasses.replace(s.config, tracker=tracker)) for s in runs]
     dumped = text if text is not None else yaml.safe_dump(raw, sort_keys=False)
-    return Grid(name, path, dumped, raw, runs, executor, resolved, vocab, raw.get("vocab_size") is None, tracker)
+    return Grid(name, path, dumped, raw, runs, executor, resolved, vocab, raw.get("vocab_size") is None, tracker,
+                data_id)
 
 
 # --- expansion -------------------------------------------------------------------------------
 
 def expand(raw: dict[str, Any], where: str = "grid") -> list[RunSpec]:
-    """A validated grid dict (data dir absolute, vocab_size set) → the run specs, deduplicated, in
-    grid order (budget, r, width, probe, seed)."""
+    """A validated grid dict (data dir absolute, vocab_size set; data.data_id the dir's identity, when known)
+    → the run specs, deduplicated, in grid order (budget, r, width, probe, seed)."""
     model = mapping(raw, "model", where)
     train_raw = mapping(raw, "train", where)
     for key, axis in AXIS_MODEL_KEYS.items():
@@ -261,7 +278,7 @@ def expand(raw: dict[str, Any], where: str = "grid") -> list[RunSpec]:
     for key, axis in AXIS_TRAIN_KEYS.items():
         if key in train_raw:
             raise GridError(f"{where}: train.{key}: set by the grid's `{axis}:` key, not in train")
-    train_raw, rules = _train_rules(train_raw, where)
+    train_raw, rules = train_rules(train_raw, where, reserved=AXIS_TRAIN_KEYS)
     try:
         train = build(TrainConfig, train_raw, "train")
         data = build(DataConfig, mapping(raw, "data", where), "data")
@@ -323,70 +340,6 @@ def expand(raw: dict[str, Any], where: str = "grid") -> list[RunSpec]:
             continue
         specs[rid] = RunSpec(rid, cfg, budget, (probe,))
     return list(specs.values())
-
-
-@dataclass(frozen=True)
-class TrainRules:
-    """The grid's per-run train settings, resolved away at expansion (never in a RunConfig)."""
-
-    lr_rule: str = "fixed"
-    lr_batch_exponent: float = 0.0
-    micro_batch_rows: tuple[tuple[int, int], ...] | None = None  # ((widest d_model, rows), ...) ascending
-
-    def micro_rows(self, d_model: int, default: int, where: str) -> int:
-        if self.micro_batch_rows is None:
-            return default
-        for widest, rows in self.micro_batch_rows:
-            if d_model <= widest:
-                return rows
-        raise GridError(f"{where}: train.micro_batch_rows: no entry for d_model {d_model} (keys are the widest "
-                        f"d_model each value applies to; the largest is {self.micro_batch_rows[-1][0]})")
-
-
-def _train_rules(train_raw: dict[str, Any], where: str) -> tuple[dict[str, Any], TrainRules]:
-    """Split the grid-level keys (lr_rule, lr_batch_exponent, a per-width micro_batch_rows) off the
-    train section and check them; the rest is TrainConfig's."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)} - set(AXIS_TRAIN_KEYS)
-    unknown = sorted(set(train_raw) - names - set(GRID_TRAIN_KEYS))
-    if unknown:
-        allowed = ", ".join(sorted(names | set(GRID_TRAIN_KEYS)))
-        raise GridError(f"{where}: train: unknown key {unknown[0]!r} (allowed: {allowed})")
-    train_raw = dict(train_raw)
-    rule = train_raw.pop("lr_rule", "fixed")
-    if rule not in LR_RULES:
-        raise GridError(f"{where}: train.lr_rule: unknown rule {show(rule)}; choose one of {', '.join(LR_RULES)}")
-    exponent = 0.0
-    if "lr_batch_exponent" in train_raw:
-        v = train_raw.pop("lr_batch_exponent")
-        if rule != "paper":
-            raise GridError(f"{where}: train.lr_batch_exponent: applies only with lr_rule: paper")
-        try:
-            exponent = float(v) if not isinstance(v, bool) else float("nan")
-        except (TypeError, ValueError):
-            exponent = float("nan")
-        if not -10 < exponent < 10:
-            raise GridError(f"{where}: train.lr_batch_exponent: expected a number (the authors: 0.558), got {show(v)}")
-    if rule == "paper":
-        given = [k for k in LR_KEYS if k in train_raw]
-        if given:
-            raise GridError(f"{where}: train.{given[0]}: set per run by lr_rule: paper; remove it, or use "
-                            "lr_rule: fixed to give the learning rates yourself")
-    micro = None
-    if isinstance(train_raw.get("micro_batch_rows"), dict):
-        spec = train_raw.pop("micro_batch_rows")
-        if not spec:
-            raise GridError(f"{where}: train.micro_batch_rows: the mapping is empty")
-        pairs = []
-        for k, v in spec.items():
-            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-                raise GridError(f"{where}: train.micro_batch_rows: keys are widths d_model (positive integers), "
-                                f"got {show(k)}")
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise GridError(f"{where}: train.micro_batch_rows.{k}: expected a non-negative integer "
-                                f"(0 = the whole batch), got {show(v)}")
-            pairs.append((k, v))
-        micro = tuple(sorted(pairs))
-    return train_raw, TrainRules(rule, exponent, micro)
 
 
 def _model_fields(model: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
