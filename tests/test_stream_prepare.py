@@ -21,8 +21,10 @@ import pytest
 from loopscale.data import corpus, sources, stream
 from loopscale.data.dataset import doc_starts, load_data, unigram_entropy
 from loopscale.data.format import DOCS_INDEX
+from loopscale.data.lock import LOCK_FILE
 from loopscale.data.stream import JOURNAL, prepare_stream, val_share
 from loopscale.data.tokenizer import PretrainedTokenizer, is_tokenizer_path
+from loopscale.data.writing import STAGING
 from loopscale.errors import UserError
 from sweep_fixtures import cli_in_process
 from test_data import make_text
@@ -126,8 +128,9 @@ def split_documents_of(ds, split: str) -> list[np.ndarray]:
     return [tokens[a + 1 : b] for a, b in zip(starts, list(starts[1:]) + [len(tokens)])]
 
 
-def files_of(d: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+def files_of(d: Path) -> dict[str, bytes | None]:
+    """Every entry of ``d``: a file's bytes, None for a folder (a staging folder left behind differs too)."""
+    return {p.name: None if p.is_dir() else p.read_bytes() for p in sorted(d.iterdir())}
 
 
 # --- small generated text: bytes and bpe, the written format, reuse, errors ---
@@ -191,9 +194,10 @@ def test_prepare_reuses_identical_dataset_and_guards_a_different_one(tmp_path, t
     assert prepare_stream([text_dir], out, tokenizer="bpe:300", force=True).meta["tokenizer"] == "bpe:300"
 
 
-def test_crash_mid_prepare_leaves_no_meta(tmp_path, text_dir, monkeypatch):
+def test_crash_mid_prepare_leaves_no_meta_and_a_crashed_force_leaves_the_old_data(tmp_path, text_dir, monkeypatch):
     out = tmp_path / "out"
     prepare_stream([text_dir], out, tokenizer="bytes")
+    before = files_of(out)
     real = stream._Out.write
 
     def fail_on_val(self, arrays, val, texts):
@@ -203,11 +207,16 @@ def test_crash_mid_prepare_leaves_no_meta(tmp_path, text_dir, monkeypatch):
 
     monkeypatch.setattr(stream._Out, "write", fail_on_val)
     with pytest.raises(RuntimeError):
-        prepare_stream([text_dir], out, tokenizer="bpe:300", force=True)
-    assert not (out / "meta.json").exists()
-    assert not list(out.glob(".*tmp"))
+        prepare_stream([text_dir], out, tokenizer="bpe:300", force=True)  # staged beside the old data
+    assert (out / STAGING).is_dir() and not (out / LOCK_FILE).exists()
+    assert {k: v for k, v in files_of(out).items() if k != STAGING} == before
+    assert load_data(out).meta["tokenizer"] == "bytes"
+    with pytest.raises(RuntimeError):
+        prepare_stream([text_dir], tmp_path / "fresh", tokenizer="bpe:300")
+    assert not (tmp_path / "fresh" / "meta.json").exists()
+    assert not list((tmp_path / "fresh").glob(".*tmp"))
     with pytest.raises(UserError, match="no complete dataset"):
-        load_data(out)
+        load_data(tmp_path / "fresh")
 
 
 @pytest.mark.parametrize("spec", ["bpe:10", "foo", "bpe:", "bpe:4k"])
@@ -502,7 +511,9 @@ def test_killed_subprocess_resumes_to_the_same_bytes(plays, tokenizer_json, tmp_
 
 def test_changed_inputs_or_settings_resume_only_what_still_holds(plays, tokenizer_json, tmp_path, monkeypatch):
     """A committed file changed, or another seed: start afresh. A file not yet committed changed (here cut to
-    one document, shorter than what the interrupted run had written of it): resume, cutting that off."""
+    one document, shorter than what the interrupted run had written of it): resume, cutting that off. The first
+    round writes in place; the later ones are --force over the complete data of the round before: they write
+    and journal in the staging folder, resumed by a rerun with --force, the old data whole until the swap."""
     docs = documents(plays, 40, start=300, size=1000)
     write_shards(tmp_path / "in", docs, kinds=(".jsonl", ".jsonl"))
     monkeypatch.setattr(stream, "BATCH_CHARS", 4000)
@@ -510,9 +521,12 @@ def test_changed_inputs_or_settings_resume_only_what_still_holds(plays, tokenize
 
     for change in ("committed file", "seed", "uncommitted file"):
         seen = []
+        out = tmp_path / "out"
+        before = files_of(out) if out.exists() else {}
+        where = out / STAGING if before else out
 
         def interrupt(phase, done, total, tokens):
-            if committed(tmp_path / "out"):
+            if committed(where):
                 if len(seen) == 2:
                     raise KeyboardInterrupt
                 seen.append(done)
@@ -520,8 +534,9 @@ def test_changed_inputs_or_settings_resume_only_what_still_holds(plays, tokenize
         with pytest.raises(KeyboardInterrupt):
             prepare_stream([tmp_path / "in"], tmp_path / "out", str(tokenizer_json), progress=interrupt,
                            commit_bytes=0, force=True)
-        journal = [json.loads(r) for r in (tmp_path / "out" / JOURNAL).read_text().splitlines()]
+        journal = [json.loads(r) for r in (where / JOURNAL).read_text().splitlines()]
         assert [Path(p) for p, *_ in journal[1]["done"]] == order[:1] and len(journal) == 2
+        assert {k: v for k, v in files_of(out).items() if k != STAGING} == before or not before
         seed = 0
         if change == "committed file":
             order[0].write_text(order[0].read_text() + json.dumps({"text": "one more document"}) + "\n")
@@ -530,7 +545,7 @@ def test_changed_inputs_or_settings_resume_only_what_still_holds(plays, tokenize
         else:
             order[1].write_text(order[1].read_text().splitlines()[0] + "\n")
         logs = []
-        meta = prepare_stream([tmp_path / "in"], tmp_path / "out", str(tokenizer_json), seed=seed,
+        meta = prepare_stream([tmp_path / "in"], out, str(tokenizer_json), seed=seed, force=True,
                               log=logs.append).meta
         assert any(line.startswith("resuming") for line in logs) == (change == "uncommitted file"), change
         fresh = prepare_stream([tmp_path / "in"], tmp_path / f"fresh-{change}", str(tokenizer_json), seed=seed).meta

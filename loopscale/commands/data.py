@@ -1,5 +1,6 @@
 """`loopscale data prepare` and `loopscale data info`: parse, call ``loopscale.data``'s prepares and reader, print
-a summary."""
+a summary (with the data's identity, ``loopscale.data.identity``). Every prepare holds the folder's lock while it
+writes (``loopscale.data.writing``): a second one into the same folder is refused with one line, exit 2."""
 
 from __future__ import annotations
 
@@ -66,6 +67,7 @@ def _summary(meta: dict, data_dir: Path, title: str) -> Table:
     table.add_row("train", f"{meta['train_tokens']:,} tokens{docs('train')}")
     table.add_row("val", f"{meta['val_tokens']:,} tokens{docs('val')}")
     table.add_row("val unigram entropy", f"{meta['val_unigram_entropy']:.4f} nats/token")
+    table.add_row("data id", str(meta.get("data_id")))
     table.add_row("sources", ", ".join(f"{s['name']}" + (f" {s['version']}" if s.get("version") else "")
                                        + (f" ({s['files']:,} files, {s['bytes'] / 1e6:,.1f} MB)" if "bytes" in s
                                           else "") for s in meta.get("sources", [])))
@@ -138,8 +140,10 @@ def register(app: typer.Typer) -> None:
         """Show what a data directory holds."""
         from loopscale.data.dataset import load_data
         from loopscale.data.format import default_data_dir
+        from loopscale.data.identity import data_id
 
         ds = load_data(data_dir or default_data_dir())
-        Console().print(_summary(ds.meta, ds.dir, "dataset"))
+        found = data_id(ds.dir)  # a folder made before identities existed gets its identity here, once
+        Console().print(_summary({**ds.meta, "data_id": found}, ds.dir, "dataset"))
 
     app.add_typer(data_app, name="data")

@@ -60,8 +60,10 @@ def _take(path: Path, me: dict) -> bool:
 def prepare_lock(out_dir: str | Path, what: str = "prepare",
                  note: Callable[[str], None] = _note) -> Iterator[Path]:
     """Hold ``out_dir``'s lock for the block (the folder is made if missing). PrepareLocked when another live
-    process holds it; OSError when the folder cannot be written."""
+    process holds it; OSError when the folder cannot be written. A folder made here and left empty (a
+    prepare that failed before writing) is removed with the lock."""
     out_dir = Path(out_dir)
+    made = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / LOCK_FILE
     me = {"pid": os.getpid(), "pid_start": process_start(os.getpid()), "host": socket.gethostname(),
@@ -92,3 +94,6 @@ def prepare_lock(out_dir: str | Path, what: str = "prepare",
     finally:
         if (_read(path) or {}).get("pid") == os.getpid():
             path.unlink(missing_ok=True)
+        if made:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # only if empty

@@ -1,6 +1,7 @@
-"""Preparing a data directory: what every prepare shares (the defaults, ``Prepared``, the reuse check), the
-default corpus (``prepare_default``) and pre-tokenized ``.bin`` files (``import_bin``). The user's own text is
-streamed by ``loopscale.data.stream.prepare_stream``, which imports the shared pieces from here.
+"""Preparing a data directory: the defaults every prepare shares, the default corpus (``prepare_default``) and
+pre-tokenized ``.bin`` files (``import_bin``). The user's own text is streamed by
+``loopscale.data.stream.prepare_stream``. How each of them writes (one at a time per folder, the reuse check,
+meta.json with the data identity last, ``--force`` staged and swapped in) is ``loopscale.data.writing``.
 
 The default corpus (held in memory: it is small) is split by document: within each source, documents are
 ordered by a seeded hash of their name and taken into validation until they hold ``val_fraction`` of the
@@ -8,7 +9,7 @@ source's characters. Both splits interleave their sources in proportion, so any 
 trainer scores the first ``eval_tokens``) mixes the sources like the whole corpus does. The streaming prepare's
 split decides each document by a seeded hash as it is read.
 
-What is written is the format of ``loopscale.data.format``, meta.json last.
+What is written is the format of ``loopscale.data.format``, meta.json last, with the identity of the data.
 """
 
 from __future__ import annotations
@@ -18,17 +19,16 @@ import os
 import shutil
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from loopscale.data.corpus import DEFAULT_SOURCES, Document, fetch, read_archive, sha256_file
-from loopscale.data.dataset import load_data, unigram_entropy, write_doc_index
-from loopscale.data.format import (TOKEN_FILES, TOKENIZER_JSON, TRAIN_BIN, VAL_BIN, dtype_for, mark_incomplete,
-                                   write_meta)
+from loopscale.data.dataset import unigram_entropy, write_doc_index
+from loopscale.data.format import TOKEN_FILES, TOKENIZER_JSON, TRAIN_BIN, VAL_BIN, dtype_for
 from loopscale.data.tokenizer import BPETokenizer, ByteTokenizer, parse_tokenizer
+from loopscale.data.writing import Prepared, Target, write_prepared
 from loopscale.errors import UserError
 
 DEFAULT_TOKENIZER = "bpe:4096"
@@ -39,31 +39,6 @@ Log = Callable[[str], None]
 
 def quiet(_: str) -> None:
     """A ``Log`` that says nothing."""
-
-
-@dataclass
-class Prepared:
-    """What ``prepare_*`` did: the data directory's meta, and whether it was already there (nothing written)."""
-
-    dir: Path
-    meta: dict[str, Any]
-    reused: bool = False
-    seconds: float = 0.0
-
-
-def existing_meta(out_dir: Path, settings: dict, force: bool) -> dict | None:
-    """The meta of a complete dataset in ``out_dir`` made with exactly ``settings`` (to reuse), else None.
-    A complete dataset made otherwise is only replaced with ``force``."""
-    if force:
-        return None
-    try:
-        meta = load_data(out_dir).meta
-    except UserError:
-        return None  # nothing complete there
-    if meta.get("settings") != settings:
-        raise UserError(f"{out_dir} already holds another dataset ({meta.get('tokenizer')}, "
-                        f"{meta.get('settings', {}).get('corpus')}); pass --force to replace it")
-    return meta
 
 
 def _check_settings(tokenizer: str, val_fraction: float) -> None:
@@ -144,11 +119,13 @@ def _write_tokens(path: Path, tokenizer, docs: Sequence[Document], dtype: str, b
     return n
 
 
-def _prepare_docs(docs: Sequence[Document], out_dir: Path, tokenizer: str, val_fraction: float, seed: int,
+def _prepare_docs(docs: Sequence[Document], target: Target, tokenizer: str, val_fraction: float, seed: int,
                   sources: list[dict], settings: dict, log: Log) -> dict:
+    """Split, tokenize and write ``docs`` into ``target``; returns meta.json's fields."""
     kind, vocab_size = parse_tokenizer(tokenizer)
     train, val = split_documents(docs, val_fraction, seed)
-    mark_incomplete(out_dir)
+    target.start()
+    out_dir = target.dir
     if kind == "bytes":
         tok = ByteTokenizer()
     else:
@@ -163,8 +140,7 @@ def _prepare_docs(docs: Sequence[Document], out_dir: Path, tokenizer: str, val_f
     val_ids = np.memmap(out_dir / VAL_BIN, dtype=dtype, mode="r")
     entropy = unigram_entropy(val_ids, vocab_size)
     del val_ids
-    return write_meta(
-        out_dir,
+    return dict(
         tokenizer=tokenizer,
         vocab_size=vocab_size,  # embedding rows; a BPE trained on a tiny corpus may use fewer
         tokenizer_vocab_size=tok.vocab_size,
@@ -192,17 +168,18 @@ def prepare_default(out_dir: str | Path, tokenizer: str = DEFAULT_TOKENIZER, cac
     _check_settings(tokenizer, val_fraction)
     settings = {"corpus": "default", "tokenizer": tokenizer, "val_fraction": val_fraction, "seed": seed,
                 "sources": [f"{s.name}=={s.version}:{s.sha256}" for s in DEFAULT_SOURCES]}
-    if meta := existing_meta(out_dir, settings, force):
-        return Prepared(out_dir, meta, reused=True)
-    docs, sources = [], []
-    for src in DEFAULT_SOURCES:
-        archive = fetch(src, Path(cache_dir) if cache_dir else None, log)
-        got = read_archive(src, archive)
-        docs += got
-        sources.append({"name": src.name, "version": src.version, "archive": src.archive,
-                        "sha256": sha256_file(archive), "files": len(got)})
-    meta = _prepare_docs(docs, out_dir, tokenizer, val_fraction, seed, sources, settings, log)
-    return Prepared(out_dir, meta, seconds=time.perf_counter() - t0)
+
+    def build(target: Target) -> dict:
+        docs, sources = [], []
+        for src in DEFAULT_SOURCES:
+            archive = fetch(src, Path(cache_dir) if cache_dir else None, log)
+            got = read_archive(src, archive)
+            docs += got
+            sources.append({"name": src.name, "version": src.version, "archive": src.archive,
+                            "sha256": sha256_file(archive), "files": len(got)})
+        return _prepare_docs(docs, target, tokenizer, val_fraction, seed, sources, settings, log)
+
+    return write_prepared(out_dir, settings, force, build, t0=t0)
 
 
 def import_bin(train_bin: str | Path, val_bin: str | Path, out_dir: str | Path, vocab_size: int,
@@ -225,37 +202,42 @@ def import_bin(train_bin: str | Path, val_bin: str | Path, out_dir: str | Path, 
             raise UserError(f"{p} has {p.stat().st_size} bytes, not a positive multiple of {itemsize} ({dtype})")
     settings = {"corpus": "bin", "vocab_size": vocab_size, "dtype": dtype, "bos_id": bos_id,
                 "files": [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in srcs]}
-    if meta := existing_meta(out_dir, settings, force):
-        return Prepared(out_dir, meta, reused=True)
-    counts = []
-    for p in srcs:
-        ids = np.memmap(p, dtype=dtype, mode="r")
-        top = max(int(ids[i : i + (1 << 24)].max()) for i in range(0, len(ids), 1 << 24))
-        if top >= vocab_size:
-            raise UserError(f"{p} holds token id {top}, not below the vocab size {vocab_size}")
-        counts.append(len(ids))
-    link = sum(p.stat().st_size for p in srcs) > COPY_LIMIT_BYTES
-    mark_incomplete(out_dir)
-    (out_dir / TOKENIZER_JSON).unlink(missing_ok=True)
-    for src, name in zip(srcs, TOKEN_FILES.values()):
-        dest = out_dir / name
-        if dest.resolve() == src:
-            continue  # already in place
-        tmp = dest.with_name(f".{name}.tmp")
-        tmp.unlink(missing_ok=True)
-        os.symlink(src, tmp) if link else shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    if bos_id is not None:
-        write_doc_index(out_dir, np.memmap(out_dir / TRAIN_BIN, dtype=dtype, mode="r"), bos_id)
-    val_ids = np.memmap(out_dir / VAL_BIN, dtype=dtype, mode="r")
-    entropy = unigram_entropy(val_ids, vocab_size)
-    del val_ids
-    meta = write_meta(out_dir, tokenizer="imported", vocab_size=vocab_size, dtype=dtype, bos_id=bos_id,
-                      train_tokens=counts[0], val_tokens=counts[1], train_docs=None, val_docs=None,
-                      val_unigram_entropy=entropy,
-                      sources=[{"name": "bin", "version": None, "files": [str(p) for p in srcs], "sha256": None,
-                                "linked": link}],
-                      settings=settings)
-    return Prepared(out_dir, meta, seconds=time.perf_counter() - t0)
+
+    def build(target: Target) -> dict:
+        counts = []
+        for p in srcs:
+            ids = np.memmap(p, dtype=dtype, mode="r")
+            top = max(int(ids[i : i + (1 << 24)].max()) for i in range(0, len(ids), 1 << 24))
+            if top >= vocab_size:
+                raise UserError(f"{p} holds token id {top}, not below the vocab size {vocab_size}")
+            counts.append(len(ids))
+        link = sum(p.stat().st_size for p in srcs) > COPY_LIMIT_BYTES
+        target.start()
+        out = target.dir
+        (out / TOKENIZER_JSON).unlink(missing_ok=True)
+        for src, name in zip(srcs, TOKEN_FILES.values()):
+            dest = out / name
+            if dest.resolve() == src:
+                continue  # already in place
+            tmp = dest.with_name(f".{name}.tmp")
+            tmp.unlink(missing_ok=True)
+            if target.staged and src == target.out / name:
+                os.link(src, tmp)  # the file it replaces: keep its inode, not a link to itself
+            else:
+                os.symlink(src, tmp) if link else shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+        if bos_id is not None:
+            write_doc_index(out, np.memmap(out / TRAIN_BIN, dtype=dtype, mode="r"), bos_id)
+        val_ids = np.memmap(out / VAL_BIN, dtype=dtype, mode="r")
+        entropy = unigram_entropy(val_ids, vocab_size)
+        del val_ids
+        return dict(tokenizer="imported", vocab_size=vocab_size, dtype=dtype, bos_id=bos_id,
+                    train_tokens=counts[0], val_tokens=counts[1], train_docs=None, val_docs=None,
+                    val_unigram_entropy=entropy,
+                    sources=[{"name": "bin", "version": None, "files": [str(p) for p in srcs], "sha256": None,
+                              "linked": link}],
+                    settings=settings)
+
+    return write_prepared(out_dir, settings, force, build, t0=t0)
 
 

@@ -25,7 +25,9 @@ meta.json last). How:
   last file) the token files are fsynced and a journal (``loopscale.data.journal``) records the files and the
   file lengths. A rerun with the same settings and committed files unchanged (path, size, mtime) cuts the
   token files back to the last commit and continues with the next file; anything else starts afresh.
-  Until meta.json is written the directory is incomplete for ``load_data``.
+  Until meta.json is written the directory is incomplete for ``load_data``. A ``--force`` over a complete
+  dataset writes (and journals) in the staging folder of ``loopscale.data.writing``, the old data untouched
+  until the swap: rerun it with ``--force`` to resume.
 """
 
 from __future__ import annotations
@@ -44,13 +46,13 @@ import numpy as np
 from loopscale.data import journal
 from loopscale.data.corpus import sha256_file
 from loopscale.data.dataset import entropy_of_chunks
-from loopscale.data.format import (DOCS_INDEX, TOKEN_FILES, TOKENIZER_JSON, TRAIN_BIN, VAL_BIN, dtype_for,
-                                   mark_incomplete, write_meta)
-from loopscale.data.prepare import DEFAULT_TOKENIZER, DEFAULT_VAL_FRACTION, Log, Prepared, existing_meta, quiet
+from loopscale.data.format import DOCS_INDEX, TOKEN_FILES, TOKENIZER_JSON, TRAIN_BIN, VAL_BIN, dtype_for
+from loopscale.data.prepare import DEFAULT_TOKENIZER, DEFAULT_VAL_FRACTION, Log, quiet
 from loopscale.data.sources import InputFile, check_readable, expand_inputs, read_documents
 from loopscale.data.threaded import threaded
 from loopscale.data.tokenizer import (BOS_TOKEN, BPETokenizer, ByteTokenizer, PretrainedTokenizer,
                                       is_tokenizer_path, parse_tokenizer)
+from loopscale.data.writing import Prepared, Target, write_prepared
 from loopscale.errors import UserError
 from loopscale.schedule import cpu_count
 
@@ -342,8 +344,9 @@ def prepare_stream(inputs: Sequence[str | Path], out_dir: str | Path, tokenizer:
                    log: Log = quiet, text_field: str = "text", bos_token: str | None = None,
                    progress: Progress = _no_progress, commit_bytes: int = COMMIT_BYTES) -> Prepared:
     """Tokenize the documents of ``inputs`` (files, folders, globs: see ``loopscale.data.sources``) into
-    ``out_dir``, streaming (see the module docstring). A complete dataset made with the same settings is
-    reused unless ``force``; an interrupted one with the same settings is resumed."""
+    ``out_dir``, streaming (see the module docstring), under the folder's lock (``loopscale.data.writing``).
+    A complete dataset made with the same settings is reused unless ``force``; an interrupted one with the
+    same settings is resumed."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir).resolve()
     if not 0 < val_fraction < 1:
@@ -356,41 +359,82 @@ def prepare_stream(inputs: Sequence[str | Path], out_dir: str | Path, tokenizer:
                 "text_field": text_field, "files": [f.identity() for f in files]}
     if kind == "pretrained":
         settings.update(tokenizer_sha256=tok.sha256, bos_token=tok.bos_token)
-    if meta := existing_meta(out_dir, settings, force):
-        return Prepared(out_dir, meta, reused=True)
-    if note := _tokenizers_parallelism_note():
-        log(note)
 
-    dtype = dtype_for(vocab_size)
-    itemsize = np.dtype(dtype).itemsize
-    header = {"settings": {k: v for k, v in settings.items() if k != "files"}}
-    state = _resume_state(out_dir, header, files, itemsize)
-    tok_path = out_dir / TOKENIZER_JSON
-    if state and kind == "bpe":
-        if state[1] is None or not tok_path.is_file() or sha256_file(tok_path) != state[1]:
-            state = None
+    def build(target: Target) -> dict:
+        nonlocal tok
+        if note := _tokenizers_parallelism_note():
+            log(note)
+        out_dir = target.dir
+        dtype = dtype_for(vocab_size)
+        itemsize = np.dtype(dtype).itemsize
+        header = {"settings": {k: v for k, v in settings.items() if k != "files"}}
+        state = _resume_state(out_dir, header, files, itemsize)
+        tok_path = out_dir / TOKENIZER_JSON
+        if state and kind == "bpe":
+            if state[1] is None or not tok_path.is_file() or sha256_file(tok_path) != state[1]:
+                state = None
+            else:
+                tok = BPETokenizer.load(tok_path)
+        target.start(resume=state is not None)
+        if state:
+            counts, _, valid = state
+            jr = journal.Journal.reopen(out_dir / JOURNAL, valid)
+            log(f"resuming after {counts.files} of {len(files)} input files "
+                f"({counts.train_tokens + counts.val_tokens:,} tokens already written)")
         else:
-            tok = BPETokenizer.load(tok_path)
-    mark_incomplete(out_dir)
-    if state:
-        counts, _, valid = state
-        jr = journal.Journal.reopen(out_dir / JOURNAL, valid)
-        log(f"resuming after {counts.files} of {len(files)} input files ({counts.train_tokens + counts.val_tokens:,} "
-            "tokens already written)")
-    else:
-        counts = Counts()
-        jr = journal.Journal.start(out_dir / JOURNAL, header)
-        if kind == "bpe":
-            log(f"learning {tokenizer} from the training documents (up to {BPE_SAMPLE_CHARS:,} characters)")
-            tok = _train_bpe(files, vocab_size, text_field, val_fraction, seed, progress)
-            tok.save(tok_path)
-            jr.append({"tokenizer_sha256": sha256_file(tok_path)})
-    if kind == "pretrained":
-        log(f"BOS: {tok.bos_token!r} = id {tok.bos_id} ({tok.bos_from})")
-    if kind != "bpe":
-        tok.save(tok_path)  # bytes: removes it; pretrained: a copy of the file
+            counts = Counts()
+            jr = journal.Journal.start(out_dir / JOURNAL, header)
+            if kind == "bpe":
+                log(f"learning {tokenizer} from the training documents (up to {BPE_SAMPLE_CHARS:,} characters)")
+                tok = _train_bpe(files, vocab_size, text_field, val_fraction, seed, progress)
+                tok.save(tok_path)
+                jr.append({"tokenizer_sha256": sha256_file(tok_path)})
+        if kind == "pretrained":
+            log(f"BOS: {tok.bos_token!r} = id {tok.bos_id} ({tok.bos_from})")
+        if kind != "bpe":
+            tok.save(tok_path)  # bytes: removes it; pretrained: a copy of the file
+        total_bytes = _tokenize(out_dir, files, tok, kind, dtype, counts, jr, state is None, text_field,
+                                val_fraction, seed, progress, commit_bytes)
+        if counts.train_docs + counts.val_docs < 2:
+            for p in (TRAIN_BIN, VAL_BIN, DOCS_PARTIAL, JOURNAL, TOKENIZER_JSON):
+                (out_dir / p).unlink(missing_ok=True)
+            if counts.train_docs + counts.val_docs == 0:
+                raise UserError(f"the inputs ({', '.join(map(str, inputs))}) hold no text: empty corpus")
+            raise UserError("1 document: the held-out split needs at least 2 (e.g. several .txt files)")
+        if counts.val_docs == 0:
+            _move_last_document(out_dir, dtype, counts, "train", "val")
+        elif counts.train_docs == 0:
+            _move_last_document(out_dir, dtype, counts, "val", "train")
+        _write_index(out_dir, counts.train_docs)
+        return dict(
+            tokenizer=name,
+            vocab_size=vocab_size,  # embedding rows; a BPE trained on a tiny corpus may use fewer
+            tokenizer_vocab_size=tok.vocab_size,
+            tokenizer_sha256=sha256_file(tok_path) if tok_path.is_file() else None,
+            dtype=dtype,
+            bos_id=tok.bos_id,
+            bos_token={"bytes": None, "bpe": BOS_TOKEN}.get(kind, getattr(tok, "bos_token", None)),
+            train_tokens=counts.train_tokens,
+            val_tokens=counts.val_tokens,
+            train_docs=counts.train_docs,
+            val_docs=counts.val_docs,
+            train_chars=counts.train_chars,
+            val_chars=counts.val_chars,
+            val_unigram_entropy=_val_entropy(out_dir / VAL_BIN, dtype, vocab_size),
+            sources=[{"name": "text", "version": None, "files": len(files), "bytes": total_bytes,
+                      "paths": [{"path": str(f.path), "bytes": f.size, "mtime_ns": f.mtime_ns} for f in files]}],
+            settings=settings,
+        )
 
-    out = _Out(out_dir, dtype, tok.bos_id, counts, fresh=state is None)
+    return write_prepared(out_dir, settings, force, build, scratch=(JOURNAL, DOCS_PARTIAL), t0=t0)
+
+
+def _tokenize(out_dir: Path, files: Sequence[InputFile], tok, kind: str, dtype: str, counts: Counts,
+              jr: journal.Journal, fresh: bool, text_field: str, val_fraction: float, seed: int,
+              progress: Progress, commit_bytes: int) -> int:
+    """Append the documents of the files not yet committed to the token files, committing to the journal as
+    the module docstring says; ``counts`` follows. Returns the input's bytes."""
+    out = _Out(out_dir, dtype, tok.bos_id, counts, fresh=fresh)
     total_bytes = sum(f.size for f in files)
     tokens, pending, pending_bytes = 0, [], 0
     encode, to_arrays = _encoder(tok)
@@ -418,38 +462,4 @@ def prepare_stream(inputs: Sequence[str | Path], out_dir: str | Path, tokenizer:
         pipeline.close()  # stops the reader and encoder threads, if any, before the files close
         out.close()
         jr.close()
-
-    if counts.train_docs + counts.val_docs < 2:
-        for p in (TRAIN_BIN, VAL_BIN, DOCS_PARTIAL, JOURNAL, TOKENIZER_JSON):
-            (out_dir / p).unlink(missing_ok=True)
-        if counts.train_docs + counts.val_docs == 0:
-            raise UserError(f"the inputs ({', '.join(map(str, inputs))}) hold no text: empty corpus")
-        raise UserError("1 document: the held-out split needs at least 2 (e.g. several .txt files)")
-    if counts.val_docs == 0:
-        _move_last_document(out_dir, dtype, counts, "train", "val")
-    elif counts.train_docs == 0:
-        _move_last_document(out_dir, dtype, counts, "val", "train")
-    _write_index(out_dir, counts.train_docs)
-    meta = write_meta(
-        out_dir,
-        tokenizer=name,
-        vocab_size=vocab_size,  # embedding rows; a BPE trained on a tiny corpus may use fewer
-        tokenizer_vocab_size=tok.vocab_size,
-        tokenizer_sha256=sha256_file(tok_path) if tok_path.is_file() else None,
-        dtype=dtype,
-        bos_id=tok.bos_id,
-        bos_token={"bytes": None, "bpe": BOS_TOKEN}.get(kind, getattr(tok, "bos_token", None)),
-        train_tokens=counts.train_tokens,
-        val_tokens=counts.val_tokens,
-        train_docs=counts.train_docs,
-        val_docs=counts.val_docs,
-        train_chars=counts.train_chars,
-        val_chars=counts.val_chars,
-        val_unigram_entropy=_val_entropy(out_dir / VAL_BIN, dtype, vocab_size),
-        sources=[{"name": "text", "version": None, "files": len(files), "bytes": total_bytes,
-                  "paths": [{"path": str(f.path), "bytes": f.size, "mtime_ns": f.mtime_ns} for f in files]}],
-        settings=settings,
-    )
-    (out_dir / JOURNAL).unlink(missing_ok=True)
-    (out_dir / DOCS_PARTIAL).unlink(missing_ok=True)
-    return Prepared(out_dir, meta, seconds=time.perf_counter() - t0)
+    return total_bytes
