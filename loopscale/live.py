@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from loopscale.fmt import finite
-from loopscale.store import FINISHED, IN_FLIGHT, METRICS_FILE, RunState, run_row, runs_root
+from loopscale.store import FINISHED, IN_FLIGHT, METRICS_FILE, STALE, RunState, run_row, runs_root
 
 TAIL_BYTES = 4096  # a metrics line is ~150 bytes: the first window holds ~25 of them
 MAX_TAIL_BYTES = 1 << 20  # give up on a file whose last MiB holds no JSON object line
@@ -144,7 +144,7 @@ def run_live(run_id: str, state: str, plan: Planned, metrics: Mapping[str, Any] 
     planned = plan.flops_total
     done = None
     if planned is not None:
-        if state in FINISHED:
+        if state in FINISHED or state == STALE:  # trained in full (stale: on data that has changed since)
             done = planned
         elif state in IN_FLIGHT:
             done = planned * min(step, steps) / steps if step and steps else 0.0

@@ -18,13 +18,14 @@ import pandas as pd
 
 from loopscale import paper
 from loopscale.errors import UserError
-from loopscale.store import FINISHED, FITTABLE, STATES, load_results
+from loopscale.store import FINISHED, FITTABLE, STALE, STATES, load_results
 
 REQUIRED = ("n_once", "n_rec", "r", "tokens", "loss")
 OPTIONAL = ("budget_flops", "width", "probe", "seed", "status", "run_id")
 # A run's status as a fit reads it (the run states are store's). Left out whatever their loss: runs that
-# failed or are corrupt, and runs finished but not usable in a fit (store.FITTABLE: diverged).
-BAD_STATUS = ("failed", "corrupt") + tuple(s for s in FINISHED if s not in FITTABLE)
+# failed or are corrupt, runs finished but not usable in a fit (store.FITTABLE: diverged), and stale runs
+# (finished on data that has changed since: store.STALE).
+BAD_STATUS = ("failed", "corrupt") + tuple(s for s in FINISHED if s not in FITTABLE) + (STALE,)
 # Runs that may still end with a loss: in flight, new, or stopped before their end (cancelled, timeout, lost).
 UNFINISHED = tuple(s for s in STATES if s not in FINISHED and s not in BAD_STATUS)
 FIT_STATUS = ("", "ok") + FITTABLE  # fitted by their loss alone (a table made by hand may say "ok" or nothing)
@@ -99,7 +100,8 @@ def row_names(df: pd.DataFrame, mask) -> list[str]:
 def usable_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Drop rows a fit cannot use, with one warning per reason naming the rows.
 
-    Left out: runs whose status is failed/diverged/corrupt; NaN, inf or non-positive loss;
+    Left out: stale runs (trained on data that has changed since; store.STALE); runs whose status is
+    failed/diverged/corrupt; NaN, inf or non-positive loss;
     missing or invalid n_once/n_rec (< 0, or both 0), r (< 1) or tokens (≤ 0).
     """
     warnings: list[str] = []
@@ -116,6 +118,8 @@ def usable_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     loss = df["loss"].to_numpy(dtype=float)
     if "status" in df.columns:
         status = df["status"].fillna("").astype(str).str.strip().str.lower()
+        drop((status == STALE).to_numpy(), "stale (trained on data that has changed since: its data dir was "
+             "prepared again; `loopscale status` says which)")
         drop(status.isin(BAD_STATUS).to_numpy(), "marked failed/diverged/corrupt")
         unfinished = ~status.isin(FIT_STATUS).to_numpy() & ~np.isfinite(loss)
         shown = ", ".join(sorted(set(status[unfinished & keep])))

@@ -26,6 +26,11 @@ the one place states are derived:
   ``timeout``, ``lost`` (the job is gone, no record)
 - in flight: ``submitted`` (scheduler not asked), ``pending``, ``running``, ``unknown``
 - ``new``: never submitted
+- ``stale`` (``STALE``): finished, but on data that has changed since: the identity of the data dir its config
+  names (``loopscale.data.identity.data_id``) is not the ``data_id`` its result.json recorded. A run recorded
+  before data identities existed (no ``data_id``) is stale when its data dir's token files were written after
+  the run started. A run whose data dir is gone, or not prepared now, is not stale: its state stays. A stale run
+  is over (never trained again) and never fitted; ``collect`` drops its row from results.db.
 """
 
 from __future__ import annotations
@@ -36,18 +41,22 @@ import os
 import sqlite3
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import yaml
 
+from loopscale.data.format import TOKEN_FILES
+from loopscale.data.identity import data_id
 from loopscale.errors import UserError
-from loopscale.fmt import flatten
+from loopscale.fmt import TIMESTAMP, flatten
 
 RUNS_DIR, JOBS_DIR, DB_FILE, GRID_FILE = "runs", "jobs", "results.db", "grid.yaml"
 CONFIG_FILE, RESULT_FILE, ERROR_FILE = "config.yaml", "result.json", "error.json"
 JOB_FILE, STARTED_FILE, METRICS_FILE = "job.json", "started.json", "metrics.jsonl"
 CANCEL_FILE = "cancel.json"
+REKEYED_FILE = "rekeyed.json"  # a run re-keyed from its path-based id (loopscale.submit.rekey): old id, new id
 JOB_OUT, JOB_ERR = "job.out", "job.err"  # the job's stdout/stderr (links to submitit's logs, or files)
 CKPT_DIR, ATTEMPTS_DIR, GRID_HISTORY_DIR = "checkpoints", "attempts", "grid-history"
 
@@ -56,7 +65,8 @@ FITTABLE = ("done",)  # finished with a loss a fit may use: a diverged run is fi
 RETRYABLE = ("failed", "corrupt", "cancelled", "timeout", "lost")
 IN_FLIGHT = ("submitted", "pending", "running", "unknown")
 NEW = "new"
-STATES = FINISHED + RETRYABLE + IN_FLIGHT + (NEW,)
+STALE = "stale"  # finished on data that has changed since (module doc): over, never fitted, not in results.db
+STATES = FINISHED + (STALE,) + RETRYABLE + IN_FLIGHT + (NEW,)
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -114,6 +124,12 @@ def latest_step(run_dir: str | Path) -> int | None:
     return int(paths[0].stem.split("_")[1]) if paths else None
 
 
+def former_id(run_dir: str | Path) -> str | None:
+    """The path-based id a re-keyed run had (rekeyed.json, loopscale.submit.rekey), which its checkpoints carry."""
+    got, _ = read_json(Path(run_dir) / REKEYED_FILE)
+    return got.get("former_run_id") if isinstance(got, dict) and got.get("run_id") == Path(run_dir).name else None
+
+
 def read_json(path: Path) -> tuple[Any, str | None]:
     """(object, None), or (None, why) when the file is missing ("missing") or unreadable."""
     try:
@@ -156,15 +172,69 @@ def cancel_detail(mark: Any, why: str | None = None) -> str:
     return text
 
 
-def file_state(run_dir: Path) -> RunState:
+def run_start(run_dir: Path, rec: dict[str, Any]) -> float | None:
+    """When a run first started (epoch seconds): its earliest started.json (attempts/ too), else its result's
+    finished_at less its wall time (SLURM jobs write no started.json); None when unknown."""
+    seen = [read_json(p)[0] for p in [run_dir / STARTED_FILE, *(run_dir / ATTEMPTS_DIR).glob(f"*/{STARTED_FILE}")]]
+    start = []
+    for t, minus in [(d.get("time"), 0) for d in seen if isinstance(d, dict)] + [(rec.get("finished_at"),
+                                                                                rec.get("wall_time_s"))]:
+        try:
+            start.append(datetime.strptime(t, TIMESTAMP).timestamp() - float(minus or 0))
+        except (TypeError, ValueError):
+            continue
+    return min(start) if start else None
+
+
+def tokens_written(data_dir: str | Path) -> float | None:
+    """When a data dir's token files were last written (epoch seconds; a prepare, or a re-prepare, writes
+    them; adding an identity to meta.json does not); None when it has none."""
+    try:
+        return max(os.stat(Path(data_dir) / name).st_mtime for name in TOKEN_FILES.values())
+    except OSError:
+        return None
+
+
+def run_data_dir(rec: dict[str, Any]) -> str | None:
+    """The data dir a finished run's config names (result.json keeps a copy of config.yaml)."""
+    data = rec["config"].get("data") if isinstance(rec.get("config"), dict) else None
+    return data.get("dir") if isinstance(data, dict) and isinstance(data.get("dir"), str) else None
+
+
+def stale_why(run_dir: Path, rec: dict[str, Any], known: dict[tuple[str, str], Any] | None = None) -> str | None:
+    """Why a finished run is stale (module doc), or None: also when its data dir is gone or holds no prepared data
+    (unknown, not stale). ``known`` caches each data dir's identity and token time across runs: one look, and at
+    most one hash, per data dir."""
+    known = {} if known is None else known
+    where, recorded = run_data_dir(rec), rec.get("data_id")
+    if where is None:
+        return None
+    key = ("id" if isinstance(recorded, str) else "written", where)
+    if key not in known:
+        known[key] = data_id(Path(where).expanduser()) if key[0] == "id" else tokens_written(Path(where).expanduser())
+    if isinstance(recorded, str):
+        now = known[key]
+        return f"trained on data {recorded[:12]}; {where} now holds data {now[:12]}" if now not in (None, recorded) \
+            else None
+    start = run_start(run_dir, rec)
+    if known[key] is None or start is None or known[key] <= start + 1.0:  # the records keep whole seconds
+        return None
+    return f"{where} was prepared again after the run started (a run from before data identities)"
+
+
+def file_state(run_dir: Path, known: dict[str, Any] | None = None) -> RunState:
     """A run's state from its own files alone (in flight = ``submitted``). A result.json wins over a
-    cancel marker (the run finished before the cancel reached it); a cancel marker wins over error.json."""
+    cancel marker (the run finished before the cancel reached it); a cancel marker wins over error.json.
+    ``known``: as for :func:`stale_why`."""
     run_id = run_dir.name
     rec, why = read_json(run_dir / RESULT_FILE)
     if why is None:
         bad = check_result(rec, run_id)
         if bad:
             return RunState(run_id, "corrupt", bad, result=None)
+        stale = stale_why(run_dir, rec, known)
+        if stale:
+            return RunState(run_id, STALE, stale, result=rec)
         detail = f"diverged at step {rec.get('diverged_step')}" if rec["status"] == "diverged" else ""
         return RunState(run_id, rec["status"], detail, result=rec)
     if why != "missing":
@@ -191,14 +261,15 @@ def run_states(sweep_dir: str | Path, ids: Iterable[str] | None = None,
     root = runs_root(sweep_dir)
     present = set(run_ids(sweep_dir))
     ids = sorted(present) if ids is None else list(ids)
-    states = {rid: file_state(root / rid) if rid in present else RunState(rid, NEW) for rid in ids}
+    known: dict[str, Any] = {}  # each data dir's identity, looked up once for all runs
+    states = {rid: file_state(root / rid, known) if rid in present else RunState(rid, NEW) for rid in ids}
     if scheduler is not None:
         flying = {rid: st.job for rid, st in states.items() if st.state == "submitted"}
         for rid, (state, detail) in (scheduler(Path(sweep_dir), flying) if flying else {}).items():
             if state in IN_FLIGHT:
                 states[rid] = RunState(rid, state, detail, job=flying[rid])
                 continue
-            again = file_state(root / rid)  # the run may have ended between the two looks
+            again = file_state(root / rid, known)  # the run may have ended between the two looks
             states[rid] = again if again.state != "submitted" else RunState(rid, state, detail, job=flying[rid])
     return states
 
@@ -277,7 +348,8 @@ class Collected:
 def collect(sweep_dir: str | Path, scheduler: SchedulerStates | None = None, write: bool = True,
             progress: Callable[[str, int, int], None] | None = None) -> Collected:
     """Read every run folder into ``results.db`` (upsert by run_id; rows of runs whose folder is gone
-    are kept). Idempotent: the same files give the same table. ``scheduler``: as for :func:`run_states`
+    are kept; rows of stale runs are dropped: ``rows`` has them, the store not). Idempotent: the same files
+    give the same table. ``scheduler``: as for :func:`run_states`
     (without it, runs in flight read ``submitted``). ``progress(stage, done, total)`` sees the work:
     "read run states", "read runs" (every 100 runs), "write results.db"."""
     t0 = time.perf_counter()
@@ -297,7 +369,8 @@ def collect(sweep_dir: str | Path, scheduler: SchedulerStates | None = None, wri
     say("read runs", len(rows), len(states))
     if write:
         say("write results.db", 0, 1)
-        upsert(sweep_dir / DB_FILE, rows)
+        upsert(sweep_dir / DB_FILE, [r for r in rows if r["status"] != STALE],
+               drop=[r["run_id"] for r in rows if r["status"] == STALE])
         say("write results.db", 1, 1)
     return Collected(sweep_dir, rows, counts(states.values()), time.perf_counter() - t0)
 
@@ -308,9 +381,11 @@ def _connect(db: Path) -> sqlite3.Connection:
     return con
 
 
-def upsert(db: Path, rows: list[dict[str, Any]]) -> None:
-    """Insert or replace rows by run_id in one transaction; new columns are added as they appear."""
-    if not rows:
+def upsert(db: Path, rows: list[dict[str, Any]], drop: Iterable[str] = ()) -> None:
+    """Insert or replace rows by run_id, and delete the rows of the run ids ``drop``, in one transaction; new
+    columns are added as they appear."""
+    drop = [(rid,) for rid in drop]
+    if not rows and not (drop and db.exists()):
         if not db.exists():
             _connect(db).close()
         return
@@ -323,6 +398,7 @@ def upsert(db: Path, rows: list[dict[str, Any]]) -> None:
     try:
         with con:
             con.execute('CREATE TABLE IF NOT EXISTS runs ("run_id" TEXT PRIMARY KEY)')
+            con.executemany("DELETE FROM runs WHERE run_id = ?", drop)
             have = {r[1] for r in con.execute("PRAGMA table_info(runs)")}
             for c in cols:
                 if c not in have:
@@ -330,8 +406,9 @@ def upsert(db: Path, rows: list[dict[str, Any]]) -> None:
             names = ", ".join(_q(c) for c in cols)
             marks = ", ".join("?" for _ in cols)
             updates = ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in cols if c != "run_id")
-            con.executemany(f"INSERT INTO runs ({names}) VALUES ({marks}) ON CONFLICT(run_id) DO UPDATE SET {updates}",
-                            [tuple(r.get(c) for c in cols) for r in rows])
+            if rows:
+                con.executemany(f"INSERT INTO runs ({names}) VALUES ({marks}) ON CONFLICT(run_id) DO UPDATE SET "
+                                f"{updates}", [tuple(r.get(c) for c in cols) for r in rows])
     except sqlite3.Error as e:
         raise UserError(f"{db}: cannot write the results store ({e})") from None
     finally:
@@ -360,20 +437,23 @@ def load_results(sweep_dir: str | Path, refresh: bool = True) -> "pandas.DataFra
     budgets), width (= d_model), probe, seed, timings and every config column ("train.lr_matrix", ...).
 
     With ``refresh`` the run folders are collected first (the scheduler is not asked; runs in flight
-    read ``submitted``); a store that cannot be written is read from the folders in memory."""
+    read ``submitted``); a store that cannot be written is read from the folders in memory. Stale runs,
+    which results.db leaves out, are added from their folders (status ``stale``): a fit says it leaves them out."""
     import pandas as pd
 
     sweep_dir = Path(sweep_dir)
     db = sweep_dir / DB_FILE
+    stale: list[dict[str, Any]] = []
     if refresh and runs_root(sweep_dir).is_dir():
         try:
-            collect(sweep_dir)
+            stale = [r for r in collect(sweep_dir).rows if r["status"] == STALE]
         except UserError:
             if not db.exists():
                 return _frame(pd.DataFrame(collect(sweep_dir, write=False).rows))
     if not db.exists():
         raise UserError(f"{sweep_dir}: no results store ({DB_FILE}) and no run folders; run `loopscale sweep` first")
-    return _frame(read_db(db))
+    df = read_db(db)
+    return _frame(pd.concat([df, pd.DataFrame(stale)], ignore_index=True) if stale else df)
 
 
 def _frame(df: "pandas.DataFrame") -> "pandas.DataFrame":  # noqa: F821

@@ -132,7 +132,7 @@ def test_every_run_state_has_a_colour_and_a_place_in_the_tables():
     from loopscale.store import STATES
 
     assert sorted(STATE_STYLE) == sorted(STATE_ORDER) == sorted(STATES)
-    assert [state_order(s) for s in ("running", "failed", "new", "diverged", "done")] == [0, 4, 9, 10, 11]
+    assert [state_order(s) for s in ("running", "failed", "new", "stale", "diverged", "done")] == [0, 4, 9, 10, 11, 12]
 
 
 def test_durations_and_steps_for_people():

@@ -78,7 +78,7 @@ def test_plan_actions_follow_the_states(sweep):
     assert {st: action_for(st, False) for st in store.STATES} == {
         "done": "skip", "diverged": "skip", "failed": "hold", "corrupt": "hold", "cancelled": "hold",
         "timeout": "hold", "lost": "hold", "submitted": "wait", "pending": "wait", "running": "wait",
-        "unknown": "wait", "new": "submit"}
+        "unknown": "wait", "new": "submit", "stale": "skip"}
     specs = smoke_specs()
     states = {}
     states[specs[0].run_id] = store.RunState(specs[0].run_id, "cancelled")

@@ -139,7 +139,7 @@ def _check_collected(rows: pd.DataFrame, name: str, role: str) -> None:
         raise UserError(f"the {len(rows)} looped runs of {role} {name!r} have no results yet ({shown}); wait for "
                         "the sweep to finish (`loopscale status`) or collect it (`loopscale collect`), then compare")
     if status is not None and status.isin(BAD_STATUS).all():
-        raise UserError(f"every looped run of {role} {name!r} failed or diverged; nothing to fit")
+        raise UserError(f"every looped run of {role} {name!r} failed, diverged or is stale; nothing to fit")
     raise UserError(f"the {len(rows)} looped runs of {role} {name!r} have no loss yet; collect their results first")
 
 

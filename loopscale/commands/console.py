@@ -15,14 +15,15 @@ from rich.text import Text
 
 from loopscale.errors import UserError
 from loopscale.fmt import finite, sci, si
-from loopscale.store import FINISHED, GRID_FILE, NEW, RETRYABLE, RUNS_DIR, STATES, RunState, counts
+from loopscale.store import FINISHED, GRID_FILE, NEW, RETRYABLE, RUNS_DIR, STALE, STATES, RunState, counts
 
 SWEEPS_DIR = Path("sweeps")
 STATE_STYLE = {"done": "green", "diverged": "yellow", "failed": "red", "corrupt": "red", "cancelled": "red",
                "timeout": "red", "lost": "red", "running": "cyan", "pending": "blue", "submitted": "blue",
-               "unknown": "magenta", "new": "dim"}
-# How tables list runs by state: in flight first, then those that ended without a result, new, finished.
-STATE_ORDER = ("running", "pending", "submitted", "unknown") + RETRYABLE + (NEW,) + FINISHED[::-1]
+               "unknown": "magenta", "new": "dim", "stale": "dark_orange"}
+# How tables list runs by state: in flight first, then those that ended without a result, new, finished (stale
+# ones, on data that has changed since, before the others).
+STATE_ORDER = ("running", "pending", "submitted", "unknown") + RETRYABLE + (NEW, STALE) + FINISHED[::-1]
 
 
 def resolve_sweep(arg: Optional[Path]) -> Path:

@@ -64,6 +64,9 @@ def _print_prior(doc: dict, out: Console) -> None:
         out.print(f"law: fitted to {f['n_runs']} finished runs of {sweep['path']} ({f['starts']} starts, R² "
                   f"{_f(f['r2'])}{'' if f['converged'] else ', not converged'}"
                   f"{', at bounds: ' + ', '.join(f['at_bounds']) if f['at_bounds'] else ''})", highlight=False, soft_wrap=True)
+        if f.get("stale_runs"):
+            out.print(f"left out {f['stale_runs']} stale run(s) of {sweep['path']}: trained on data that has changed "
+                      "since (`loopscale status` says which)", highlight=False, soft_wrap=True)
     out.print(f"noise: {doc['noise_nats']:.4g} nats, {doc['noise_source']}", highlight=False, soft_wrap=True)
 
 

@@ -15,6 +15,8 @@
 - :mod:`~loopscale.submit.scheduler`: ``states(sweep_dir, jobs)``, SLURM's or the local processes' word
   on runs in flight, the one place the scheduler is asked; ``run_states`` and ``wait`` use it.
 - :mod:`~loopscale.submit.lock`: ``with sweep_lock(sweep_dir): ...``.
+- :mod:`~loopscale.submit.rekey`: ``rekey(sweep_dir)``: run folders with path-based ids (made before data identities)
+  moved to ids of the data they trained on (`loopscale sweep` does it first; `loopscale rekey`).
 - :mod:`~loopscale.submit.cancel`: ``cancel_runs(sweep_dir, ids)`` (`loopscale cancel`): a cancel marker in each
   run folder, then scancel or the local workers stop the runs at a step boundary, checkpointed.
 """
@@ -31,6 +33,7 @@ from loopscale.submit.folder import (
     write_config,
 )
 from loopscale.submit.lock import sweep_lock
+from loopscale.submit.rekey import Rekeyed, rekey
 from loopscale.submit.scheduler import run_states, wait
 from loopscale.submit.sweep import (
     SweepOutcome,
@@ -42,7 +45,7 @@ from loopscale.submit.sweep import (
 from loopscale.submit.worker import run_job, run_queue
 
 __all__ = [
-    "ACTIONS", "PlanRow", "SweepOutcome", "SweepPlan", "SweepProgress", "action_for", "archive_attempt", "check_data",
-    "make_sweep_dir", "plan", "plan_sweep", "plan_totals", "record_grid", "run_debug", "run_job", "run_queue",
+    "ACTIONS", "PlanRow", "Rekeyed", "SweepOutcome", "SweepPlan", "SweepProgress", "action_for", "archive_attempt", "check_data",
+    "make_sweep_dir", "plan", "plan_sweep", "plan_totals", "record_grid", "rekey", "run_debug", "run_job", "run_queue",
     "run_states", "run_sweep", "submit", "sweep_changes", "sweep_lock", "unwritable", "wait", "write_config",
 ]

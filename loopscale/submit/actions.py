@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
 from loopscale.grid import RunSpec
-from loopscale.store import FINISHED, IN_FLIGHT, NEW, RETRYABLE, RunState
+from loopscale.store import FINISHED, IN_FLIGHT, NEW, RETRYABLE, STALE, RunState
 
 ACTIONS = ("submit", "resubmit", "skip", "wait", "hold")
 
@@ -43,7 +43,7 @@ class PlanRow:
 def action_for(state: str, retry_failed: bool) -> str:
     if state == NEW:
         return "submit"
-    if state in FINISHED:
+    if state in FINISHED or state == STALE:  # stale: over, on other data; never trained again, nor retried
         return "skip"
     if state in IN_FLIGHT:
         return "wait"

@@ -1,8 +1,9 @@
 """A sweep call as a library: plan the grid against its sweep folder, then submit what is due.
 
 :func:`plan_sweep` reads only (what `sweep --dry-run` shows). :func:`run_sweep` does the whole call:
-under the sweep lock it plans, checks the data, makes the folder, submits, removes a first sweep
-folder whose submission failed, and keeps the grid; then, for the debug executor or with ``wait``,
+under the sweep lock it re-keys run folders with path-based ids (:mod:`~loopscale.submit.rekey`), plans,
+checks the data, makes the folder, submits, removes a first sweep folder whose submission failed, and keeps
+the grid; then, for the debug executor or with ``wait``,
 follows the runs until none is in flight. It reports as it goes through a :class:`SweepProgress`.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from loopscale.submit.folder import (
     sweep_changes,
 )
 from loopscale.submit.lock import sweep_lock
+from loopscale.submit.rekey import Rekeyed, path_based_ids, rekey
 from loopscale.trackers.section import check_available
 
 SUBMITTING = ("submit", "resubmit")
@@ -38,7 +40,8 @@ SUBMITTING = ("submit", "resubmit")
 class SweepPlan:
     """What a sweep call finds and will do: ``rows`` (one per grid run, in grid order), ``changes``
     (how the grid differs from the one kept in the folder), ``outside`` (run folders not in this grid,
-    left alone) and the executor, its kind resolved (auto → slurm or local)."""
+    left alone), ``path_based`` (those of them with ids from before data identities, which a sweep re-keys:
+    loopscale.submit.rekey) and the executor, its kind resolved (auto → slurm or local)."""
 
     grid: Grid
     sweep_dir: Path
@@ -46,6 +49,7 @@ class SweepPlan:
     rows: list[PlanRow]
     changes: list[str]
     outside: list[str]
+    path_based: list[str] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
@@ -84,6 +88,9 @@ class SweepOutcome:
 class SweepProgress:
     """What :func:`run_sweep` reports, in this order; each does nothing here (override what you show)."""
 
+    def rekeyed(self, done: Rekeyed) -> None:
+        """Run folders with path-based ids were re-keyed (under the lock, before planning)."""
+
     def planned(self, plan: SweepPlan) -> None:
         """The plan, under the lock, before anything is checked or written."""
 
@@ -110,7 +117,8 @@ def plan_sweep(grid: Grid, sweep_dir: str | Path, ex: ExecutorConfig, retry_fail
     changes = sweep_changes(sweep_dir, grid)
     outside = sorted(set(run_ids(sweep_dir)) - set(ids))
     rows = plan(grid.runs, scheduler.run_states(sweep_dir, ids), retry_failed)
-    return SweepPlan(grid, sweep_dir, dataclasses.replace(ex, kind=resolve_kind(ex.kind)), rows, changes, outside)
+    return SweepPlan(grid, sweep_dir, dataclasses.replace(ex, kind=resolve_kind(ex.kind)), rows, changes, outside,
+                     path_based_ids(sweep_dir, outside))
 
 
 def run_sweep(grid: Grid, sweep_dir: str | Path, ex: ExecutorConfig, *, retry_failed: bool = False,
@@ -118,7 +126,8 @@ def run_sweep(grid: Grid, sweep_dir: str | Path, ex: ExecutorConfig, *, retry_fa
               progress: SweepProgress | None = None) -> SweepOutcome:
     """Plan ``grid`` in ``sweep_dir`` and submit the runs due (new; failed ones too under ``retry_failed``).
 
-    Under the sweep lock (released however this ends): plan, check the data when there is anything to
+    Under the sweep lock (released however this ends): re-key the run folders with path-based ids
+    (``progress.rekeyed``; refused while runs are in flight: loopscale.submit.rekey), plan, check the data when there is anything to
     submit, make the sweep folder, submit, keep the grid in the folder. A submission that fails leaves no
     new run folders, and no sweep folder if it made it. Runs finished are skipped; runs in flight are left
     alone. Then the debug executor's end states are read, or with ``wait`` the runs are polled
@@ -127,6 +136,9 @@ def run_sweep(grid: Grid, sweep_dir: str | Path, ex: ExecutorConfig, *, retry_fa
     progress = progress or SweepProgress()
     sweep_dir = Path(sweep_dir)
     with sweep_lock(sweep_dir):
+        done = rekey(sweep_dir)
+        if done is not None:
+            progress.rekeyed(done)
         p = plan_sweep(grid, sweep_dir, ex, retry_failed)
         progress.planned(p)
         todo = p.todo

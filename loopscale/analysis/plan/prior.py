@@ -17,7 +17,7 @@ from loopscale.analysis.regime import seed_noise
 from loopscale.errors import UserError
 from loopscale.runs_table import load_runs, select_probe, usable_rows
 from loopscale.schedule import cpu_count
-from loopscale.store import DB_FILE, FINISHED, RUNS_DIR, STARTED_FILE
+from loopscale.store import DB_FILE, FINISHED, RUNS_DIR, STALE, STARTED_FILE
 
 
 @dataclass
@@ -26,7 +26,7 @@ class SweepPrior:
 
     path: str
     law: Law
-    fit: dict  # n_runs, r2, converged, params, residual_rmse, starts, warnings
+    fit: dict  # n_runs, r2, converged, params, residual_rmse, starts, warnings, stale_runs
     seed_noise: dict  # loopscale.analysis.regime.seed_noise of the fitted runs
     residual_rmse: float
     noise: float  # max(seed sd, residual RMSE)
@@ -55,6 +55,7 @@ def sweep_prior(sweep_dir, *, starts: int = SWEEP_FIT_STARTS, seed: int = 0, wor
     except UserError as e:
         raise UserError(f"{path}: {e}" if not str(e).startswith(str(path)) else str(e)) from None
     status = table["status"].fillna("").astype(str) if "status" in table else pd.Series("done", index=table.index)
+    stale = int((status == STALE).sum())  # finished on data that has changed since: left out, and said so
     finished = status.isin(FINISHED).to_numpy() & np.isfinite(table["loss"].to_numpy(dtype=float))
     if not finished.any():
         states = ", ".join(f"{k} {v}" for k, v in status.value_counts().items())
@@ -87,7 +88,7 @@ def sweep_prior(sweep_dir, *, starts: int = SWEEP_FIT_STARTS, seed: int = 0, wor
         raise UserError(f"{path}: the measured noise is 0 (the law fits every run exactly); give --noise")
     fit_doc = {"n_runs": fit.n_runs, "r2": fit.r2, "converged": fit.converged, "params": fit.params,
                "residual_rmse": rmse, "starts": starts, "bootstrap": 0, "at_bounds": fit.at_bounds,
-               "warnings": list(report.warnings)}
+               "warnings": list(report.warnings), "stale_runs": stale}
     return SweepPrior(str(path), fit.law, fit_doc, noise, rmse, float(value), why,
                       measured_cpu_rate(path, usable))
 
