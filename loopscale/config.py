@@ -162,6 +162,10 @@ class RunConfig:
         blob = json.dumps(self.semantic_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
+    def path_keyed_id(self) -> str:
+        """The id this run had before data identities existed: its data dir's path in place of its data_id."""
+        return dataclasses.replace(self, data=dataclasses.replace(self.data, data_id=None)).run_id()
+
 
 def _coerce(cls_name: str, key: str, typ: Any, value: Any) -> Any:
     """Check one value against its annotated type; ints are accepted where floats are."""

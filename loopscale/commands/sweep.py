@@ -27,10 +27,11 @@ from loopscale.submit import SweepProgress
 
 # --- the plan --------------------------------------------------------------------------------------
 
-def plan_table(rows, title: str, specs=None) -> Table:
+def plan_table(rows, title: str, specs=None, ids_known: bool = True) -> Table:
     """The plan: run id, r, width, n_once, n_rec, D, FLOPs (flops_per_token · D), budget, and with the
     grid's run specs (same order as rows) the peak lrs of the block matrices (lr_mat) and the embedding
-    (lr_emb) and, where it varies across runs, the rows per forward pass (micro); then the action (state)."""
+    (lr_emb) and, where it varies across runs, the rows per forward pass (micro); then the action (state).
+    Without ``ids_known`` (the data is not prepared yet) the run id column shows a dash: no id before the data's."""
     t = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
               collapse_padding=True)  # 2 spaces between columns: a probe grid's plan fits 120 columns
     show_probe = any(r.probe != "none" for r in rows)
@@ -49,7 +50,7 @@ def plan_table(rows, title: str, specs=None) -> Table:
         tr = trains[i] if trains else None
         lrs = [f"{tr.lr_matrix:.3g}", f"{tr.lr_embed:.3g}"] if show_lrs else []
         micro = [str(tr.micro_batch_rows or "all")] if show_micro else []
-        t.add_row(r.run_id, str(r.r), *[r.probe] * show_probe, *[str(r.seed)] * show_seed, str(r.d_model),
+        t.add_row(r.run_id if ids_known else "—", str(r.r), *[r.probe] * show_probe, *[str(r.seed)] * show_seed, str(r.d_model),
                   si(r.n_once), si(r.n_rec), si(r.tokens), sci(r.flops), *[sci(r.budget_flops)] * show_budget,
                   *lrs, *micro, action)
     return t
@@ -88,12 +89,19 @@ def tracker_line(grid, sweep_dir: Path) -> str:
     return f"tracker: {t.kind} ({where[t.kind]})"
 
 
-def plan_json(rows, specs) -> list[dict[str, Any]]:
+def plan_json(rows, specs, ids_known: bool = True) -> list[dict[str, Any]]:
     """The plan's rows as dicts, each with the run's four learning rates, rows per forward pass and MuonH's
-    orthogonalisation (muon_ns: polar_express | quintic; null for an adamw run)."""
+    orthogonalisation (muon_ns: polar_express | quintic; null for an adamw run). Without ``ids_known``
+    (the data is not prepared yet) each run_id is null."""
     keys = ("lr_matrix", "lr_embed", "lr_head", "lr_norm", "micro_batch_rows")
-    return [{**r.to_dict(), **{k: getattr(s.config.train, k) for k in keys}, "muon_ns": muon_ns(s.config.train)}
-            for r, s in zip(rows, specs)]
+    return [{**r.to_dict(), **{k: getattr(s.config.train, k) for k in keys}, "muon_ns": muon_ns(s.config.train),
+             **({} if ids_known else {"run_id": None})} for r, s in zip(rows, specs)]
+
+
+def ids_wait_line(grid) -> str:
+    """The dry run's one line when the grid's data is not prepared: its runs have no ids yet."""
+    return (f"run ids wait for the data: {grid.data_dir} is not prepared yet, and a run's id holds the identity "
+            "of the data it trains on")
 
 
 
@@ -126,7 +134,9 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, "--out", help="Sweep folder (default sweeps/<grid name>)."),
         data: Optional[Path] = typer.Option(None, "--data", help="Data dir instead of the grid's data.dir."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and total compute; submit nothing."),
-        as_json: bool = typer.Option(False, "--json", help="Print the plan as a JSON list (one object per run)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the plan as a JSON list (one object per run); "
+                                     "before the grid's data is prepared, an object {ids_wait_for_data: true, "
+                                     "data_dir, runs: [...]} whose runs have run_id null."),
         wait: bool = typer.Option(False, "--wait", help="Follow the sweep until every run has ended."),
         retry_failed: bool = typer.Option(False, "--retry-failed", help="Resubmit failed, cancelled, timed-out, "
                                           "corrupt and lost runs."),
@@ -149,6 +159,7 @@ def register(app: typer.Typer) -> None:
         from loopscale.grid import load_grid
         from loopscale.store import RETRYABLE, counts
         from loopscale.submit import plan_sweep, run_sweep
+        from loopscale.submit.actions import plan as plan_rows
 
         console = make_console(stderr=as_json)
         grid = load_grid(resolve_grid(grid_arg), data_dir=data)
@@ -159,11 +170,18 @@ def register(app: typer.Typer) -> None:
         sweep_dir = out or SWEEPS_DIR / grid.name
         if dry_run:
             p = plan_sweep(grid, sweep_dir, ex, retry_failed)
+            if not grid.ids_known:  # no ids: the sweep folder's runs cannot be matched to the grid's yet
+                p = dataclasses.replace(p, rows=plan_rows(grid.runs, {}, retry_failed), outside=[])
+                console.print(ids_wait_line(grid), highlight=False, soft_wrap=True)
             print_plan_notes(console, p)
             if as_json:
-                print(json.dumps(plan_json(p.rows, grid.runs), indent=1))
+                rows = plan_json(p.rows, grid.runs, grid.ids_known)
+                doc = rows if grid.ids_known else {"ids_wait_for_data": True, "data_dir": str(grid.data_dir),
+                                                   "runs": rows}
+                print(json.dumps(doc, indent=1))
                 return
-            console.print(plan_table(p.rows, f"plan: {grid.name} ({sweep_dir}), executor {p.kind}", grid.runs))
+            console.print(plan_table(p.rows, f"plan: {grid.name} ({sweep_dir}), executor {p.kind}", grid.runs,
+                                     grid.ids_known))
             print_totals(console, grid, p.totals)
             console.print(lr_line(grid), highlight=False)
             console.print(optimizer_line(grid), highlight=False)
@@ -230,6 +248,22 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(130) from None
 
     @app.command()
+    def rekey(
+        sweep_dir: Optional[Path] = typer.Argument(None, metavar="SWEEP", help="Sweep folder (default: the only "
+                                                   "one under ./sweeps)."),
+    ) -> None:
+        """Re-key a sweep made before data identities: each run whose data still matches moves from its path-based
+        id to the id of the data it trained on (`loopscale sweep` does this first by itself). Refused while runs
+        are in flight; runs whose data was prepared again after they started are left as they are (stale)."""
+        from loopscale.submit import rekey as rekey_runs, sweep_lock
+
+        sweep_dir = resolve_sweep(sweep_dir)
+        with sweep_lock(sweep_dir):
+            done = rekey_runs(sweep_dir)
+        make_console().print(done.line() if done else f"{sweep_dir}: every run folder's id already holds its "
+                             "data's identity; nothing to re-key", highlight=False, soft_wrap=True)
+
+    @app.command()
     def collect(
         sweep_dir: Optional[Path] = typer.Argument(None, metavar="SWEEP", help="Sweep folder (default: the only "
                                                    "one under ./sweeps)."),
@@ -294,6 +328,9 @@ def print_plan_notes(console: Console, p) -> None:
             console.print(f"  {line}", highlight=False, soft_wrap=True)
     if p.outside:
         console.print(f"{len(p.outside)} run folder(s) in {p.sweep_dir / RUNS_DIR} are not in this grid (left alone)")
+    if p.path_based:
+        console.print(f"{len(p.path_based)} run folder(s) have path-based ids (from before data identities): "
+                      f"`loopscale sweep` re-keys them first, or `loopscale rekey {p.sweep_dir}`", highlight=False)
 
 
 class ConsoleProgress(SweepProgress):
@@ -305,6 +342,9 @@ class ConsoleProgress(SweepProgress):
         self.outcome = None
         self.live = None
         self.last_line: str | None = None
+
+    def rekeyed(self, done) -> None:
+        self.console.print(done.line(), highlight=False, soft_wrap=True)
 
     def planned(self, plan) -> None:
         print_plan_notes(self.console, plan)

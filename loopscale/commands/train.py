@@ -21,8 +21,9 @@ def _set(d: dict, section: str, key: str, value: Any) -> None:
 
 
 def build_config(base: dict[str, Any], overrides: dict[tuple[str, str], Any], data_dir: str | None):
-    """Merge flags over a config dict, fill the vocab from the data dir, validate."""
+    """Merge flags over a config dict, fill the vocab and the data's identity from the data dir, validate."""
     from loopscale.config import run_config_from_dict
+    from loopscale.data import identity
     from loopscale.data.dataset import load_data
     from loopscale.data.format import default_data_dir
 
@@ -39,6 +40,7 @@ def build_config(base: dict[str, Any], overrides: dict[tuple[str, str], Any], da
 
     data = load_data(data_section["dir"])
     raw["vocab_size"] = data.vocab_size
+    data_section["data_id"] = identity.data_id(data_section["dir"])  # what it holds now: in the run id, not the path
     cfg = run_config_from_dict(raw)
     check_data_fits(cfg, data)
     return cfg

@@ -8,6 +8,11 @@ is read with ``torch.load(weights_only=True)``: run folders live on shared stora
 must run nothing. A file that does not load that way (torn, corrupt, written by an older loopscale, or
 planted) is ignored: the run resumes from the previous checkpoint, or starts from scratch.
 
+A checkpoint records the identity of the data it trained on (``data_id``, loopscale.data.identity). One whose
+identity differs from the data now in the run's data dir (re-prepared since) is not resumed either: it is set
+aside as ``<name>.stale`` and the run starts from scratch. A checkpoint without one (written before identities
+existed) is resumed as before.
+
 torch is imported where a checkpoint is written or read, not with the module. The listing (the folder, the
 file names, :func:`~loopscale.store.checkpoint_paths`, :func:`~loopscale.store.latest_step`) is the run
 folder's, in :mod:`loopscale.store`, which torch-free callers (`loopscale cancel`, resubmission) read.
@@ -29,6 +34,7 @@ from loopscale.store import CKPT_DIR, checkpoint_name, checkpoint_paths
 
 KEEP = 2  # the newest complete checkpoint and the one before it
 UNREADABLE = ".unreadable"  # suffix an ignored checkpoint is renamed with, out of the step_*.pt listing
+STALE = ".stale"  # suffix of a checkpoint trained on other data than its data dir now holds
 
 
 def plain(obj: Any) -> Any:
@@ -96,11 +102,11 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any]) -> Path:
     return path
 
 
-def _set_aside(path: Path) -> Path | None:
-    """Rename an unreadable checkpoint to ``<name>.unreadable`` (``.unreadable.1``, … if taken), so it is
-    kept for inspection but no longer listed; None when it cannot be renamed."""
+def _set_aside(path: Path, suffix: str = UNREADABLE) -> Path | None:
+    """Rename an unreadable (or stale) checkpoint to ``<name>.unreadable`` (``.unreadable.1``, … if taken), so it
+    is kept for inspection but no longer listed; None when it cannot be renamed."""
     for i in range(100):
-        target = path.with_name(path.name + UNREADABLE + (f".{i}" if i else ""))
+        target = path.with_name(path.name + suffix + (f".{i}" if i else ""))
         if target.exists():
             continue
         try:
@@ -111,16 +117,19 @@ def _set_aside(path: Path) -> Path | None:
     return None
 
 
-def load_latest_checkpoint(run_dir: Path, report: bool = True) -> dict[str, Any] | None:
+def load_latest_checkpoint(run_dir: Path, report: bool = True, data_id: str | None = None) -> dict[str, Any] | None:
     """The newest checkpoint that loads (weights only), with the RNG states it holds restored.
 
     Unreadable newer ones are skipped in favour of the previous one. With ``report`` (the one process
     of a run that writes its folder), they are renamed to ``<name>.unreadable`` and one line on stderr
-    names them and says what the run starts from.
+    names them and says what the run starts from. Given the ``data_id`` of the data the run reads now, those
+    trained on other data are skipped too (renamed to ``<name>.stale``, with a line of their own).
     """
     import torch
 
     skipped: list[str] = []  # each unreadable file, and what became of it
+    stale: list[str] = []  # each checkpoint of other data, and what became of it
+    stale_ids: set[str] = set()
     found = None
     for p in checkpoint_paths(run_dir):
         try:
@@ -139,13 +148,22 @@ def load_latest_checkpoint(run_dir: Path, report: bool = True) -> dict[str, Any]
             moved = _set_aside(p) if report else None
             skipped.append(f"{p} (renamed to {moved.name})" if moved else str(p))
             continue
+        if data_id is not None and state.get("data_id") not in (None, data_id):
+            moved = _set_aside(p, STALE) if report else None
+            stale.append(f"{p} (renamed to {moved.name})" if moved else str(p))
+            stale_ids.add(str(state["data_id"]))
+            continue
         set_rng_states(state)
         found = state
         break
+    then = f"resuming from step {found['step']}" if found is not None else "starting from scratch"
     if skipped and report:
-        then = f"resuming from step {found['step']}" if found is not None else "starting from scratch"
         print(f"ignored unreadable checkpoint{'s' if len(skipped) > 1 else ''} {', '.join(skipped)}: torn, corrupt, "
               f"from an older loopscale, or not only tensors and plain values; {then}", file=sys.stderr, flush=True)
+    if stale and report:
+        print(f"not resuming checkpoint{'s' if len(stale) > 1 else ''} {', '.join(stale)}: trained on other data "
+              f"(data_id {', '.join(sorted(i[:12] for i in stale_ids))}) than the run's data dir holds now "
+              f"({str(data_id)[:12]}; re-prepared since); {then}", file=sys.stderr, flush=True)
     return found
 
 

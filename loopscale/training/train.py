@@ -4,7 +4,10 @@
 Files in the run folder:
 - ``config.yaml``  the resolved RunConfig (written by the caller)
 - ``metrics.jsonl`` one JSON line every ``log_every`` steps (step, tokens, loss, lr, tokens/s, mfu)
-- ``result.json``  written atomically at the end; its presence means the run finished
+- ``result.json``  written atomically at the end; its presence means the run finished. It records the identity of
+  the data the run trained on (``data_id``), as its checkpoints do: a run whose config names another identity than
+  its data dir now holds is refused before training (the data was re-prepared since the run was planned), and a
+  checkpoint of other data is not resumed (``loopscale.training.checkpoint``)
 - ``error.json``   written atomically when the run raised; the sweep reports it as failed
 
 Data-parallel: launched as several processes (``torchrun --nproc_per_node N -m loopscale.training.train RUN_DIR``,
@@ -34,13 +37,14 @@ import yaml
 from loopscale.fmt import timestamp
 from loopscale.training import distributed, heap, perf
 from loopscale.atomic import write_json_atomic
-from loopscale.training.checkpoint import load_latest_checkpoint, remove_checkpoints, save_checkpoint
+from loopscale.training.checkpoint import STALE, load_latest_checkpoint, remove_checkpoints, save_checkpoint
 from loopscale.config import ConfigError, RunConfig, check_budget, run_config_from_dict
 from loopscale.counting import n_once, n_rec
+from loopscale.data import identity
 from loopscale.data.dataset import load_data
 from loopscale.training.distributed import DistEnv
 from loopscale.training.loaders import make_loader
-from loopscale.store import CONFIG_FILE, ERROR_FILE, METRICS_FILE, RESULT_FILE
+from loopscale.store import CKPT_DIR, CONFIG_FILE, ERROR_FILE, METRICS_FILE, RESULT_FILE
 from loopscale.training.model import LoopedLM, cross_entropy
 from loopscale.training.optim import build_optimizer, lr_factor
 from loopscale.training.progress import TrainProgress
@@ -83,6 +87,18 @@ def check_data_fits(cfg: RunConfig, data) -> None:
     if cfg.data.loader == "packed" and data.bos_id is None:
         raise ConfigError(f"data.loader: packed needs document boundaries, but {where} has no BOS id "
                           "(re-import its .bin files with their document separator, or use windows)")
+
+
+def check_data_identity(cfg: RunConfig) -> str | None:
+    """The identity of the data in the run's data dir (None: it has none readable), refused (ConfigError) when
+    the config was planned on another (its data.data_id): the dir was re-prepared since."""
+    now = identity.data_id(cfg.data.dir)
+    want = cfg.data.data_id
+    if want is not None and now != want:
+        raise ConfigError(f"{cfg.data.dir}: the data changed since this run was planned (data_id {want[:12]} in its "
+                          f"config, {now[:12] if now else 'none'} in the dir now: re-prepared since); its results "
+                          "would mix two corpora: plan the runs again on this data (`loopscale sweep GRID`)")
+    return now
 
 
 def resolve_device(cfg: RunConfig) -> torch.device:
@@ -160,6 +176,7 @@ class TrainOutcome:
     world_size: int = 1  # data-parallel processes
     peak_flops: float | None = None  # measured matmul FLOP/s of one device (CUDA only), for MFU
     loader_stats: dict[str, Any] | None = None  # the packed loader's epochs and cropped share
+    data_id: str | None = None  # the identity of the data trained on (loopscale.data.identity)
 
 
 class _Silent:
@@ -204,6 +221,7 @@ def train(
     heap.keep_freed_memory()  # reuse the heap's pages step after step (loopscale/training/heap.py)
     data = load_data(cfg.data.dir)
     check_data_fits(cfg, data)
+    data_id = check_data_identity(cfg)
     device = distributed.local_device(resolve_device(cfg), dist)
     amp = autocast_dtype(cfg, device)
     torch.manual_seed(t.seed)
@@ -220,9 +238,13 @@ def train(
                           f"on each of {dist.world_size} processes")
     loader = make_loader(cfg.data.loader, data.train, t.seq_len, rows, t.seed, data)
     first, tokens_seen, prior_train_s, prior_wall_s, resumed_from = 0, 0, 0.0, 0.0, None
-    ckpt = load_latest_checkpoint(run_dir, report=dist.main) if run_dir else None
+    ckpt = load_latest_checkpoint(run_dir, report=dist.main, data_id=data_id) if run_dir else None
+    if run_dir and ckpt is None and dist.main and any(Path(run_dir, CKPT_DIR).glob(f"*{STALE}*")):
+        _trim_metrics(Path(run_dir) / METRICS_FILE, 0)  # from scratch after other data's checkpoints: their lines go
     if ckpt is not None:
-        if ckpt.get("run_id") != cfg.run_id():
+        # A checkpoint from before identities (no data_id) holds the path-keyed id of its run (RunConfig.path_keyed_id)
+        ids = (cfg.run_id(),) if ckpt.get("data_id") is not None else (cfg.run_id(), cfg.path_keyed_id())
+        if ckpt.get("run_id") not in ids:
             raise RuntimeError(f"checkpoint in {run_dir} belongs to run {ckpt.get('run_id')}, not {cfg.run_id()}")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -235,7 +257,7 @@ def train(
     def save(step: int) -> None:
         if dist.main:
             save_checkpoint(run_dir, step, {
-                "run_id": cfg.run_id(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "run_id": cfg.run_id(), "data_id": data_id, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "loader": loader.state_dict(), "tokens_seen": tokens_seen,
                 "train_time_s": prior_train_s + time.time() - t_train,
                 "wall_time_s": prior_wall_s + time.time() - t_start,
@@ -305,16 +327,18 @@ def train(
             status, diverged_step = "diverged", iters
     wall = prior_wall_s + time.time() - t_start
     return TrainOutcome(val_loss, status, diverged_step, iters, wall, train_time, resumed_from,
-                        dist.world_size, peak, loader.stats())
+                        dist.world_size, peak, loader.stats(), data_id)
 
 
 def result_record(cfg: RunConfig, out: TrainOutcome, device: str) -> dict[str, Any]:
-    """The result.json payload: config, counts, D, FLOPs and the final validation loss."""
+    """The result.json payload: config, the identity of the data trained on, counts, D, FLOPs and the final
+    validation loss."""
     fpt = cfg.flops_per_token()
     tokens = out.iterations * cfg.train.batch_tokens
     tps = tokens / out.train_time_s if out.train_time_s > 0 else None
     return {
         "run_id": cfg.run_id(),
+        "data_id": out.data_id,
         "status": out.status,
         "diverged_step": out.diverged_step,
         "r": cfg.model.r,
