@@ -10,9 +10,11 @@ by a TemplateProcessing post-processor like Llama-2's; or --tokenizer PATH (e.g.
 In one run it measures
 (a) the reference: one process reads the same files (gzip + json, pyarrow) and calls the tokenizer's own
     ``Tokenizer.encode_batch`` (every core) on batches of 1,024 documents: tokens/s;
-(b) ``loopscale data prepare --input SHARDS --tokenizer tokenizer.json`` in a subprocess: tokens/s over
-    its whole wall time (start-up, reading, the journal, train.docs.npy and the validation entropy
-    included) and its RSS (polled from /proc);
+(b) ``loopscale data prepare --input SHARDS --tokenizer tokenizer.json --force`` in a subprocess: tokens/s
+    over its whole wall time (start-up, reading, the journal, train.docs.npy, the validation entropy and the
+    data identity, a hash of the token files, included) and its RSS (polled from /proc); from the second
+    round on, --force writes beside the previous round's output and swaps it in (twice its disk meanwhile).
+    The identity's hash is then timed alone on the output (its share of (b));
 and prints both rates, their ratio (target >= 0.8), the peak RSS (target <= 1 GB; the child's VmHWM) and
 the most RSS in each quarter of the run (level when memory does not grow with the input read). Both count
 the tokens of the documents without BOS; the two counts must agree. --rounds N alternates (a) and (b) N
@@ -180,6 +182,18 @@ def prepare(shards: list[Path], tokenizer: Path, out: Path) -> tuple[int, float,
     return tokens, seconds, peak, samples
 
 
+def identity_hash(out: Path) -> tuple[int, float]:
+    """(bytes, seconds) of hashing ``out``'s data identity again, as the prepare did at its end."""
+    from loopscale.data.format import TOKEN_FILES, read_meta
+    from loopscale.data.identity import compute_data_id
+
+    meta = read_meta(out)
+    t0 = time.perf_counter()
+    if compute_data_id(out, meta) != meta["data_id"]:
+        sys.exit(f"{out}: the identity in meta.json is not that of its files")
+    return sum((out / name).stat().st_size for name in TOKEN_FILES.values()), time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=int, default=500, help="MB of text in the generated corpus (500)")
@@ -211,6 +225,9 @@ def main() -> None:
             tokens, seconds, peak, samples = prepare(shards, tokenizer, work / "out")
             print(f"(b) loopscale data prepare:        {tokens:,} tokens in {seconds:7.1f} s = "
                   f"{tokens / seconds:,.0f} tokens/s, peak RSS {peak / 2**20:,.0f} MiB", flush=True)
+            hashed, hash_s = identity_hash(work / "out")
+            print(f"    of which the data identity: {hashed / 1e6:,.0f} MB hashed in {hash_s:.2f} s "
+                  f"({hashed / 1e9 / max(hash_s, 1e-9):.2f} GB/s)", flush=True)
             if samples:
                 quarters = [max((r for t, r in samples if q <= 4 * t / seconds < q + 1), default=0) for q in range(4)]
                 print("    RSS, most in each quarter of the run: "

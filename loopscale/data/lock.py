@@ -47,6 +47,20 @@ def holder_gone(holder: dict) -> bool:
 
 
 def _take(path: Path, me: dict) -> bool:
+    """Create the lock holding ``me``, whole: written beside it, then hard-linked into place (which fails if it
+    exists), so another process never reads it half-written; created exclusively where links are not allowed."""
+    tmp = path.with_name(f"{LOCK_FILE}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(me))
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
