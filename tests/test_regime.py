@@ -298,3 +298,21 @@ def test_runs_of_two_recipes_are_not_one_fit(clean_fit):
     n_old = len(old.index[::3])
     assert f"train.muon_ns polar_express ×{len(old) - n_old}, quintic ×{n_old}" in diag.reasons[0], diag.reasons
     assert "move their run folders aside" in diag.reasons[0]
+
+
+def test_one_recipe_compares_the_datas_identity_not_its_path(tmp_path):
+    """A moved sweep (the same data under another path) is one recipe; other data under one path is two. A run
+    recorded before identities counts by the identity its data dir holds now, or by its path when it has none."""
+    from loopscale.analysis.regime import mixed_recipe
+    from sweep_fixtures import make_tiny_data
+
+    data = make_tiny_data(tmp_path / "data")
+    same = json.loads((data / "meta.json").read_text())["data_id"]
+    df = pd.DataFrame({"data.dir": ["/scratch/data", "/scratch/data", str(data), str(tmp_path / "gone")],
+                       "data_id": [same, same, None, None]})
+    assert mixed_recipe(df.head(3)) == {}  # moved: two paths, one identity (the third by its dir's identity now)
+    other = df.head(3).assign(**{"data.dir": "/scratch/data", "data_id": [same, "f" * 64, same]})
+    assert mixed_recipe(other) == {"data": {f"data_id {same[:12]}": 2, "data_id ffffffffffff": 1}}
+    assert mixed_recipe(df)["data"] == {f"data_id {same[:12]}": 3, str(tmp_path / "gone"): 1}  # no data: its path
+    config_col = df.rename(columns={"data_id": "data.data_id"}).head(3)  # the config's column serves as well
+    assert mixed_recipe(config_col) == {}

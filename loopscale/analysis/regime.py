@@ -24,6 +24,7 @@ import pandas as pd
 from loopscale.analysis.cells import MIN_WIDTHS, CellMinimum, cells_missed, table_cells
 from loopscale.analysis.law import LOWER, PARAM_NAMES, UPPER, bound_value, theta_of
 from loopscale.atomic import json_safe
+from loopscale.data import identity
 from loopscale.data.format import read_meta
 from loopscale.fmt import finite
 
@@ -43,11 +44,12 @@ PAPER_TOKENS_PER_PARAM = (2.3, 187.0)
 TOKENS_PER_PARAM_SLACK = 2.0  # a span reaching beyond the paper's by more than this factor is noted
 
 DATA_DIR_COLUMNS = ("data.dir", "data_dir")
+DATA_ID_COLUMNS = ("data_id", "data.data_id")  # the identity of the data a run trained on (result.json, config)
 # Settings all runs of one fit must share. Runs that differ in one were trained by different recipes: e.g.
 # a sweep folder holding runs of an older loopscale beside the new ones (their ids differ, so both stay).
 RECIPE_COLUMNS = ("train.optimizer", "train.muon_ns", "train.seq_len", "train.batch_tokens", "train.betas",
                   "train.eps", "train.warmup_steps", "train.final_lr_frac", "train.grad_clip", "train.weight_decay",
-                  "data.loader", "data.dir", "data.eval_tokens", "vocab_size", "model.n_layers_eff",
+                  "data.loader", "data", "data.eval_tokens", "vocab_size", "model.n_layers_eff",
                   "model.head_dim", "model.injection")
 
 
@@ -229,18 +231,45 @@ def _unset(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
+def data_of(table: pd.DataFrame) -> pd.Series | None:
+    """Per run, the data it trained on by content: its recorded identity (data_id); for a run recorded before
+    identities, the identity of its data dir now (``loopscale.data.identity``; the stale check keeps runs of
+    re-prepared data out), else its path. None when the table names no data at all."""
+    ids = [c for c in DATA_ID_COLUMNS if c in table]
+    dirs = [c for c in DATA_DIR_COLUMNS if c in table]
+    if not ids and not dirs:
+        return None
+    now: dict[str, str | None] = {}  # data dir -> its identity now (hashed once per dir)
+    out: list[str | None] = []
+    for i in range(len(table)):
+        v = next((table[c].iloc[i] for c in ids if not _unset(table[c].iloc[i])), None)
+        d = next((table[c].iloc[i] for c in dirs if not _unset(table[c].iloc[i])), None)
+        if v is None and d is not None:
+            if str(d) not in now:
+                try:
+                    now[str(d)] = identity.data_id(Path(str(d)).expanduser())
+                except (OSError, ValueError):  # a meta.json without its token files: the path it is
+                    now[str(d)] = None
+            v = now[str(d)]
+        out.append(f"data_id {str(v)[:12]}" if v is not None else None if d is None else str(d))
+    return pd.Series(out, index=table.index, dtype=object)
+
+
 def mixed_recipe(table: pd.DataFrame) -> dict[str, dict[str, int]]:
     """The RECIPE_COLUMNS whose value differs between the table's runs: column → {value: runs}.
 
-    A value missing from a run's record is read as what it meant when the setting did not exist yet
-    (``data.loader``: windows; ``train.muon_ns`` under muonh: quintic), else as "unset"."""
+    ``data`` is the data a run trained on by its identity (``data_of``: a moved sweep is one recipe; the same
+    path re-prepared with other tokens is two). A value missing from a run's record is read as what it meant
+    when the setting did not exist yet (``data.loader``: windows; ``train.muon_ns`` under muonh: quintic), else
+    as "unset"."""
     out: dict[str, dict[str, int]] = {}
     optimizer = table["train.optimizer"] if "train.optimizer" in table else pd.Series([None] * len(table))
     for col in RECIPE_COLUMNS:
-        if col not in table:
+        column = data_of(table) if col == "data" else table[col] if col in table else None
+        if column is None:
             continue
         values = []
-        for v, opt in zip(table[col].tolist(), optimizer.tolist()):
+        for v, opt in zip(column.tolist(), optimizer.tolist()):
             if _unset(v):
                 v = {"data.loader": "windows"}.get(col, "quintic" if col == "train.muon_ns" and opt == "muonh"
                                                    else "unset")

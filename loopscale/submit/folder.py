@@ -75,10 +75,17 @@ def make_sweep_dir(sweep_dir: Path) -> None:
 
 
 def check_data(grid: Grid) -> None:
-    """The data dir exists, matches the grid's vocabulary and is long enough for every run."""
+    """The data dir exists, holds the data the grid's runs were keyed by (its identity), matches the grid's
+    vocabulary and is long enough for every run."""
+    from loopscale.data import identity
     from loopscale.data.dataset import load_data
 
     ds = load_data(grid.data_dir)
+    now = identity.data_id(grid.data_dir)
+    if grid.data_id is None or now != grid.data_id:
+        raise UserError(f"{grid.data_dir}: the data changed while the sweep was planned (its identity is "
+                        f"{now and now[:12]}, the runs were keyed by {grid.data_id and grid.data_id[:12]}); "
+                        "run the sweep again")
     if ds.vocab_size != grid.vocab_size:
         raise UserError(f"{grid.path or 'grid'}: vocab_size {grid.vocab_size} differs from the data's "
                         f"{ds.vocab_size} ({grid.data_dir})")
