@@ -56,7 +56,7 @@ RUNS_DIR, JOBS_DIR, DB_FILE, GRID_FILE = "runs", "jobs", "results.db", "grid.yam
 CONFIG_FILE, RESULT_FILE, ERROR_FILE = "config.yaml", "result.json", "error.json"
 JOB_FILE, STARTED_FILE, METRICS_FILE = "job.json", "started.json", "metrics.jsonl"
 CANCEL_FILE = "cancel.json"
-REKEYED_FILE = "rekeyed.json"  # a run re-keyed from its path-based id (loopscale.submit.rekey): old id, new id
+REKEYED_FILE = "rekeyed.json"  # a run re-keyed from its path-based id (loopscale.submit.rekey): its former id
 JOB_OUT, JOB_ERR = "job.out", "job.err"  # the job's stdout/stderr (links to submitit's logs, or files)
 CKPT_DIR, ATTEMPTS_DIR, GRID_HISTORY_DIR = "checkpoints", "attempts", "grid-history"
 
@@ -122,12 +122,6 @@ def latest_step(run_dir: str | Path) -> int | None:
     """The step of the newest complete checkpoint (by its name; not loaded), None without one."""
     paths = checkpoint_paths(run_dir)
     return int(paths[0].stem.split("_")[1]) if paths else None
-
-
-def former_id(run_dir: str | Path) -> str | None:
-    """The path-based id a re-keyed run had (rekeyed.json, loopscale.submit.rekey), which its checkpoints carry."""
-    got, _ = read_json(Path(run_dir) / REKEYED_FILE)
-    return got.get("former_run_id") if isinstance(got, dict) and got.get("run_id") == Path(run_dir).name else None
 
 
 def read_json(path: Path) -> tuple[Any, str | None]:

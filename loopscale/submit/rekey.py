@@ -13,10 +13,12 @@ it (probe runs and other grids' runs too), when its data still matches:
 
 A run that matches gets the id of its config with ``data_id`` set to the dir's identity
 (``RunConfig.run_id``): its folder is renamed; config.yaml is written with the identity; result.json gets the new
-``run_id`` and ``data_id`` (and the identity in its copy of the config); ``rekeyed.json`` records the former id,
-which its checkpoints still carry (a checkpoint holds torch tensors, and submit never loads torch: the trainer
-accepts a checkpoint of the run's former id, ``loopscale.store.former_id``); error.json, cancel.json, logs and
-metrics stay as they are; results.db's row moves to the new id. Tracker runs (mlflow, wandb) keep their old names.
+``run_id`` and ``data_id`` (and the identity in its copy of the config); ``rekeyed.json`` records the former id.
+Checkpoints are not rewritten (they hold torch tensors, and submit never loads torch): a checkpoint from before
+identities carries the run's path-keyed id, which the trainer accepts from a checkpoint without ``data_id``
+(``RunConfig.path_keyed_id``: the config's id with its dir in place of its identity, the former id as long as
+config.yaml names the same dir). error.json, cancel.json, logs and metrics stay as they are; results.db's row
+moves to the new id. Tracker runs (mlflow, wandb) keep their old names.
 
 Left as they are, and counted: runs whose data dir is gone or not prepared (unknown), runs whose data was prepared
 again after they started (stale: ``loopscale.store``), runs whose new id another folder holds. Re-keying refuses
