@@ -15,6 +15,7 @@ from loopscale.data import corpus, prepare
 from loopscale.data import format as data_format
 from loopscale.data.corpus import Document, brown_to_text, detokenize, strip_gutenberg, strip_tags
 from loopscale.data.dataset import load_data, unigram_entropy
+from loopscale.data.identity import compute_data_id
 from loopscale.data.prepare import import_bin, split_documents
 from loopscale.errors import UserError
 
@@ -142,6 +143,7 @@ def test_import_bin_copies_and_validates(tmp_path):
     ds = load_data(tmp_path / "out")
     assert (len(ds.train), len(ds.val), ds.vocab_size, ds.bos_id) == (1000, 200, 500, None)
     assert not (tmp_path / "out" / "train.bin").is_symlink()
+    assert ds.meta["data_id"] == compute_data_id(tmp_path / "out", ds.meta)
     with pytest.raises(UserError, match="not below the vocab size"):
         import_bin(tmp_path / "train.bin", tmp_path / "val.bin", tmp_path / "o2", vocab_size=100)
     (tmp_path / "odd.bin").write_bytes(b"abc")
@@ -221,7 +223,8 @@ def test_real_default_corpus(tmp_path):
     again = prepare.prepare_default(tmp_path / "bpe2", tokenizer="bpe:4096")  # deterministic
     for f in ("train.bin", "val.bin", "tokenizer.json", "meta.json"):
         assert (tmp_path / "bpe" / f).read_bytes() == (tmp_path / "bpe2" / f).read_bytes(), f
-    assert again.meta == m
+    assert again.meta == m and m["data_id"] == compute_data_id(tmp_path / "bpe2", m)
 
     b = prepare.prepare_default(tmp_path / "bytes", tokenizer="bytes").meta
+    assert b["data_id"] == compute_data_id(tmp_path / "bytes", b) != m["data_id"]
     assert b["train_tokens"] == b["train_chars"] + b["train_docs"]  # ASCII text: one byte per char, + BOS

@@ -198,6 +198,10 @@ def test_a_prepare_with_nothing_to_do_is_not_refused_by_a_writer(tmp_path):
         with pytest.raises(PrepareLocked):
             with prepare_lock(out):
                 pass
+        strip_identity(out)  # made before identities existed, and locked: identified in memory, not stored
+        before = (out / META_JSON).read_bytes()
+        again = prepare_stream([tmp_path / "in"], out, tokenizer="bytes")
+        assert again.reused and again.meta == done.meta and (out / META_JSON).read_bytes() == before
     finally:
         (out / LOCK_FILE).unlink()
 

@@ -442,6 +442,7 @@ def test_interrupt_then_resume_equals_an_uninterrupted_prepare(plays, tokenizer_
 
     with pytest.raises(KeyboardInterrupt):
         prepare_stream(*args, progress=ctrl_c_a_batch_after_the_first_commit, commit_bytes=0)
+    assert not (tmp_path / "out" / LOCK_FILE).exists()  # Ctrl-C releases the folder's lock
     with pytest.raises(UserError, match="no complete dataset"):
         load_data(tmp_path / "out")
     logs = []
@@ -640,6 +641,7 @@ def test_cli_prepare_info_and_bad_input(tmp_path, text_dir, capsys):
     assert code == 0 and "nothing to do" in out
     code, out, _ = cli_in_process(("data", "info", tmp_path / "out"), capsys)
     assert code == 0 and "bytes (vocab 256" in out
+    assert "data id" in out and load_data(tmp_path / "out").meta["data_id"][:32] in out, out
     code, _, err = cli_in_process(("data", "prepare", "--out", tmp_path / "x", "--tokenizer", "bpe:10"), capsys)
     err = err.strip()
     assert code == 2 and err.startswith("error:") and "bpe:10" in err and len(err.splitlines()) == 1

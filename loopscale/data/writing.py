@@ -22,6 +22,7 @@ data and swapped in at the end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -32,8 +33,8 @@ from typing import Any, Callable, Sequence
 from loopscale.data.dataset import load_data
 from loopscale.data.format import (DOCS_INDEX, META_JSON, TOKENIZER_JSON, TRAIN_BIN, VAL_BIN, mark_incomplete,
                                    rewrite_meta, write_meta)
-from loopscale.data.identity import ID_KEY, compute_data_id
-from loopscale.data.lock import prepare_lock
+from loopscale.data.identity import ID_KEY, compute_data_id, data_id
+from loopscale.data.lock import PrepareLocked, prepare_lock
 from loopscale.errors import UserError
 
 STAGING = ".prepare.staging"
@@ -105,7 +106,14 @@ def write_prepared(out_dir: Path, settings: dict, force: bool, build: Callable[[
     t0 = time.perf_counter() if t0 is None else t0
     if (meta := existing_meta(out_dir, settings, force)) and isinstance(meta.get(ID_KEY), str):
         return Prepared(out_dir, meta, reused=True)
-    with prepare_lock(out_dir):
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(prepare_lock(out_dir))
+        except PrepareLocked:
+            # the dataset is there, its identity not stored yet, and another process writes: in memory
+            if meta is None or (found := data_id(out_dir)) is None:
+                raise
+            return Prepared(out_dir, {**meta, ID_KEY: found}, reused=True)
         if meta := existing_meta(out_dir, settings, force):
             if not isinstance(meta.get(ID_KEY), str):  # made before identities existed: add it
                 meta = {**meta, ID_KEY: compute_data_id(out_dir, meta)}
