@@ -97,7 +97,9 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="Seed of the document split."),
         cache_dir: Optional[Path] = typer.Option(None, help="Where fetched archives are kept "
                                                  "(default $LOOPSCALE_CACHE or ~/.cache/loopscale/sources)."),
-        force: bool = typer.Option(False, "--force", help="Rebuild even if the directory holds a dataset."),
+        force: bool = typer.Option(False, "--force", help="Rebuild even if the directory holds a dataset: "
+                                   "written beside it and swapped in at the end (room for both needed; jobs "
+                                   "reading the old files keep them)."),
     ) -> None:
         """Build a data directory: the default corpus, your text (--input) or .bin files (--train-bin)."""
         from loopscale.data.format import default_data_dir

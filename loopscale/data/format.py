@@ -7,7 +7,8 @@ A data directory holds
   training split alone, ``<|bos|>`` id 0; for a pretrained tokenizer (a path to its tokenizer.json), a copy
   of that file; none for ``bytes``;
 - ``meta.json``: tokenizer, vocab size, dtype, BOS id, token and document counts, sources with versions and
-  sha256, the settings that produced it. It is written last, so a directory without it is incomplete;
+  sha256, the settings that produced it, and the identity of the tokens (``data_id``, see
+  ``loopscale.data.identity``). It is written last, so a directory without it is incomplete;
 - ``train.docs.npy``: the start offsets (int64, ascending) of the training documents, i.e. the positions of
   BOS in ``train.bin``, for the packed loader. Written at prepare/import time when there is a BOS id; a
   directory made before it existed gets it on first use (``loopscale.data.dataset.doc_starts``), cached when
