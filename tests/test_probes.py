@@ -4,17 +4,22 @@ The run ids of the shipped grids are pinned: moving a probe onto another mechani
 run's identity (a changed id retrains a finished run). tests/data/probe_grid_run_ids.json holds each grid's
 runs as [run_id, probe, probes], expanded by the code before probes became plug-ins (the additive grids: when
 they were added); every one of them must still expand, with the same probe, serving at least those probes
-(a grid may grow: new runs are new). Data dirs resolve against a fixed folder (run ids hold the absolute data
-dir), and smoke, which reads its vocabulary from its data, gets vocab_size 4096. The one deliberate change:
-train.muon_ns (default polar_express) entered the ids of muonh runs, which were regenerated run for run;
-under muon_ns: quintic the same runs expand to their ids from before (pinned as one sha256 per grid).
+(a grid may grow: new runs are new). Data dirs resolve against a fixed folder that does not exist, every data
+dir has the fixed identity PIN_DATA_ID (injected: run ids hold the data's identity), and smoke, which reads its
+vocabulary from its data, gets vocab_size 4096. Deliberate changes, each regenerated run for run
+(``write_pins``, tests/data/README.md): train.muon_ns (default polar_express) entered the ids of muonh runs;
+under muon_ns: quintic the same runs expand to their ids from before (one sha256 per grid). Then the data's
+identity replaced its path in every id; without an identity (a config written before identities) a run keeps
+its path-keyed id from before (one sha256 per grid).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
@@ -25,20 +30,31 @@ from loopscale.counting import Arch, ArchError, baseline_arch, n_rec, probe_arch
 from loopscale.grid import GridError, find_grid, grid_from_dict
 
 PIN_DIR = Path("/loopscale-pin")  # never read: relative data dirs resolve against it
-PINNED = json.loads((Path(__file__).parent / "data" / "probe_grid_run_ids.json").read_text())
+PIN_DATA_ID = hashlib.sha256(b"loopscale-pin").hexdigest()  # the identity every data dir has in these tests
+PIN_FILE = Path(__file__).parent / "data" / "probe_grid_run_ids.json"
+PINNED = json.loads(PIN_FILE.read_text())
 PINNED.pop("_about")
-PINNED_QUINTIC = PINNED.pop("_quintic_sha256")  # grid -> sha256 of its pinned runs' ids before muon_ns
+PINNED_QUINTIC = PINNED.pop("_quintic_sha256")  # grid -> sha256 of its pinned runs' ids under muon_ns: quintic
+PINNED_PATH_KEYED = PINNED.pop("_path_keyed_sha256", {})  # grid -> sha256 of their ids without a data identity
+PINS_ABOUT = ("tests/test_probes.py: [run_id, probe, probes] of each shipped grid's runs, expanded with data dirs "
+              "under /loopscale-pin, every one of identity sha256('loopscale-pin') (PIN_DATA_ID; smoke: vocab_size "
+              "4096); the first seven grids by the code before probes became plug-ins (commit 08c1d35), the additive "
+              "grids when they were added; regenerated run for run (test_probes.write_pins) when train.muon_ns "
+              "(default polar_express) entered muonh run ids, and when the data's identity replaced its path in every "
+              "id. _quintic_sha256: per grid, sha256 of the JSON list of its pinned runs' ids under train.muon_ns: "
+              "quintic. _path_keyed_sha256: the same of their ids without a data identity (the data dir's path in "
+              "the id): their ids before identities existed")
 # A few spelled out: run_id -> (grid, probe, probes it serves there)
 PINNED_RUNS = {
-    "0ee446769dbe": ("tiny-tbptt", "none", ["tbptt"]),  # tiny's own r = 1 run
-    "a848758d8e85": ("tiny-tbptt", "tbptt", ["tbptt"]),
-    "09b96f61c32f": ("tiny-hyperconn", "hyperconn", ["hyperconn"]),
-    "c6c2b5847ec7": ("paper-hyperconn", "none", ["hyperconn"]),  # paper's own r = 1 run
-    "dd133adfa390": ("paper-tbptt", "tbptt", ["tbptt"]),
-    "89a3b4dbdccf": ("paper-hyperconn", "hyperconn", ["hyperconn"]),
-    "a6988dd6a71d": ("smoke", "none", ["none"]),
-    "65374c5e8361": ("tiny-additive", "additive", ["additive"]),
-    "f26192030dc8": ("paper-additive", "additive", ["additive"]),
+    "dd57102cf189": ("tiny-tbptt", "none", ["tbptt"]),  # tiny's own r = 1 run
+    "e77719415921": ("tiny-tbptt", "tbptt", ["tbptt"]),
+    "f8c6ad6c38d7": ("tiny-hyperconn", "hyperconn", ["hyperconn"]),
+    "e667a87ef195": ("paper-hyperconn", "none", ["hyperconn"]),  # paper's own r = 1 run
+    "193ccd7a50d2": ("paper-tbptt", "tbptt", ["tbptt"]),
+    "03f69f208452": ("paper-hyperconn", "hyperconn", ["hyperconn"]),
+    "5c3ae3d74f37": ("smoke", "none", ["none"]),
+    "fa215fdba71d": ("tiny-additive", "additive", ["additive"]),
+    "09728ea0a880": ("paper-additive", "additive", ["additive"]),
 }
 # Every probe in one grid, both probe settings away from their defaults (a frozen copy: shipped grids change).
 MIXED = """
@@ -52,6 +68,13 @@ probes: [none, tbptt, hyperconn]
 flops: {1.0e11: [8, 16, 24], 4.0e11: [16, 24, 32]}
 repeats: [{d_model: 16, budget_flops: 1.0e11, r: 2, seed: 1}]
 """
+
+
+@contextlib.contextmanager
+def data_identity(value: str | None = PIN_DATA_ID):
+    """Every data dir has identity ``value`` (None: none, as before a prepare or before identities existed)."""
+    with mock.patch("loopscale.data.identity.data_id", lambda *args, **kwargs: value):
+        yield
 
 
 def _expansion(raw: dict, where: str, path: Path | None = None) -> list:
@@ -70,6 +93,47 @@ def shipped_expansion(name: str, **train) -> list:
 @pytest.fixture(autouse=True)
 def _no_data_env(monkeypatch):
     monkeypatch.delenv("LOOPSCALE_DATA", raising=False)
+    with data_identity():
+        yield
+
+
+def sha(ids: list) -> str:
+    return hashlib.sha256(json.dumps(ids).encode()).hexdigest()
+
+
+def write_pins() -> None:
+    """Regenerate tests/data/probe_grid_run_ids.json run for run (the recipe in tests/data/README.md): each grid
+    is expanded with the pinned identity and without one; the runs pinned (by either id) keep their place, probe
+    and probes, and get their id under the identity. Run from tests/: python -c 'import test_probes as t;
+    t.write_pins()'."""
+    doc = json.loads(PIN_FILE.read_text())
+    doc["_about"] = PINS_ABOUT
+    for name in [k for k in doc if not k.startswith("_")]:
+        with data_identity():
+            keyed, quintic = shipped_expansion(name), shipped_expansion(name, muon_ns="quintic")
+        with data_identity(None):
+            by_path = shipped_expansion(name)
+        assert [row[1:] for row in keyed] == [row[1:] for row in by_path] == [row[1:] for row in quintic], name
+        pinned = {run_id for run_id, *_ in doc[name]}
+        keep = [i for i, (a, b) in enumerate(zip(keyed, by_path)) if a[0] in pinned or b[0] in pinned]
+        assert len(keep) == len(doc[name]), f"{name}: pinned runs lost"
+        doc[name] = [keyed[i] for i in keep]
+        doc["_quintic_sha256"][name] = sha([quintic[i][0] for i in keep])
+        doc.setdefault("_path_keyed_sha256", {})[name] = sha([by_path[i][0] for i in keep])
+    PIN_FILE.write_text(pins_text(doc))
+
+
+def pins_text(doc: dict) -> str:
+    """The pins file's layout: one line per run, per grid's sha256."""
+    def entry(key, value) -> str:
+        if isinstance(value, dict):
+            return f" {json.dumps(key)}: {{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}"
+                                                           for k, v in value.items()) + "\n }"
+        if isinstance(value, list):
+            return f" {json.dumps(key)}: [\n" + ",\n".join(f"  {json.dumps(row)}" for row in value) + "\n ]"
+        return f" {json.dumps(key)}: {json.dumps(value)}"
+
+    return "{" + ",\n".join(entry(k, v) for k, v in doc.items())[1:] + "\n}\n"
 
 
 def test_the_pins_cover_every_probe_grid():
@@ -96,23 +160,41 @@ def test_quintic_gives_the_run_ids_from_before_muon_ns(name):
     assert [row[1:] for row in shipped] == [row[1:] for row in quintic]
     before = dict(zip((row[0] for row in shipped), (row[0] for row in quintic)))
     ids = [before[run_id] for run_id, *_ in PINNED[name]]
-    assert hashlib.sha256(json.dumps(ids).encode()).hexdigest() == PINNED_QUINTIC[name]
+    assert sha(ids) == PINNED_QUINTIC[name]
     assert (ids == [run_id for run_id, *_ in PINNED[name]]) == (name == "smoke")  # smoke: the one adamw grid
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_without_a_data_identity_runs_keep_their_path_keyed_ids(name):
+    """Before data identities, a run's id held its data dir's path: a config without data_id (a run folder of
+    then) still hashes to that id, its folder's name, so its run can be found and re-keyed; the same runs with
+    an identity have other ids (run ids changed once, on purpose)."""
+    with data_identity(None):
+        by_path = shipped_expansion(name)
+    keyed = shipped_expansion(name)
+    assert [row[1:] for row in keyed] == [row[1:] for row in by_path]
+    old = dict(zip((row[0] for row in keyed), (row[0] for row in by_path)))
+    ids = [old[run_id] for run_id, *_ in PINNED[name]]
+    assert sha(ids) == PINNED_PATH_KEYED[name]
+    assert not set(ids) & set(old)  # every id changed
 
 
 def test_mixed_probe_grid_keeps_its_run_ids():
     """Each probe setting lands only in its own probe's looped runs, and the r = 1 runs stay one run serving
     every probe (sha256 of [[run_id, probe, probes], ...] from the code before probes became plug-ins, which
-    the grid still expands to under muon_ns: quintic; as written, with the polar_express default, since
-    train.muon_ns entered muonh run ids)."""
+    the grid still expands to under muon_ns: quintic without a data identity; as written, with the polar_express
+    default, since train.muon_ns entered muonh run ids; both with the pinned identity since it replaced the data
+    dir's path in the ids)."""
     got = _expansion(yaml.safe_load(MIXED), "mixed")
     assert len(got) == 45 and sum(probe == "none" and len(serves) == 3 for _, probe, serves in got) == 6
-    assert hashlib.sha256(json.dumps(got).encode()).hexdigest() == \
-        "fe2ee9ed780952969f5ee332ccee6e7910a2e189a81f9fd609b104b4159776b8"
+    assert sha(got) == "2a32da0694c8347c984ca5dbb6e22ac82b266e4d3a549011ae24225cf8d12216"
     raw = yaml.safe_load(MIXED)
     raw["train"]["muon_ns"] = "quintic"
-    assert hashlib.sha256(json.dumps(_expansion(raw, "mixed")).encode()).hexdigest() == \
-        "6c259d12aa1072454571e890326a710ce51d7ccccc458a65d7e850f99cbd812f"
+    assert sha(_expansion(raw, "mixed")) == "cdd7da4819d99eca6316c3231cf7241c8b97e01fff4bd0615076f632e5cd1f39"
+    with data_identity(None):  # without an identity: the ids from before identities (data dir in the id)
+        assert sha(_expansion(yaml.safe_load(MIXED), "mixed")) == \
+            "fe2ee9ed780952969f5ee332ccee6e7910a2e189a81f9fd609b104b4159776b8"
+        assert sha(_expansion(raw, "mixed")) == "6c259d12aa1072454571e890326a710ce51d7ccccc458a65d7e850f99cbd812f"
 
 
 def test_every_run_keeps_the_model_keys_of_its_id():
