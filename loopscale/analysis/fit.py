@@ -120,7 +120,7 @@ def _run_fit(table, starts, bootstrap, seed, huber_delta, resample, workers, pro
     runs, warnings = usable_rows(table)
     notes: list[str] = []
     if len(runs) == 0:
-        raise UserError("no usable runs left to fit")
+        raise UserError("; ".join(["no usable runs left to fit", *warnings]))  # what was left out (stale runs...)
     data = FitData.from_table(runs)
     say = progress or (lambda stage, done, total: None)
     kw = {"starts": starts, "huber_delta": huber_delta}
@@ -128,7 +128,10 @@ def _run_fit(table, starts, bootstrap, seed, huber_delta, resample, workers, pro
     done = iter(range(1, n_fits + 1))
 
     say("fits", 0, n_fits)
-    fit = fit_law(data, seed=[seed, 0], **kw)
+    try:
+        fit = fit_law(data, seed=[seed, 0], **kw)
+    except UserError as e:  # too few runs: say what was left out (stale runs, failed ones) on the same line
+        raise UserError("; ".join([str(e), *warnings])) from None
     say("fits", next(done), n_fits)
     if not data.phi_identifiable:
         notes.append("phi is not identifiable: no run loops a block with parameters (only r = 1 rows, or "
