@@ -189,6 +189,8 @@ def _let_go(run: CancelledRun, run_dir: Path, queued: dict[str, str] | None) -> 
     if isinstance(mark, dict) and mark.get("released"):
         step = mark.get("stopped_at_step")
         run.outcome, run.step = ("stopped", step) if step is not None else ("not started", None)
+        if step is not None and run.was == "pending":
+            run.was = "running"  # it trained: SLURM's accounting (sacct) had not yet caught up with its start
         return True
     if run.executor == "slurm":
         if queued is None or run.job_id in queued:
