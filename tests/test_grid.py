@@ -132,14 +132,18 @@ def test_relative_data_dir_resolves_against_cwd_and_vocab_comes_from_meta(tmp_pa
         grid_from_dict(raw, "g.yaml", cwd=tmp_path / "elsewhere")
 
 
-def test_run_ids_of_plain_grids_are_pinned():
+def test_run_ids_of_plain_grids_are_pinned(monkeypatch):
     """Ids of grids without the newer grid keys (lr_rule, per-width micro_batch_rows) never move: a
-    sweep folder made before them keeps its finished runs. (Computed before those keys existed.)"""
+    sweep folder made before them keeps its finished runs. (Computed before those keys existed, when ids held
+    the data dir's path: a grid whose data has no identity, like /data/x here, still gets them.) Since the
+    data's identity replaced its path, with one the ids are these others (they changed once, on purpose)."""
     assert [s.run_id for s in g().runs] == ["d75071dacc47", "cf62281eceef"]
     probes = g(probes=["none", "tbptt", "hyperconn"], train={**BASE["train"], "micro_batch_rows": 4})
     assert [s.run_id for s in probes.runs] == ["d75071dacc47", "cf62281eceef", "391737a0dd8d", "c54e17b689ac"]
     flops = g(widths=None, tokens=None, flops={"1e9": [32, 64]})
     assert [s.run_id for s in flops.runs] == ["240133f65052", "1f9a0e18a2f5", "b50b1cfe4fc7", "4a275e4fca8d"]
+    monkeypatch.setattr("loopscale.data.identity.data_id", lambda d: "0" * 64)
+    assert [s.run_id for s in g().runs] == ["70f0e9c5efd1", "2c3d0f478a0d"]
 
 
 def test_repeats_add_seeded_runs_on_top_of_the_flops_axis():
@@ -179,6 +183,7 @@ def test_run_ids_ignore_the_executor_and_execution_settings():
 
 BAD = [
     ({"colour": 1}, "colour: unknown key"),
+    ({"data": {"dir": "/data/x", "data_id": "ab12"}}, "data.data_id: the identity of data.dir's content"),
     ({"model": {**BASE["model"], "layers": 3}}, "model: unknown key 'layers'"),
     ({"model": {**BASE["model"], "r": 2}}, "model.r: set by the grid's `r:` list"),
     ({"train": {"seq_len": 32, "batch_tokens": 256, "tokens": 5}}, "train.tokens: set by"),
@@ -239,24 +244,34 @@ def test_bad_yaml_files(tmp_path):
 
 
 def test_cli_dry_run_json_prints_the_paper_plan(tmp_path):
+    """No FineWeb here: the paper grid (it gives vocab_size) plans without its data, but its run ids wait for the
+    data's identity: one line says so, the table shows none, --json has run_id null and a top-level flag."""
     out = cli("sweep", GRIDS / "paper.yaml", "--dry-run", "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    rows = json.loads(out.stdout)
-    assert len(rows) == 116 and {r["action"] for r in rows} == {"submit"}
+    doc = json.loads(out.stdout)
+    data_dir = tmp_path.resolve() / "data" / "fineweb-edu-llama2"
+    assert doc["ids_wait_for_data"] is True and doc["data_dir"] == str(data_dir)
+    rows = doc["runs"]
+    assert f"run ids wait for the data: {data_dir} is not prepared yet" in out.stderr
+    assert len(rows) == 116 and {r["action"] for r in rows} == {"submit"} and {r["run_id"] for r in rows} == {None}
     keys = {"run_id", "r", "probe", "d_model", "n_once", "n_rec", "tokens", "flops_per_token", "budget_flops", "action",
             "lr_matrix", "lr_embed", "lr_head", "lr_norm", "micro_batch_rows"}
     assert keys <= set(rows[0])
-    grid = {s.run_id: s.config.train for s in load_grid(GRIDS / "paper.yaml", cwd=tmp_path).runs}
-    for row in rows:  # the lrs each run trains at (the paper's transfer), as in its config
-        t = grid[row["run_id"]]
+    grid = load_grid(GRIDS / "paper.yaml", cwd=tmp_path)
+    assert not grid.ids_known and grid.data_id is None
+    for row, spec in zip(rows, grid.runs, strict=True):  # the lrs each run trains at (the paper's transfer)
+        t = spec.config.train
+        assert (row["d_model"], row["r"], row["budget_flops"]) == (spec.d_model, spec.r, spec.budget_flops)
         assert [row[k] for k in ("lr_matrix", "lr_embed", "lr_head", "lr_norm", "micro_batch_rows")] == [
             t.lr_matrix, t.lr_embed, t.lr_head, t.lr_norm, t.micro_batch_rows]
     assert len({r["lr_matrix"] for r in rows}) > 50 and len({r["micro_batch_rows"] for r in rows}) == 3
     assert abs(sum(r["tokens"] * r["flops_per_token"] for r in rows) / 7.25784e20 - 1) < 1e-3
     table = cli("sweep", "paper", "--dry-run", cwd=tmp_path)  # a shipped grid by name
     assert table.returncode == 0 and "116 runs (submit 116)" in table.stdout and "7.258e+20 FLOPs" in table.stdout
-    header = next(line for line in table.stdout.splitlines() if "run id" in line)
+    header = next(line for line in table.stdout.splitlines() if "run id" in line and "action" in line)
     assert "lr_mat" in header and "lr_emb" in header and "micro" in header
+    assert "run ids wait for the data" in table.stdout and not any(s.run_id in table.stdout for s in grid.runs)
+    assert sum(line.lstrip().startswith("— ") for line in table.stdout.splitlines()) == 116
     assert "learning rates: lr_rule paper" in table.stdout
     assert {r["muon_ns"] for r in rows} == {"polar_express"}  # the authors' orthogonalisation, stated in the grid
     assert "optimizer: muonh, orthogonalisation muon_ns polar_express" in table.stdout
@@ -282,3 +297,58 @@ def test_cli_bad_grid_is_one_line_and_exit_2(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().count("\n") == 0 and "r = 3 does not divide" in out.stderr
     assert not (tmp_path / "sweeps").exists()
+
+
+def _texts(folder, seed: int):
+    """Generated text to prepare (two files of words); another seed, other text."""
+    import random
+
+    rng = random.Random(seed)
+    words = ["loop", "block", "depth", "token", "law", "scale", "width", "step", "cat", "mat"]
+    folder.mkdir(parents=True)
+    for i in range(2):
+        (folder / f"doc{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(3000)) + ".\n")
+    return folder
+
+
+def test_run_ids_follow_the_data_not_its_folder(tmp_path):
+    """The same shipped grid, dry-run in two folders each with its own `data prepare --tokenizer bytes --out
+    data/bytes` of the same text, gives the same run ids (and config.yaml's data.dir stays each folder's own);
+    re-preparing one folder from other text gives new ids."""
+    ids, text = {}, _texts(tmp_path / "text", seed=0)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        prep = cli("data", "prepare", "--tokenizer", "bytes", "--out", "data/bytes", "--input", text,
+                   cwd=tmp_path / name)
+        assert prep.returncode == 0, prep.stderr
+        for grid in ("tiny", "smoke"):
+            out = cli("sweep", grid, "--data", "data/bytes", "--dry-run", "--json", cwd=tmp_path / name)
+            assert out.returncode == 0, out.stderr
+            rows = json.loads(out.stdout)
+            assert isinstance(rows, list) and all(isinstance(r["run_id"], str) for r in rows)
+            ids[name, grid] = [r["run_id"] for r in rows]
+        grid = load_grid(GRIDS / "tiny.yaml", cwd=tmp_path / name)
+        assert grid.runs[0].config.to_dict()["data"]["dir"] == str((tmp_path / name / "data" / "bytes").resolve())
+        assert grid.ids_known and grid.runs[0].run_id == ids[name, "tiny"][0]
+    assert ids["a", "tiny"] == ids["b", "tiny"] and ids["a", "smoke"] == ids["b", "smoke"]
+    assert len(set(ids["a", "tiny"])) == len(ids["a", "tiny"]) == 39
+
+    other = _texts(tmp_path / "other", seed=1)
+    prep = cli("data", "prepare", "--tokenizer", "bytes", "--out", "data/bytes", "--input", other, "--force",
+               cwd=tmp_path / "b")
+    assert prep.returncode == 0, prep.stderr
+    out = cli("sweep", "tiny", "--dry-run", "--json", cwd=tmp_path / "b")
+    assert out.returncode == 0, out.stderr
+    again = [r["run_id"] for r in json.loads(out.stdout)]
+    assert len(again) == 39 and not set(again) & set(ids["a", "tiny"])
+
+
+def test_without_its_data_a_grid_plans_but_does_not_sweep(tmp_path):
+    """`plan paper` needs no ids (and no FineWeb); `sweep` without the data refuses in one line, exit 2."""
+    out = cli("plan", "paper", "--replicates", "10", "--bootstrap", "0", "--starts", "1", "--suggest", "0",
+              "--workers", "1", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["n_baseline_runs"] == 116
+    refused = cli("sweep", "tiny", "--executor", "debug", cwd=tmp_path)
+    assert refused.returncode == 2 and "data" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in refused.stderr and not (tmp_path / "sweeps" / "tiny").exists()
