@@ -39,6 +39,23 @@ def test_run_id_ignores_execution_settings():
     assert len(a.run_id()) == 12
 
 
+def test_run_id_holds_the_datas_identity_not_its_path():
+    """data.data_id (the content) is in the id, data.dir (where a job finds it) is not; config.yaml keeps both.
+    A config without an identity (written before identities) keeps its old, path-keyed id."""
+    a = cfg(data__dir="/scratch/me/data", data__data_id="ab" * 32)
+    moved = cfg(data__dir="/project/data", data__data_id="ab" * 32)
+    assert a.run_id() == moved.run_id() != cfg(data__dir="/scratch/me/data", data__data_id="cd" * 32).run_id()
+    assert a.semantic_dict()["data"] == {"data_id": "ab" * 32, "eval_tokens": 65536}
+    assert a.to_dict()["data"] == {"dir": "/scratch/me/data", "eval_tokens": 65536, "loader": "windows",
+                                   "data_id": "ab" * 32}
+    assert run_config_from_dict(a.to_dict()) == a
+    old = cfg(data__dir="/scratch/me/data")
+    assert "data_id" not in old.to_dict()["data"] and old.semantic_dict()["data"]["dir"] == "/scratch/me/data"
+    assert a.path_keyed_id() == old.run_id() == old.path_keyed_id() != cfg(data__dir="/project/data").run_id()
+    with pytest.raises(ConfigError, match="data.data_id: expected the data dir's identity"):
+        cfg(data__data_id="")
+
+
 def test_muon_ns_is_in_the_run_id_of_muonh_runs_only():
     """Polar Express (the default) enters muonh run ids; quintic, what every muonh run used before train.muon_ns
     existed, keeps the ids from before; adamw ids never hold it. Pinned: the ids of cfg() from before the key."""

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from loopscale.cli import main
+from loopscale.config import run_config_from_dict
 from loopscale.data.dataset import load_data
 from loopscale.training.loaders import batch_starts
 from loopscale.training.train import train_run
@@ -106,6 +107,11 @@ def test_train_run_writes_result_atomically(small_corpus, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.jsonl", "result.json"]
     rec = json.loads((out / "result.json").read_text())
     assert rec["iterations"] == 4 and rec["tokens"] == 1024 and np.isfinite(rec["val_loss"])
+    # Keyed by the data's content: the identity it trained on, in its config, its id and result.json.
+    want = json.loads((small_corpus / "meta.json").read_text())["data_id"]
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert rec["data_id"] == config["data"]["data_id"] == want and config["data"]["dir"] == str(small_corpus)
+    assert rec["run_id"] == run_config_from_dict(config).run_id() != run_config_from_dict(config).path_keyed_id()
     # Rerunning the same folder through the Python entry point gives the same loss (deterministic on CPU).
     again = train_run(out)
     assert again["val_loss"] == rec["val_loss"]
