@@ -210,8 +210,8 @@ def stale_why(run_dir: Path, rec: dict[str, Any], known: dict[tuple[str, str], A
         now = known[key]
         return f"trained on data {recorded[:12]}; {where} now holds data {now[:12]}" if now not in (None, recorded) \
             else None
-    start = run_start(run_dir, rec)
-    if known[key] is None or start is None or known[key] <= start + 1.0:  # the records keep whole seconds
+    start = run_start(run_dir, rec) if known[key] is not None else None  # no token files: nothing to read
+    if start is None or known[key] <= start + 1.0:  # the records keep whole seconds
         return None
     return f"{where} was prepared again after the run started (a run from before data identities)"
 
