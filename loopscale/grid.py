@@ -254,7 +254,10 @@ def grid_from_dict(raw: dict[str, Any], where: str = "grid", *, text: str | None
             raise GridError(f"{where}: data.dir: {e}") from None
     elif isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1:
         raise GridError(f"{where}: vocab_size: expected a positive integer, got {show(vocab)}")
-    data_id = identity.data_id(resolved)  # read from meta.json (computed once for a dir made before identities)
+    try:  # read from meta.json (computed once for a dir made before identities)
+        data_id = identity.data_id(resolved)
+    except OSError as e:
+        raise GridError(f"{where}: data.dir: {resolved}: cannot read its token files ({e.strerror or e})") from None
     if data_id is not None:
         data["data_id"] = data_id
     runs = expand({**raw, "data": data, "vocab_size": vocab}, where)
