@@ -450,6 +450,9 @@ def load_results(sweep_dir: str | Path, refresh: bool = True) -> "pandas.DataFra
     return _frame(pd.concat([df, pd.DataFrame(stale)], ignore_index=True) if stale else df)
 
 
+ROW_ORDER = ("probe", "r", "budget_flops", "tokens", "width", "seed", "run_id")  # the rows of load_results
+
+
 def _frame(df: "pandas.DataFrame") -> "pandas.DataFrame":  # noqa: F821
     import pandas as pd
 
@@ -459,7 +462,13 @@ def _frame(df: "pandas.DataFrame") -> "pandas.DataFrame":  # noqa: F821
     for c in ("r", "d_model", "width", "seed", "n_once", "n_rec", "tokens", "budget_flops", "loss"):
         df[c] = pd.to_numeric(df[c], errors="coerce")
     front = [c for c in LEAD if c in df.columns]
-    return df[front + [c for c in df.columns if c not in front]].reset_index(drop=True)
+    df = df[front + [c for c in df.columns if c not in front]]
+    # One order of rows for one set of runs, whatever their ids: a fit's sums (and so its last digits) do not move
+    # when ids change (re-keyed sweeps, moved data) or a run folder is renamed.
+    order = [c for c in ROW_ORDER if c in df.columns]
+    df = df.sort_values(order, kind="mergesort", na_position="last",
+                        key=lambda col: col.fillna("").astype(str) if col.dtype == object else col)
+    return df.reset_index(drop=True)
 
 
 def export(sweep_dir: str | Path, out: str | Path) -> Path:

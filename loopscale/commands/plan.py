@@ -155,11 +155,13 @@ def _print_plan(doc: dict, out: Console) -> None:
                       f"{sim['sd_ratio']:.3f} ± {sim['sd_ratio_se']:.3f}; the sandwich predicted × {sim['fisher_ratio']:.3f}",
                       highlight=False)
     if doc["low_information"]:
-        lo = Table(title="runs carrying least information on φ per FLOP")
+        waits = any(row["run_id"] is None for row in doc["low_information"])
+        lo = Table(title="runs carrying least information on φ per FLOP"
+                   + (" (no run ids: they wait for the grid's data)" if waits else ""))
         for col in ("run", "budget", "width d", "r", "FLOPs", "CI wider if dropped"):
             lo.add_column(col, justify="right" if col != "run" else "left")
         for row in doc["low_information"]:
-            lo.add_row(row["run_id"], _budget(row), str(row["width"]), str(row["r"]), f"{row['flops']:.3g}",
+            lo.add_row(row["run_id"] or "—", _budget(row), str(row["width"]), str(row["r"]), f"{row['flops']:.3g}",
                        f"{100 * max(row['ci_widening'], 0.0):.3f}%")
         out.print(lo)
     out.print(f"phi_ci_width: {doc['phi_ci_width_method']}", highlight=False, soft_wrap=True)

@@ -65,7 +65,7 @@ def _stat_key(data_dir: Path) -> tuple[str, int, int] | None:
 
 def data_id(data_dir: str | Path, note: Callable[[str], None] = _note) -> str | None:
     """The identity of a prepared data dir; None when it holds no readable meta.json (not prepared, or being
-    prepared). Read from meta.json; for a folder prepared before identities existed, computed once and stored
+    prepared) or, made before identities, lacks a token file. Read from meta.json; for a folder prepared before identities existed, computed once and stored
     there (see the module docstring)."""
     data_dir = Path(data_dir).expanduser()
     key = _stat_key(data_dir)
@@ -81,6 +81,8 @@ def data_id(data_dir: str | Path, note: Callable[[str], None] = _note) -> str | 
         return None
     found = meta.get(ID_KEY)
     if not isinstance(found, str):
+        if not all((data_dir / name).is_file() for name in TOKEN_FILES.values()):
+            return None  # a meta.json without its token files: not a prepared data dir
         found = _identify_old(data_dir, meta, note)
     key = _stat_key(data_dir)  # after a rewrite: the file it is now
     if key is not None:

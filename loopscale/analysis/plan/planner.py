@@ -164,6 +164,9 @@ def plan_grid(grid, law: Law, *, law_source: str = "paper", noise: float = PLAN_
         doc["suggestions"] = picks
         doc["low_information"] = (low_information_runs(target, t_law, noise, suggest, delta, among=runs["run_id"])
                                   if suggest > 0 else [])
+        if not getattr(grid, "ids_known", True):  # no data yet: the runs have no ids (their keys are not folders)
+            for row in doc["low_information"]:
+                row["run_id"] = None
     doc["n_baseline_runs"] = len(base)
     doc["seconds"] = time.perf_counter() - t0
     return PlanReport(doc, notes)
