@@ -69,8 +69,10 @@ def test_shipped_grids_are_found_by_name_outside_the_source_tree(wheel_site, tmp
 
     out = run_installed(wheel_site, tmp_path, "sweep", "tiny", "--dry-run", "--json")
     assert out.returncode == 0, out.stderr
-    rows = json.loads(out.stdout)
-    assert len(rows) == 39 and {r["action"] for r in rows} == {"submit"}
+    doc = json.loads(out.stdout)  # no data prepared in this folder: the run ids wait for it
+    assert doc["ids_wait_for_data"] is True and doc["data_dir"] == str(tmp_path / "data" / "bytes"), doc
+    rows = doc["runs"]
+    assert len(rows) == 39 and {r["action"] for r in rows} == {"submit"} and {r["run_id"] for r in rows} == {None}
 
     out = run_installed(wheel_site, tmp_path, "sweep", "no-such-grid", "--dry-run")
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
