@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from loopscale.analysis.adaptive.rule import check_rule, half_needs, rule_deficits
+from loopscale.analysis.adaptive.rule import check_rule, half_needs, halves, near_optimum, rule_deficits, width_room
 from loopscale.analysis.defaults import HUBER_DELTA
 from loopscale.analysis.law import Law, log_prediction, params_of
 from loopscale.analysis.plan.sandwich import Z95, information, sandwich_phi
 from loopscale.analysis.regime import MAX_PHI_CI_WIDTH
 
 EXISTING_CELL_FACTOR = 0.5  # a run in a cell the design has narrows the cell-bootstrap CI this share of the sandwich's
+WINDOW = 2  # widths within this many places of a cell's fitted optimum (5 per cell)
 MIN_RELATIVE_FALL = 1e-3  # a run expected to narrow the CI by less than this share "does not help"
 STOP_WORDS = {"target": "target met and trustworthy", "budget": "budget spent",
               "no_help": "no candidate expected to help"}
@@ -73,10 +74,20 @@ def predictions(space, data, theta: np.ndarray) -> np.ndarray:
     return np.exp(log_prediction(theta[None], data)[0])
 
 
+def _objective(A, B, half, split: bool) -> np.ndarray:
+    """The sd the score lowers, for stacks of information matrices: φ's sandwich sd, or with ``split`` the sd
+    of φ_low − φ_high (each half's sandwich variance, summed); ``half``: (A_low, B_low, A_high, B_high)."""
+    if not split:
+        return np.sqrt(sandwich_phi(A, B))
+    return np.sqrt(sandwich_phi(half[0], half[1]) + sandwich_phi(half[2], half[3]))
+
+
 def choose(space, data, mask: np.ndarray, theta: np.ndarray, noise: float, width_now: float, k: int,
-           flops_left: float, *, trust_fit: bool = True, mode: str = "score", rng=None,
+           flops_left: float, *, trust_fit: bool = True, split_failed: bool = False, mode: str = "score", rng=None,
            delta: float = HUBER_DELTA) -> Choice:
-    """The next ``k`` runs for design ``mask`` under the fit θ and ``noise`` (nats); see the module docstring."""
+    """The next ``k`` runs for design ``mask`` under the fit θ and ``noise`` (nats); see the module docstring.
+    ``split_failed``: the last look's split-half check failed, so the score lowers the sd of φ_low − φ_high
+    instead of φ's; widths are placed within WINDOW places of each cell's fitted optimum."""
     flops = space.flops
     chosen = Choice()
     taken = mask.copy()
@@ -100,21 +111,24 @@ def choose(space, data, mask: np.ndarray, theta: np.ndarray, noise: float, width
 
     law = Law(**params_of(theta))
     J, a, b = information(space.table, law, noise, delta)
-    A = (J[mask] * a[mask, None]).T @ J[mask]
-    B = (J[mask] * b[mask, None]).T @ J[mask]
-    for p in chosen.picks:
-        A, B = A + a[p.row] * np.outer(J[p.row], J[p.row]), B + b[p.row] * np.outer(J[p.row], J[p.row])
-    var0 = float(sandwich_phi(A[None], B[None])[0])
-    sandwich_width = 2 * Z95 * math.sqrt(var0) if math.isfinite(var0) else math.nan
+    outer = np.einsum("ci,cj->cij", J, J)
+    c = space.table["budget_flops"].to_numpy(dtype=float)
+    low_top = halves(c[mask])[0].max(initial=-np.inf)
+    in_low = c <= low_top
+    A = np.einsum("c,cij->ij", a * taken, outer)
+    B = np.einsum("c,cij->ij", b * taken, outer)
+    half = [np.einsum("c,cij->ij", v * taken * side, outer) for side in (in_low, ~in_low) for v in (a, b)]
+    sd0 = float(_objective(A[None], B[None], [h[None] for h in half], False)[0])
+    sandwich_width = 2 * Z95 * sd0
     scale = width_now / sandwich_width if math.isfinite(width_now) and sandwich_width > 0 else 1.0
     chosen.width_before = width_now if math.isfinite(width_now) else None
     cells = space.table["cell"].to_numpy()
-    outer = np.einsum("ci,cj->cij", J, J)
-    var, sd_pred = var0, math.sqrt(var0)
+    allowed = near_optimum(space, predictions(space, data, theta), WINDOW) if trust_fit else np.ones(len(c), bool)
+    sd_pred = full_sd = sd0
     while len(chosen.picks) < k:
-        free = np.flatnonzero(~taken & (flops <= left * (1 + 1e-12)))
+        free = np.flatnonzero(~taken & allowed & width_room(space, taken) & (flops <= left * (1 + 1e-12)))
         if free.size == 0:
-            chosen.blocked_by_budget = bool((~taken).any())
+            chosen.blocked_by_budget = bool((~taken & allowed).any())
             break
         need = half_needs(space, taken)
         if need.size:
@@ -122,25 +136,33 @@ def choose(space, data, mask: np.ndarray, theta: np.ndarray, noise: float, width
             if free.size == 0:
                 chosen.blocked_by_budget = True
                 break
-        v = sandwich_phi(A[None] + a[free, None, None] * outer[free], B[None] + b[free, None, None] * outer[free])
-        fall = np.sqrt(var) - np.sqrt(v)  # fall of the sandwich sd
-        in_cell = np.isin(cells[free], cells[taken])
-        fall = np.where(in_cell, EXISTING_CELL_FACTOR * fall, fall)
-        if mode == "random":
-            j = int(rng.integers(free.size)) if not need.size else int(np.argmax(fall / flops[free]))
+        now = float(_objective(A[None], B[None], [h[None] for h in half], split_failed)[0])
+        Af, Bf = A[None] + a[free, None, None] * outer[free], B[None] + b[free, None, None] * outer[free]
+        lo = in_low[free][:, None, None]
+        hf = [h[None] + np.where(lo == (i < 2), v[free, None, None] * outer[free], 0.0)
+              for i, (h, v) in enumerate(zip(half, (a, b, a, b)))]
+        after = _objective(Af, Bf, hf, split_failed)
+        fall = np.where(np.isfinite(after), (now - after) if math.isfinite(now) else 1.0, 0.0)
+        fall = np.where(np.isin(cells[free], cells[taken]), EXISTING_CELL_FACTOR * fall, fall)
+        helps = fall > MIN_RELATIVE_FALL * (now if math.isfinite(now) else 1.0)
+        if need.size:
+            helps[:] = True
+        if not helps.any():
+            break
+        if mode == "random" and not need.size:
+            j = int(rng.choice(np.flatnonzero(helps)))
             why = "random"
         else:
-            j = int(np.argmax(fall / flops[free]))
-            why = "score"
-        if not need.size and mode != "random" and not fall[j] > MIN_RELATIVE_FALL * math.sqrt(var):
-            break
+            j = int(np.argmax(np.where(helps, fall / flops[free], -np.inf)))
+            why = "halves: a budget for the split-half check" if need.size else "score"
         row = int(free[j])
-        if need.size:
-            why = "halves: a budget for the split-half check"
+        full_after = float(_objective(Af[j:j + 1], Bf[j:j + 1], None, False)[0])
+        factor = EXISTING_CELL_FACTOR if cells[row] in set(cells[taken]) else 1.0
         take(row, why)
-        A, B = A + a[row] * outer[row], B + b[row] * outer[row]
-        var = float(sandwich_phi(A[None], B[None])[0])
-        sd_pred = max(sd_pred - float(fall[j]), 0.0)
+        A, B = Af[j], Bf[j]
+        half = [h[j] for h in hf]
+        sd_pred = max(sd_pred - factor * (full_sd - full_after), 0.0)
+        full_sd = full_after
         chosen.picks[-1].width_after = scale * 2 * Z95 * sd_pred
     return chosen
 

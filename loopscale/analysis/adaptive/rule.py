@@ -24,6 +24,10 @@ from loopscale.analysis.cells import MIN_WIDTHS, one_cell
 from loopscale.analysis.regime import SPLIT_HALF_FLOOR
 
 MIN_HALF_BUDGETS = 2  # budgets each half of the split-half check needs
+SPREAD = 2  # an end cell's widths: the fitted optimum and the candidate widths this many places to each side
+# (adjacent widths around the optimum see a valley too shallow for 0.01-nat noise: the cell then fails fit's
+# bracketing check on its real losses)
+MAX_OTHER_WIDTHS = 2  # a cell neither of the pilot nor an end cell gets at most this many widths (not judged)
 
 
 def halves(budgets) -> tuple[np.ndarray, np.ndarray]:
@@ -89,9 +93,9 @@ def rule_deficits(space, mask: np.ndarray, pred: np.ndarray, trust_fit: bool) ->
             best = {}
             for i in rows:  # one prediction per width (seed repeats share it)
                 best.setdefault(int(w[i]), pred[i])
-            k = int(np.argmin([best[v] for v in widths]))
-            k = min(max(k, 1), len(widths) - 2) if len(widths) >= 3 else k
-            wanted = widths[max(k - 1, 0): k + 2]
+            k = int(np.argmin([best[v] for v in widths]))  # the optimum and SPREAD places to each side
+            k = min(max(k, SPREAD), len(widths) - 1 - SPREAD) if len(widths) > 2 * SPREAD else len(widths) // 2
+            wanted = sorted({widths[max(k - SPREAD, 0)], widths[k], widths[min(k + SPREAD, len(widths) - 1)]})
         else:
             own = [v for v in fixed_widths.get((float(budget), int(rr)), []) if v in widths]
             mid = max(0, len(widths) // 2 - 1)
@@ -125,3 +129,31 @@ def split_ok(phi_low: float | None, phi_high: float | None, ci_width: float | No
     if not all(math.isfinite(v) for v in (phi_low, phi_high, ci_width)):
         return False
     return abs(phi_low - phi_high) <= max(math.sqrt(2) * ci_width / 2, SPLIT_HALF_FLOOR)
+
+
+def near_optimum(space, pred: np.ndarray, window: int = 1) -> np.ndarray:
+    """Rows whose width lies within ``window`` places of its (budget, r) cell's optimum under ``pred`` (the
+    current fit's noise-free losses), among the cell's candidate widths: where the choice may place widths, so
+    that a cell with ≥ MIN_WIDTHS widths brackets its optimum."""
+    t = space.table
+    out = np.zeros(len(t), dtype=bool)
+    w = t["width"].to_numpy()
+    for _, rows in t.groupby("cell").indices.items():
+        widths = np.unique(w[rows])
+        best = {int(w[i]): pred[i] for i in rows}
+        k = int(np.argmin([best[int(v)] for v in widths]))
+        keep = widths[max(k - window, 0): k + window + 1]
+        out[rows] = np.isin(w[rows], keep)
+    return out
+
+
+def width_room(space, mask: np.ndarray) -> np.ndarray:
+    """Rows the choice may still add without making a cell that is neither the pilot's nor an end cell hold
+    more than MAX_OTHER_WIDTHS widths: such a cell would be judged by fit's bracketing check on a few noisy
+    losses near its optimum."""
+    t = space.table
+    ends = {f"C{c:.6g}|r{r:g}" for c, r in end_cell_keys(space)}
+    pilot_cells = set(t["cell"][space.pilot])
+    counts = t["cell"][mask].value_counts()
+    full = {c for c, k in counts.items() if k >= MAX_OTHER_WIDTHS and c not in ends and c not in pilot_cells}
+    return ~t["cell"].isin(full).to_numpy()

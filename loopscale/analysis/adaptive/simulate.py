@@ -102,7 +102,7 @@ def run_policy(space, law: Law, losses: np.ndarray, *, noise: float, target: flo
                 continue
             trust = bool(look.r2[i] >= MIN_R2 and look.bounds_ok[i] and math.isfinite(look.width[i]))
             ch = choose(space, data, masks[k], theta[k], noise, float(look.width[i]), batch, cap - spent[k],
-                        trust_fit=trust, mode=mode, rng=rng)
+                        trust_fit=trust, split_failed=not bool(look.split_ok[i]), mode=mode, rng=rng)
             if not ch.picks:
                 reason[k] = "budget" if ch.blocked_by_budget else "no_help"
                 continue
