@@ -27,7 +27,8 @@ MIN_HALF_BUDGETS = 2  # budgets each half of the split-half check needs
 SPREAD = 2  # an end cell's widths: the fitted optimum and the candidate widths this many places to each side
 # (adjacent widths around the optimum see a valley too shallow for 0.01-nat noise: the cell then fails fit's
 # bracketing check on its real losses)
-MAX_OTHER_WIDTHS = 2  # a cell neither of the pilot nor an end cell gets at most this many widths (not judged)
+MAX_OTHER_WIDTHS = 3  # a cell neither of the pilot nor an end cell gets at most this many widths (3 measured
+# better than 2 in a 6-replicate check on paper.yaml: 3 of 6 reached against 2 of 6)
 
 
 def halves(budgets) -> tuple[np.ndarray, np.ndarray]:
