@@ -74,7 +74,8 @@ def check_rule(space, mask: np.ndarray, loss: np.ndarray) -> RuleCheck:
 
 
 def rule_deficits(space, mask: np.ndarray, pred: np.ndarray, trust_fit: bool) -> list[tuple[int, str]]:
-    """Runs (universe rows, not in ``mask``) that the end cells still need, with why: per end cell, the width
+    """Runs (universe rows, not in ``mask``) that the end cells still need, with why: per end cell that does not
+    bracket the optimum of ``pred`` yet, the width
     nearest the optimum of ``pred`` (the current fit's noise-free losses) among the cell's candidate widths and
     one on each side of it. Without ``trust_fit`` (a pilot that fits poorly) the widths are the grid's own at
     that budget, else the middle three candidate widths. The budgets per half are left to the scored picks
@@ -89,6 +90,10 @@ def rule_deficits(space, mask: np.ndarray, pred: np.ndarray, trust_fit: bool) ->
         if rows.size == 0:
             continue
         rows = rows[np.argsort(w[rows], kind="stable")]
+        inside = rows[mask[rows]]
+        nn = (t["n_once"] + t["n_rec"]).to_numpy(dtype=float)
+        if inside.size and one_cell(nn[inside], pred[inside], budget, rr).where == "inside":
+            continue  # bracketed already (under the fit)
         widths = sorted(set(int(v) for v in w[rows]))
         if trust_fit:
             best = {}
