@@ -35,6 +35,12 @@ A grid names the model family, the training settings, and the axes of the sweep:
     executor: {kind: auto, ...}     # loopscale.executor_config.ExecutorConfig; never in a run's identity
     tracker: {kind: tensorboard}    # optional experiment tracker (loopscale.trackers): tensorboard | wandb
                                     #   (project, entity, mode) | mlflow (tracking_uri); never in a run's id
+    adaptive:                       # optional, flops grids only: what `plan --adaptive` (and sweep --until-ci)
+      pilot: [1e13, 2e13]           #   trains first (grid budgets; default: the two smallest) and the candidate
+      budgets: [1e13, 4e13]         #   space: FLOP budgets (default: the grid's), widths (default: every width
+      midpoints: true               #   it trains) and r (default: the grid's); midpoints (default true) adds
+      widths: [64, 96, 128]         #   the geometric midpoint between neighbouring budgets. Every key optional,
+      r: [1, 4]                     #   unknown keys are errors (Grid.adaptive: the parsed section, or None)
 
 Identical runs expand once: the r = 1 model is the same for every probe, so a grid with
 ``probes: [none, tbptt]`` trains each r = 1 run a single time (its ``probes`` lists both; a probe's
@@ -78,7 +84,8 @@ from loopscale.validate import GridError, as_list, int_list, number, mapping, nu
 
 WIDTH_UNIT = 64  # d = 64·s (method.md §2)
 TOP_KEYS = ("name", "description", "model", "train", "data", "vocab_size", "r", "widths", "s", "tokens",
-            "flops", "runs", "repeats", "probes", "seeds", "executor", "tracker")
+            "flops", "runs", "repeats", "probes", "seeds", "executor", "tracker", "adaptive")
+ADAPTIVE_KEYS = ("pilot", "budgets", "midpoints", "widths", "r")
 AXIS_MODEL_KEYS = {"d_model": "widths/s", "r": "r", "probe": "probes"}
 AXIS_TRAIN_KEYS = {"tokens": "tokens/flops/runs", "budget_flops": "flops/runs", "seed": "seeds"}
 RUN_KEYS = ("r", "d_model", "s", "tokens", "budget_flops", "probe", "seed")
@@ -151,6 +158,7 @@ class Grid:
     vocab_from_data: bool  # vocab_size was read from the data dir rather than given
     tracker: tracker_section.TrackerConfig | None = None  # the grid's tracker section (also in each run's config)
     data_id: str | None = None  # the data dir's identity (in every run's config and id); None: not prepared yet
+    adaptive: dict | None = None  # the parsed `adaptive:` section (_adaptive_section), None without one
 
     @property
     def ids_known(self) -> bool:
@@ -265,7 +273,35 @@ def grid_from_dict(raw: dict[str, Any], where: str = "grid", *, text: str | None
         runs = [dataclasses.replace(s, config=dataclasses.replace(s.config, tracker=tracker)) for s in runs]
     dumped = text if text is not None else yaml.safe_dump(raw, sort_keys=False)
     return Grid(name, path, dumped, raw, runs, executor, resolved, vocab, raw.get("vocab_size") is None, tracker,
-                data_id)
+                data_id, _adaptive_section(raw, where, runs))
+
+
+def _adaptive_section(raw: dict[str, Any], where: str, runs: list[RunSpec]) -> dict | None:
+    """The `adaptive:` section, checked against the grid's runs: {pilot, budgets, midpoints, widths, r}."""
+    if "adaptive" not in raw:
+        return None
+    sec, key = raw["adaptive"], f"{where}: adaptive"
+    if not isinstance(sec, dict):
+        raise GridError(f"{key}: expected a mapping ({', '.join(ADAPTIVE_KEYS)}), got {show(sec)}")
+    unknown = [k for k in sec if k not in ADAPTIVE_KEYS]
+    if unknown:
+        raise GridError(f"{key}.{unknown[0]}: unknown key (allowed: {', '.join(ADAPTIVE_KEYS)})")
+    if "flops" not in raw:
+        raise GridError(f"{key}: needs a grid of FLOP budgets (`flops:`), not token budgets or a run list")
+    own = sorted({float(s.budget_flops) for s in runs if s.budget_flops is not None})
+    out = {"pilot": sorted(float(v) for v in number_list(sec.get("pilot", own[:2]), f"{key}.pilot", integer=False)),
+           "budgets": sorted(float(v) for v in number_list(sec.get("budgets", own), f"{key}.budgets", integer=False)),
+           "midpoints": sec.get("midpoints", True),
+           "widths": int_list(sec, "widths", key, default=sorted({s.d_model for s in runs})),
+           "r": int_list(sec, "r", key, default=sorted({s.r for s in runs}))}
+    if not isinstance(out["midpoints"], bool):
+        raise GridError(f"{key}.midpoints: expected true or false, got {show(out['midpoints'])}")
+    missing = [b for b in out["pilot"] if b not in own]
+    if missing:
+        raise GridError(f"{key}.pilot: {missing[0]:g} is not one of the grid's budgets ({', '.join(f'{b:g}' for b in own)})")
+    if any(b <= 0 for b in out["budgets"]) or len(set(out["budgets"])) < 2:
+        raise GridError(f"{key}.budgets: expected at least two distinct positive FLOP budgets")
+    return out
 
 
 # --- expansion -------------------------------------------------------------------------------

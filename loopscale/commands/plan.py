@@ -201,6 +201,13 @@ def register(app: typer.Typer) -> None:
         suggest: int = typer.Option(5, help="Cells to suggest adding (and low-information runs to list)."),
         workers: Optional[int] = typer.Option(None, help="Processes (default: all cores)."),
         json_out: bool = typer.Option(False, "--json", help="Print the prediction as JSON and nothing else."),
+        adaptive: bool = typer.Option(False, "--adaptive", help="Simulate an adaptive sweep that stops at --until-ci "
+                                      "(against the fixed grid and random picks)."),
+        until_ci: Optional[str] = typer.Option(None, "--until-ci", metavar="W", help="With --adaptive: the φ CI "
+                                               "width to reach, or 'fixed' (the fixed grid's own predicted width)."),
+        batch: int = typer.Option(8, "--batch", help="With --adaptive: runs chosen per round (K)."),
+        max_flops: Optional[float] = typer.Option(None, "--max-flops", help="With --adaptive: FLOP cap (default "
+                                                  "twice the fixed grid's)."),
     ) -> None:
         """Will this grid measure φ? Simulate it under a prior law, fit every replicate as `fit` does,
         and report φ's expected CI, a probe's chance to resolve Δφ, the cost, and cells worth adding."""
@@ -212,6 +219,13 @@ def register(app: typer.Typer) -> None:
 
         if law is not None and from_sweep is not None:
             raise UserError("give --law or --from, not both")
+        if adaptive or until_ci is not None:
+            from loopscale.commands.plan_adaptive import run_adaptive
+
+            run_adaptive(grid_file, law=law, from_sweep=from_sweep, noise=noise, until_ci=until_ci, adaptive=adaptive,
+                         replicates=replicates if replicates != 100 else 50, batch=batch, max_flops=max_flops,
+                         seed=seed, fit_starts=fit_starts, workers=workers, json_out=json_out)
+            return
         if fit_starts < 0:
             raise UserError(f"--fit-starts must be non-negative, got {fit_starts}")
         check_plan_args(noise=noise, replicates=replicates, bootstrap=bootstrap, seed=seed, starts=starts,
