@@ -123,7 +123,8 @@ def step(grid: Grid, space, sweep_dir, ex, s: Settings, *, say: Callable[[str], 
         say(f"round {last['round']}: {len(flying)} run(s) in flight" +
             (f", {len(pending)} (re)submitted (not submitted yet, or stopped before their end)" if pending else ""))
         out = submit(grid, [specs[r] for r in active if states[r].state not in FAILED], sweep_dir, ex, s, progress)
-        if not s.wait and out.plan.kind != "debug":
+        kind = out.plan.kind if out is not None else ex.kind
+        if not s.wait and kind != "debug":
             return "waiting"
         states = scheduler.run_states(sweep_dir, active)
         if any(states[r].state in IN_FLIGHT for r in active):

@@ -90,6 +90,7 @@ def summary_line(s: dict) -> str:
     else:
         lo, hi = s["ci"]
         fit = f"φ {s['phi']:.3f} [{lo:.3f}, {hi:.3f}], CI width {s['width']:.3f} ({s['verdict']})"
-    end = f"; stopped: {s['stop_line']}" if s["stop"] else ""
-    return (f"adaptive: round {s['round']}, {fit}, target {s['target']:g}; "
+    end = f"; {s['stop_line']}" if s["stop"] else ""
+    return (f"adaptive: round {s['round']}, {fit}, target {s['target']:g}"
+            f"{' (until trustworthy)' if s['target'] >= 0.35 else ''}; "
             f"{s['flops_so_far']:.3g} of {s['cap_flops']:.3g} FLOPs{end}")
