@@ -226,3 +226,14 @@ def test_two_real_rounds_on_the_debug_executor(tmp_path, tiny_data):
     assert again.returncode == 0 and "stopped, budget spent" in again.stdout and "running" not in again.stdout
     assert len(read_rounds(sweep_dir)) == 3
     shutil.rmtree(sweep_dir)
+
+
+def test_a_pilot_that_failed_whole_is_retried_before_any_fit(monkeypatch, tmp_path, tiny_adaptive):
+    grid, space = tiny_adaptive
+    pilot = [str(r) for r in space.table.loc[space.pilot, "run_id"]]
+    word, fake = drive(monkeypatch, grid, space, tmp_path, settings(space), fake=FakeSubmit(fail=dict.fromkeys(pilot, 1)))
+    recs = read_rounds(tmp_path)
+    assert recs[1]["look"] is None and sorted(recs[1]["retried"]) == sorted(pilot) and recs[1]["runs"] == []
+    assert recs[2]["look"]["runs_fitted"] == len(pilot) and word == "stopped"
+    with pytest.raises(Exception, match="too few to fit"):  # failed twice: nothing left to fit
+        drive(monkeypatch, grid, space, tmp_path / "b", settings(space), fake=FakeSubmit(fail=dict.fromkeys(pilot, 2)))

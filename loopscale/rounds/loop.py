@@ -38,6 +38,7 @@ from loopscale.submit import SweepProgress, run_sweep, scheduler
 FAILED = ("failed", "corrupt")  # retried once, then left out
 RESUMED = ("cancelled", "timeout", "lost")  # stopped before their end: resubmitted, they resume from a checkpoint
 GAVE_UP = ("diverged",)  # over, never fitted: left out at once
+MIN_FITTED = 6  # finished runs a look needs (as the bootstrap's identifiable designs)
 
 
 @dataclass
@@ -145,6 +146,17 @@ def step(grid: Grid, space, sweep_dir, ex, s: Settings, *, say: Callable[[str], 
     design_mask = rows_of(space, [spec_key(sp) for sp in specs.values()])
     spent = float(last["flops_so_far"]) + float(sum(specs[r].flops for r in to_retry))
     t = int(last["round"]) + 1
+    if fit_mask.sum() < MIN_FITTED:
+        if not to_retry:
+            raise UserError(f"{sweep_dir}: only {int(fit_mask.sum())} run(s) of the adaptive design finished, too few "
+                            f"to fit (≥ {MIN_FITTED}); {len(left_out)} left out after failing twice: see "
+                            f"`loopscale status {sweep_dir}`")
+        append_round(sweep_dir, {"round": t, "target": s.target, "cap_flops": s.cap_flops, "batch": s.batch,
+                                 "look": None, "runs": [], "predicted_width": None, "retried": to_retry,
+                                 "left_out": left_out, "flops_so_far": spent, "stop": None, "stop_line": None})
+        say(f"round {t}: {int(fit_mask.sum())} run(s) finished, too few to fit; {len(to_retry)} failed run(s) retried")
+        submit(grid, [specs[r] for r in active if r not in left_out], sweep_dir, ex, s, progress)
+        return "submitted"
     lk = look(space, fit_mask, design_mask, loss, target=s.target, batch=s.batch,
               flops_left=s.cap_flops - spent, seed=s.seed)
     doc = lk.to_dict()
