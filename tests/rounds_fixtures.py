@@ -46,7 +46,7 @@ class FakeSubmit:
             fake_result(run_dir, sp.run_id, self.loss(sp), status=status, r=sp.r, d_model=sp.d_model, seed=sp.seed,
                         n_once=sp.n_once, n_rec=sp.n_rec, tokens=sp.tokens, budget_flops=sp.budget_flops,
                         flops_total=sp.flops)
-        return None
+
 
 
 DEBUG = ExecutorConfig(kind="debug")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -231,7 +230,8 @@ def test_two_real_rounds_on_the_debug_executor(tmp_path, tiny_data):
 def test_a_pilot_that_failed_whole_is_retried_before_any_fit(monkeypatch, tmp_path, tiny_adaptive):
     grid, space = tiny_adaptive
     pilot = [str(r) for r in space.table.loc[space.pilot, "run_id"]]
-    word, fake = drive(monkeypatch, grid, space, tmp_path, settings(space), fake=FakeSubmit(fail=dict.fromkeys(pilot, 1)))
+    word, _ = drive(monkeypatch, grid, space, tmp_path, settings(space),
+                    fake=FakeSubmit(fail=dict.fromkeys(pilot, 1)))
     recs = read_rounds(tmp_path)
     assert recs[1]["look"] is None and sorted(recs[1]["retried"]) == sorted(pilot) and recs[1]["runs"] == []
     assert recs[2]["look"]["runs_fitted"] == len(pilot) and word == "stopped"
