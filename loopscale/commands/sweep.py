@@ -188,7 +188,7 @@ def register(app: typer.Typer) -> None:
         if until_ci is not None:
             progress = ConsoleProgress(console, False)
             try:
-                run_adaptive(console, grid, sweep_dir, ex, until_ci=until_ci, max_flops=max_flops,
+                run_adaptive(console, grid_arg, grid, sweep_dir, ex, until_ci=until_ci, max_flops=max_flops,
                              max_hours=max_hours, batch=batch, wait=wait, poll=poll, dry_run=dry_run,
                              progress=progress)
             except KeyboardInterrupt:

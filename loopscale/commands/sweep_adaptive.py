@@ -24,17 +24,17 @@ def refuse_early(until_ci, probe, dry_run: bool, as_json: bool, grid=None) -> No
         raise UserError("--until-ci prints its rounds as lines (their records: SWEEP/rounds.jsonl); drop --json")
 
 
-def dry_run_refusal(grid, space) -> UserError:
+def dry_run_refusal(grid_arg: str, space) -> UserError:
     """--until-ci with --dry-run: what the pilot would train instead."""
     budgets = sorted(set(space.table.loc[space.pilot, "budget_flops"]))
     return UserError(f"--until-ci with --dry-run: an adaptive sweep chooses its runs as it goes; its pilot would train "
                      f"{int(space.pilot.sum())} run(s) at budgets {', '.join(f'{b:.3g}' for b in budgets)} "
                      f"({space.pilot_flops:.3g} FLOPs), then up to {len(space.table) - int(space.pilot.sum())} "
-                     f"candidates; `loopscale plan {grid.name} --adaptive --until-ci W` simulates the whole sweep")
+                     f"candidates; `loopscale plan {grid_arg} --adaptive --until-ci W` simulates the whole sweep")
 
 
-def run_adaptive(console, grid, sweep_dir: Path, ex, *, until_ci: float, max_flops, max_hours, batch, wait: bool,
-                 poll: float, dry_run: bool, progress) -> None:
+def run_adaptive(console, grid_arg: str, grid, sweep_dir: Path, ex, *, until_ci: float, max_flops, max_hours,
+                 batch, wait: bool, poll: float, dry_run: bool, progress) -> None:
     from loopscale.analysis.adaptive import build_space
     from loopscale.rounds import Settings, until_stop
     from loopscale.rounds import settings as rs
@@ -43,7 +43,7 @@ def run_adaptive(console, grid, sweep_dir: Path, ex, *, until_ci: float, max_flo
     rs.check_args(until_ci, max_flops, max_hours, batch)
     space = build_space(grid)  # refuses token budgets
     if dry_run:
-        raise dry_run_refusal(grid, space)
+        raise dry_run_refusal(grid_arg, space)
     check_data(grid)
     g = dataclasses.replace(grid, executor=ex)
     cap, cap_line = rs.cap(g, space, max_flops, max_hours)

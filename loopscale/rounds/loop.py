@@ -59,8 +59,10 @@ def run_entry(spec, why: str, width_after=None) -> dict:
 def stop_line(reason: str, s: Settings, look_doc: dict | None, spent: float) -> str:
     fit = ""
     if look_doc and look_doc.get("width") is not None:
-        fit = f": φ {look_doc['phi']:.3f} [{look_doc['ci'][0]:.3f}, {look_doc['ci'][1]:.3f}], width {look_doc['width']:.3f}"
-    return (f"stopped, {STOP_WORDS[reason]}{fit} (target {target_width(s.target):.3g}, {look_doc['verdict'] if look_doc else ''}; "
+        lo, hi = look_doc["ci"]
+        fit = f": φ {look_doc['phi']:.3f} [{lo:.3f}, {hi:.3f}], width {look_doc['width']:.3f}"
+    verdict = f", {look_doc['verdict']}" if look_doc else ""
+    return (f"stopped, {STOP_WORDS[reason]}{fit} (target {target_width(s.target):.3g}{verdict}; "
             f"{spent:.3g} of {s.cap_flops:.3g} FLOPs)")
 
 
