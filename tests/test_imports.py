@@ -11,6 +11,8 @@ The layers (README, "Code map"), each allowed to import only the ones named afte
 - ``loopscale.submit`` (sweep folders, executors, the scheduler): core, data, probes, trackers, and training
   only through the one bridge (``BRIDGE``: the function that runs inside a job and calls the trainer);
 - ``loopscale.analysis`` (statistics and plots of results): core, ``loopscale.data.format``, probes;
+- ``loopscale.rounds`` (adaptive sweeps that run: the policy's look, submitted round by round): core, data,
+  probes, trackers, analysis, submit;
 - ``loopscale.report``: core, probes, analysis, submit (the scheduler's word on runs in flight);
 - ``loopscale.commands`` and ``loopscale.cli`` (parse and print): anything.
 
@@ -44,7 +46,7 @@ MAX_TOP_MODULES = 16
 SHIM_LINES = 10  # a module this short that only re-exports an old path is a shim
 # The one import from submit into training: the job-side function that calls the trainer, inside the job.
 BRIDGE = ("loopscale.submit.job", "loopscale.training.train")
-LAYERS = ("core", "data", "probes", "trackers", "training", "submit", "analysis", "report", "commands")
+LAYERS = ("core", "data", "probes", "trackers", "training", "submit", "analysis", "rounds", "report", "commands")
 MAY_IMPORT = {
     "core": {"core", "data", "probes", "trackers"},  # data: its format module only (FORMAT)
     "data": {"core", "data"},
@@ -53,6 +55,7 @@ MAY_IMPORT = {
     "training": {"core", "data", "probes", "trackers", "training"},
     "submit": {"core", "data", "probes", "trackers", "submit"},  # training only through BRIDGE
     "analysis": {"core", "data", "probes", "analysis"},  # data: its format module only (FORMAT)
+    "rounds": {"core", "data", "probes", "trackers", "analysis", "submit", "rounds"},  # adaptive sweeps that run
     "report": {"core", "probes", "analysis", "submit", "report"},
     "commands": set(LAYERS),
 }

@@ -154,13 +154,30 @@ def register(app: typer.Typer) -> None:
                                            "else CPU cores / threads per job)."),
         threads_per_job: Optional[int] = typer.Option(None, help="Torch CPU threads per local run."),
         poll: float = typer.Option(5.0, help="Seconds between status polls with --wait."),
+        until_ci: Optional[float] = typer.Option(None, "--until-ci", metavar="W", help="Adaptive: train the pilot, "
+                                                 "then choose runs round by round until phi's CI is W wide and the "
+                                                 "fit trustworthy (W ≥ 0.35: until trustworthy). One round per call "
+                                                 "without --wait; rerun to go on. Records: SWEEP/rounds.jsonl."),
+        probe: Optional[str] = typer.Option(None, "--probe", help="With --until-ci: a target CI of delta-phi for "
+                                            "probe P (not built yet)."),
+        max_flops: Optional[float] = typer.Option(None, "--max-flops", help="With --until-ci: cap on the FLOPs "
+                                                  "(default twice the fixed grid's)."),
+        max_hours: Optional[float] = typer.Option(None, "--max-hours", help="With --until-ci: cap in GPU-hours or "
+                                                  "CPU core-hours, as `plan` prices the executor."),
+        batch: Optional[int] = typer.Option(None, "--batch", help="With --until-ci: runs per round (default the "
+                                            "executor's parallel slots)."),
     ) -> None:
-        """Expand a grid and submit its runs (skips finished runs and leaves runs in flight alone)."""
+        """Expand a grid and submit its runs (skips finished runs and leaves runs in flight alone); with
+        --until-ci, an adaptive sweep that chooses its runs round by round."""
+        from loopscale.commands.sweep_adaptive import refuse_early, run_adaptive
         from loopscale.grid import load_grid
         from loopscale.store import RETRYABLE, counts
         from loopscale.submit import plan_sweep, run_sweep
         from loopscale.submit.actions import plan as plan_rows
 
+        refuse_early(until_ci, probe, dry_run, as_json)
+        if until_ci is None and any(v is not None for v in (max_flops, max_hours, batch)):
+            raise UserError("--max-flops, --max-hours and --batch go with --until-ci (an adaptive sweep)")
         console = make_console(stderr=as_json)
         grid = load_grid(resolve_grid(grid_arg), data_dir=data)
         ex = executor_overrides(grid.executor, kind=executor, partition=partition, account=account, qos=qos,
@@ -168,6 +185,20 @@ def register(app: typer.Typer) -> None:
                                 mem_gb=mem_gb, constraint=constraint, array_parallelism=array_parallelism,
                                 local_jobs=jobs, threads_per_job=threads_per_job)
         sweep_dir = out or SWEEPS_DIR / grid.name
+        if until_ci is not None:
+            progress = ConsoleProgress(console, False)
+            try:
+                run_adaptive(console, grid_arg, grid, sweep_dir, ex, until_ci=until_ci, max_flops=max_flops,
+                             max_hours=max_hours, batch=batch, wait=wait, poll=poll, dry_run=dry_run,
+                             progress=progress)
+            except KeyboardInterrupt:
+                progress.close()
+                console.print(f"stopped; rerun the same command to go on from the last finished round "
+                              f"(`loopscale status {sweep_dir}`)", highlight=False)
+                raise typer.Exit(130) from None
+            finally:
+                progress.close()
+            return
         if dry_run:
             p = plan_sweep(grid, sweep_dir, ex, retry_failed)
             if not grid.ids_known:  # no ids: the sweep folder's runs cannot be matched to the grid's yet
@@ -231,16 +262,22 @@ def register(app: typer.Typer) -> None:
             raise UserError("--watch and --json do not go together: --json prints the sweep once; drop one")
         if not (math.isfinite(every) and every > 0):
             raise UserError(f"--every: {every:g} seconds; give a number of seconds above 0")
+        from loopscale.rounds.records import summary, summary_line
+
         sweep_dir = resolve_sweep(sweep_dir)
         look = StatusLook(sweep_dir)
+        adaptive = summary(sweep_dir)  # None unless the sweep is adaptive (sweep --until-ci)
         if as_json:
             entries, c, now = look()
-            print(json.dumps({"sweep": str(sweep_dir), "counts": c, **now.summary(), "runs": entries}, indent=1))
+            print(json.dumps({"sweep": str(sweep_dir), "counts": c, **now.summary(), "runs": entries,
+                              **({"adaptive": adaptive} if adaptive else {})}, indent=1))
             return
         console = make_console()
         if not watch:
             entries, c, now = look()
             console.print(status_view(entries, c, now, f"{sweep_dir}: {len(entries)} runs"))
+            if adaptive:
+                console.print(summary_line(adaptive), highlight=False, soft_wrap=True)
             return
         try:
             watch_sweep(console, look, every)
