@@ -6,6 +6,7 @@ and, marked slow, two real rounds on the debug executor."""
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 
 import pytest
@@ -14,7 +15,7 @@ import loopscale.rounds.loop as loop
 from loopscale.analysis.adaptive import build_space
 from loopscale.grid import load_grid
 from loopscale.rounds import read_rounds
-from loopscale.rounds.records import summary, summary_line
+from loopscale.rounds.records import resume_command, summary, summary_line
 from rounds_fixtures import DEBUG, FakeSubmit
 from sweep_fixtures import GRIDS, cli, cli_in_process
 
@@ -151,8 +152,13 @@ def test_one_round_per_call_without_wait_and_resume_after_an_interrupt(monkeypat
     assert loop.until_stop(grid, space, tmp_path, local, s, say=lines.append) == "waiting"
     assert "submitted" in lines[0] and [r["round"] for r in read_rounds(tmp_path)] == [0, 1, 2]
     assert all((tmp_path / "runs" / rid / "result.json").exists() for rid in unsent)
+    resume = shlex.split(resume_command(tmp_path))  # what `loopscale cancel` prints while rounds are under way
+    assert resume[:5] == ["loopscale", "sweep", str(grid.path), "--out", str(tmp_path)] and resume[-1] == "--wait"
+    assert float(resume[resume.index("--until-ci") + 1]) == s.target
+    assert float(resume[resume.index("--max-flops") + 1]) == s.cap_flops  # the same cap: the rounds go on
     word, _ = drive(monkeypatch, grid, space, tmp_path, settings(space), fake=fake)
     assert word == "stopped" and len(fake.trained) == len(set(fake.trained))  # no run trained twice
+    assert resume_command(tmp_path) is None  # stopped: nothing to go on with
 
 
 def test_a_failed_run_is_retried_once_then_left_out(monkeypatch, tmp_path, tiny_adaptive):

@@ -11,6 +11,7 @@ import typer
 
 from loopscale.commands.console import make_console, resolve_sweep
 from loopscale.errors import UserError
+from loopscale.rounds.records import resume_command
 from loopscale.store import GRID_FILE
 
 OUTCOME_TEXT = {
@@ -68,10 +69,11 @@ def register(app: typer.Typer) -> None:
         got = cancel_runs(sweep_dir, run_ids or None, grace_s=grace, reason=reason, on_wait=waiting)
         cancelled = [r for r in got.runs if r.outcome != "finished"]
         retry = retry_command(sweep_dir, sorted({r.executor for r in cancelled}))
+        adaptive = resume_command(sweep_dir) if cancelled else None  # rounds of `sweep --until-ci` not stopped yet
         if as_json:
             print(json.dumps({"sweep": str(sweep_dir), "runs": [r.to_dict() for r in got.runs],
                               "killed_pids": got.killed, "seconds": round(got.seconds, 2),
-                              "retry": retry if cancelled else None}, indent=1))
+                              "retry": retry if cancelled else None, "resume_adaptive": adaptive}, indent=1))
             return
         if not got.runs:
             console.print(f"{sweep_dir}: no run in flight; nothing cancelled", highlight=False)
@@ -86,3 +88,6 @@ def register(app: typer.Typer) -> None:
                           f"{grace:g} s", highlight=False)
         if cancelled:
             console.print(f"resume them (from their checkpoints) with `{retry}`", highlight=False, soft_wrap=True)
+        if adaptive:
+            console.print(f"go on with the adaptive sweep (its cancelled runs first) with `{adaptive}`",
+                          highlight=False, soft_wrap=True)

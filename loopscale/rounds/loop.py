@@ -104,7 +104,7 @@ def step(grid: Grid, space, sweep_dir, ex, s: Settings, *, say: Callable[[str], 
         specs = pilot_specs(grid, space)
         spent = float(sum(sp.flops for sp in specs))
         budgets = sorted({sp.budget_flops for sp in specs})
-        append_round(sweep_dir, {"round": 0, "target": s.target, "cap_flops": s.cap_flops, "batch": s.batch,
+        append_round(sweep_dir, {"round": 0, "grid": str(grid.path), "target": s.target, "cap_flops": s.cap_flops, "batch": s.batch,
                                  "look": None, "runs": [run_entry(sp, "pilot") for sp in specs],
                                  "predicted_width": None, "retried": [], "left_out": [], "flops_so_far": spent,
                                  "stop": None, "stop_line": None})
@@ -153,7 +153,7 @@ def step(grid: Grid, space, sweep_dir, ex, s: Settings, *, say: Callable[[str], 
             raise UserError(f"{sweep_dir}: only {int(fit_mask.sum())} run(s) of the adaptive design finished, too few "
                             f"to fit (≥ {MIN_FITTED}); {len(left_out)} left out after failing twice: see "
                             f"`loopscale status {sweep_dir}`")
-        append_round(sweep_dir, {"round": t, "target": s.target, "cap_flops": s.cap_flops, "batch": s.batch,
+        append_round(sweep_dir, {"round": t, "grid": str(grid.path), "target": s.target, "cap_flops": s.cap_flops, "batch": s.batch,
                                  "look": None, "runs": [], "predicted_width": None, "retried": to_retry,
                                  "left_out": left_out, "flops_so_far": spent, "stop": None, "stop_line": None})
         say(f"round {t}: {int(fit_mask.sum())} run(s) finished, too few to fit; {len(to_retry)} failed run(s) retried")
@@ -162,7 +162,7 @@ def step(grid: Grid, space, sweep_dir, ex, s: Settings, *, say: Callable[[str], 
     lk = look(space, fit_mask, design_mask, loss, target=s.target, batch=s.batch,
               flops_left=s.cap_flops - spent, seed=s.seed)
     doc = lk.to_dict()
-    rec = {"round": t, "target": s.target, "cap_flops": s.cap_flops, "batch": s.batch, "look": doc}
+    rec = {"round": t, "grid": str(grid.path), "target": s.target, "cap_flops": s.cap_flops, "batch": s.batch, "look": doc}
     if left_out:
         say(f"round {t}: left out {len(left_out)} run(s) that failed twice or diverged: {', '.join(left_out)}")
     if lk.stop:

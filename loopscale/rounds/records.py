@@ -11,11 +11,12 @@ round that stopped chooses no runs)."""
 from __future__ import annotations
 
 import json
-import time
+import shlex
 from pathlib import Path
 
 from loopscale.atomic import json_safe, write_bytes_atomic
 from loopscale.errors import UserError
+from loopscale.fmt import timestamp
 
 ROUNDS_FILE = "rounds.jsonl"
 
@@ -43,7 +44,7 @@ def read_rounds(sweep_dir) -> list[dict]:
 
 def append_round(sweep_dir, record: dict) -> dict:
     """Add a record (its ``at`` set now), rewriting the file atomically: a crash leaves the old file or the new."""
-    record = {"round": record["round"], "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}
+    record = {"round": record["round"], "at": timestamp(), **record}
     path = rounds_path(sweep_dir)
     old = path.read_bytes() if path.is_file() else b""
     line = json.dumps(json_safe(record), allow_nan=False) + "\n"
@@ -81,6 +82,17 @@ def summary(sweep_dir) -> dict | None:
             "flops_so_far": last.get("flops_so_far"), "stop": last.get("stop"), "stop_line": last.get("stop_line"),
             "phi": fit and fit.get("phi"), "ci": fit and fit.get("ci"), "width": fit and fit.get("width"),
             "verdict": fit and fit.get("verdict")}
+
+
+def resume_command(sweep_dir) -> str | None:
+    """The `loopscale sweep --until-ci` call that goes on with an adaptive sweep (its grid, target and cap as the
+    last round recorded them); None when the sweep is not adaptive, has stopped, or its records predate the grid."""
+    recs = read_rounds(sweep_dir)
+    if not recs or recs[-1].get("stop") or not recs[-1].get("grid"):
+        return None
+    last = recs[-1]
+    return (f"loopscale sweep {shlex.quote(last['grid'])} --out {shlex.quote(str(sweep_dir))} "
+            f"--until-ci {last['target']!r} --max-flops {float(last['cap_flops'])!r} --wait")
 
 
 def summary_line(s: dict) -> str:
