@@ -89,6 +89,8 @@ def test_rounds_until_the_target_and_their_records(monkeypatch, tmp_path, tiny_a
     last = recs[-1]
     assert last["stop"] == "target" and last["runs"] == [] and last["look"]["width"] <= 0.25
     assert last["look"]["verdict"] == "trustworthy" and last["look"]["rule_held"]
+    confirmed = last["look"]["fit_confirms"]  # `fit` itself, on the design's runs, bore the stop out
+    assert confirmed["trustworthy"] and confirmed["width"] <= 0.25 and "`fit`'s own CI width" in last["stop_line"]
     assert "target met and trustworthy" in lines[-1]
     assert len(fake.trained) == len(set(fake.trained))  # no run twice
     # the rule: both end budgets for every r in the final design
@@ -101,6 +103,23 @@ def test_rounds_until_the_target_and_their_records(monkeypatch, tmp_path, tiny_a
     assert "target met" in again[0]
     s = summary(tmp_path)
     assert s["round"] == last["round"] and s["target"] == 0.25 and "target 0.25" in summary_line(s)
+
+
+def test_a_target_stop_that_fit_does_not_bear_out_goes_on(monkeypatch, tmp_path, tiny_adaptive):
+    """The look's cheap CI says the target is met, `fit`'s own CI is wider: no stop, the round chooses runs."""
+    grid, space = tiny_adaptive
+    asked = []
+    monkeypatch.setattr(loop, "fit_confirms", lambda table, ids, say: asked.append(len(ids)) or (0.9, True))
+    lines: list[str] = []
+    word, _ = drive(monkeypatch, grid, space, tmp_path, settings(space), lines=lines)
+    recs = read_rounds(tmp_path)
+    assert asked, "the look never reached the target"
+    for rec in recs:
+        assert rec["stop"] != "target"
+    rejected = [r for r in recs if r["look"] and r["look"]["fit_confirms"]]
+    assert rejected and rejected[0]["look"]["fit_confirms"] == {"width": 0.9, "trustworthy": True}
+    assert rejected[0]["runs"] or rejected[0]["stop"] in ("budget", "no_help")
+    assert any("not stopping: `fit`'s own CI width 0.900" in line for line in lines)
 
 
 def test_stop_budget(monkeypatch, tmp_path, tiny_adaptive):

@@ -27,6 +27,8 @@ import numpy as np
 
 from loopscale.analysis.adaptive.policy import STOP_WORDS, target_width
 from loopscale.analysis.adaptive.round import look
+from loopscale.analysis.defaults import BOOTSTRAP
+from loopscale.analysis.fit import run_fit
 from loopscale.errors import UserError
 from loopscale.grid import Grid
 from loopscale.rounds.picks import key, pilot_specs, rows_of, row_keys, spec_key, specs_for
@@ -51,6 +53,16 @@ class Settings:
     seed: int = 0
 
 
+def fit_confirms(table, run_ids: list[str], say: Callable[[str], None]) -> tuple[float | None, bool]:
+    """`loopscale fit` on the design's runs, with its default settings: the width of φ's CI and whether its verdict
+    is trustworthy. A target stop stands only on these (the look's cheaper CI can be narrower)."""
+    say(f"checking the stop with fit's own CI ({len(run_ids)} runs, {BOOTSTRAP} resamples)...")
+    report = run_fit(table[table["run_id"].isin(set(run_ids))])
+    ci = report.ci.get("phi")
+    width = float(ci[1] - ci[0]) if ci else None
+    return width, bool(report.diagnostics is not None and report.diagnostics.trustworthy)
+
+
 def run_entry(spec, why: str, width_after=None) -> dict:
     return {"run_id": spec.run_id, "budget_flops": float(spec.budget_flops), "width": spec.d_model, "r": spec.r,
             "seed": spec.seed, "flops": float(spec.flops), "why": why, "width_after": width_after}
@@ -62,6 +74,9 @@ def stop_line(reason: str, s: Settings, look_doc: dict | None, spent: float) -> 
         lo, hi = look_doc["ci"]
         fit = f": φ {look_doc['phi']:.3f} [{lo:.3f}, {hi:.3f}], width {look_doc['width']:.3f}"
     verdict = f", {look_doc['verdict']}" if look_doc else ""
+    confirmed = (look_doc or {}).get("fit_confirms")
+    if confirmed and confirmed.get("width") is not None:
+        fit += f"; `fit`'s own CI width {confirmed['width']:.3f}"
     return (f"stopped, {STOP_WORDS[reason]}{fit} (target {target_width(s.target):.3g}{verdict}; "
             f"{spent:.3g} of {s.cap_flops:.3g} FLOPs)")
 
@@ -160,7 +175,7 @@ def step(grid: Grid, space, sweep_dir, ex, s: Settings, *, say: Callable[[str], 
         submit(grid, [specs[r] for r in active if r not in left_out], sweep_dir, ex, s, progress)
         return "submitted"
     lk = look(space, fit_mask, design_mask, loss, target=s.target, batch=s.batch,
-              flops_left=s.cap_flops - spent, seed=s.seed)
+              flops_left=s.cap_flops - spent, seed=s.seed, confirm=lambda: fit_confirms(table, fitted, say))
     doc = lk.to_dict()
     rec = {"round": t, "grid": str(grid.path), "target": s.target, "cap_flops": s.cap_flops, "batch": s.batch, "look": doc}
     if left_out:
@@ -178,6 +193,10 @@ def step(grid: Grid, space, sweep_dir, ex, s: Settings, *, say: Callable[[str], 
                              "left_out": left_out, "flops_so_far": spent, "stop": None, "stop_line": None})
     ci = f"[{doc['ci'][0]:.3f}, {doc['ci'][1]:.3f}] width {doc['width']:.3f}" if doc["width"] is not None else \
         "no CI yet"
+    if lk.confirmed:  # the look would have stopped on target; fit's own CI or verdict did not bear it out
+        w = lk.confirmed["width"]
+        ci += (f"; not stopping: `fit`'s own CI width {w:.3f}" if w is not None else "; not stopping: `fit` has no CI") \
+            + ("" if lk.confirmed["trustworthy"] else ", verdict NOT trustworthy")
     pw = f", predicted width after it {lk.predicted_width:.3f}" if lk.predicted_width is not None else ""
     say(f"round {t}: fit of {lk.runs} runs: φ {lk.phi:.3f} {ci} ({doc['verdict']}); {len(new)} run(s) chosen"
         f"{pw}" + (f", {len(to_retry)} failed run(s) retried" if to_retry else "") + f"; {spent:.3g} FLOPs so far")

@@ -2,19 +2,21 @@
 as a replicate of the simulation (analysis.adaptive.simulate.run_policy), on measured losses.
 
 :func:`look` fits the design's finished runs (fit's multistart, then assess's refits and φ's cell bootstrap),
-judges the stop (policy.stop_reason, the rule under the fit) and, when it does not stop there, chooses up to K
+judges the stop (policy.stop_reason, the rule under the fit; a ``target`` stop confirmed by `fit`'s own CI and
+verdict when the caller gives ``confirm``) and, when it does not stop there, chooses up to K
 runs (policy.choose) or says why none (``budget``, ``no_help``). The noise the score assumes is the fit's
 residual RMSE on these runs (at least MIN_NOISE)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from loopscale.analysis.adaptive.assess import assess, first_fits
-from loopscale.analysis.adaptive.policy import Pick, choose, predictions, rule_now, stop_reason
+from loopscale.analysis.adaptive.policy import Pick, choose, predictions, rule_now, stop_reason, target_width
 from loopscale.analysis.law import I_PHI
 from loopscale.analysis.plan.settings import PLAN_STARTS
 from loopscale.analysis.regime import MIN_R2
@@ -41,6 +43,7 @@ class RoundLook:
     runs: int
     stop: str | None = None
     picks: list[Pick] = field(default_factory=list)
+    confirmed: dict | None = None  # `fit`'s own CI width and verdict, asked when the look would stop on target
 
     @property
     def predicted_width(self) -> float | None:
@@ -53,14 +56,17 @@ class RoundLook:
         return {"phi": num(self.phi), "ci": [num(self.ci[0]), num(self.ci[1])], "width": num(self.width),
                 "r2": num(self.r2), "split_half": [num(self.phi_low), num(self.phi_high)], "checks": self.checks,
                 "verdict": "trustworthy" if self.trustworthy else "NOT trustworthy", "rule_held": self.rule_held,
-                "rule_missing": self.rule_missing, "noise_nats": num(self.noise), "runs_fitted": self.runs}
+                "rule_missing": self.rule_missing, "noise_nats": num(self.noise), "runs_fitted": self.runs,
+                "fit_confirms": self.confirmed}
 
 
 def look(space, fit_mask: np.ndarray, design_mask: np.ndarray, loss: np.ndarray, *, target: float, batch: int,
-         flops_left: float, seed: int = 0, resamples: int = STOP_RESAMPLES, starts: int = PLAN_STARTS) -> RoundLook:
+         flops_left: float, seed: int = 0, resamples: int = STOP_RESAMPLES, starts: int = PLAN_STARTS,
+         confirm: Callable[[], tuple[float | None, bool]] | None = None) -> RoundLook:
     """Look at one design: ``fit_mask`` (n,) the universe rows with a measured ``loss`` (n,; anything elsewhere),
     ``design_mask`` ⊇ fit_mask the rows the design holds or will hold (runs being retried, runs left out: never
-    chosen again). Stops (``target``) or chooses up to ``batch`` runs within ``flops_left``."""
+    chosen again). Stops (``target``) or chooses up to ``batch`` runs within ``flops_left``. ``confirm()``, when
+    given, is `fit`'s own φ CI width and verdict on these runs: a ``target`` stop it does not bear out is no stop."""
     data = space.data()
     fit_mask = np.asarray(fit_mask, dtype=bool)
     log_loss = np.where(fit_mask, np.log(np.where(fit_mask, loss, 1.0)), 0.0)
@@ -80,6 +86,13 @@ def look(space, fit_mask: np.ndarray, design_mask: np.ndarray, loss: np.ndarray,
                     trustworthy=bool(a.trustworthy()[0]), rule_held=rule.held, rule_missing=list(rule.missing),
                     noise=noise, runs=int(fit_mask.sum()))
     out.stop = stop_reason(width, target, bool(a.trustworthy_but_width()[0]), rule.held)
+    if out.stop == "target" and confirm is not None:
+        # The cheap look's CI (local refits from the optimum) can be narrower than the one `fit` reports (its
+        # multistart finds other optima in resamples): the stop stands only if `fit`'s own CI and verdict say so.
+        fit_width, fit_trusted = confirm()
+        out.confirmed = {"width": fit_width, "trustworthy": fit_trusted}
+        if fit_width is None or not fit_trusted or fit_width > target_width(target):
+            out.stop, width = None, (fit_width if fit_width is not None else width)
     if out.stop:
         return out
     trust = bool(a.r2[0] >= MIN_R2 and a.bounds_ok[0] and math.isfinite(width))

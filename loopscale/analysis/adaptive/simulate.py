@@ -27,7 +27,7 @@ from loopscale.analysis.adaptive.assess import assess, first_fits
 from loopscale.analysis.adaptive.policy import STOP_WORDS, choose, rule_now, stop_reason, target_width
 from loopscale.analysis.adaptive.rule import check_rule
 from loopscale.analysis.adaptive.space import build_space
-from loopscale.analysis.law import Law, theta_of
+from loopscale.analysis.law import Law
 from loopscale.analysis.parallel import single_threaded_blas
 from loopscale.analysis.plan.settings import PLAN_RESAMPLES, PLAN_STARTS
 from loopscale.analysis.plan.simulate import bootstrap_many, percentile_rows, point_fits, simulate_losses
