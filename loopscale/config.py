@@ -15,13 +15,18 @@ import functools
 import hashlib
 import json
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, get_type_hints
+
+import yaml
 
 from loopscale.counting import Arch, ArchError, flops_per_token, iterations_for_budget
 from loopscale.data.format import DEFAULT_DATA_DIR
 from loopscale.errors import UserError
 from loopscale.trackers.section import TrackerConfig, TrackerSectionError
 from loopscale.trackers.section import from_dict as tracker_from_dict
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present
 
 
 class ConfigError(UserError, ValueError):
@@ -270,6 +275,15 @@ def check_train(t: TrainConfig) -> None:
         raise ConfigError(f"train.device: unknown {t.device!r}; choose auto, cpu or cuda")
     if t.dtype not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"train.dtype: unknown {t.dtype!r}; choose auto, fp32 or bf16")
+
+
+def load_run_config(path: str | Path) -> RunConfig | None:
+    """A run's config.yaml as a RunConfig; None when it is missing or does not read as one."""
+    try:
+        with open(path) as f:
+            return run_config_from_dict(yaml.load(f, Loader=_Loader))
+    except (OSError, yaml.YAMLError, UserError):
+        return None
 
 
 def run_config_from_dict(raw: dict[str, Any]) -> RunConfig:

@@ -45,8 +45,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import yaml
-
 from loopscale.data.format import TOKEN_FILES
 from loopscale.data.identity import data_id
 from loopscale.errors import UserError
@@ -68,7 +66,6 @@ NEW = "new"
 STALE = "stale"  # finished on data that has changed since (module doc): over, never fitted, not in results.db
 STATES = FINISHED + (STALE,) + RETRYABLE + IN_FLIGHT + (NEW,)
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 # The scheduler's word on runs in flight: (sweep_dir, {run_id: job record}) → {run_id: (state, detail)}.
 SchedulerStates = Callable[[Path, dict[str, dict[str, Any]]], dict[str, tuple[str, str]]]
@@ -189,6 +186,13 @@ def tokens_written(data_dir: str | Path) -> float | None:
         return None
 
 
+def prepared_since(written: float, run_dir: Path, rec: dict[str, Any]) -> bool:
+    """Token files last written at ``written`` came after the run first started (unknown start: no): a run from
+    before data identities is then stale here, and loopscale.submit.rekey leaves it as it is."""
+    start = run_start(run_dir, rec)
+    return start is not None and written > start + 1.0  # the records keep whole seconds
+
+
 def run_data_dir(rec: dict[str, Any]) -> str | None:
     """The data dir a finished run's config names (result.json keeps a copy of config.yaml)."""
     data = rec["config"].get("data") if isinstance(rec.get("config"), dict) else None
@@ -210,8 +214,7 @@ def stale_why(run_dir: Path, rec: dict[str, Any], known: dict[tuple[str, str], A
         now = known[key]
         return f"trained on data {recorded[:12]}; {where} now holds data {now[:12]}" if now not in (None, recorded) \
             else None
-    start = run_start(run_dir, rec) if known[key] is not None else None  # no token files: nothing to read
-    if start is None or known[key] <= start + 1.0:  # the records keep whole seconds
+    if known[key] is None or not prepared_since(known[key], run_dir, rec):  # no token files: nothing to read
         return None
     return f"{where} was prepared again after the run started (a run from before data identities)"
 
@@ -290,14 +293,11 @@ def config_columns(config: dict[str, Any]) -> dict[str, Any]:
 
 def _config_row(run_dir: Path) -> dict[str, Any]:
     """Counts and config columns of a run that has no result, from its config.yaml."""
-    from loopscale.config import run_config_from_dict
+    from loopscale.config import load_run_config
     from loopscale.counting import n_once, n_rec
 
-    try:
-        with open(run_dir / CONFIG_FILE) as f:
-            raw = yaml.load(f, Loader=_Loader)
-        cfg = run_config_from_dict(raw)
-    except (OSError, yaml.YAMLError, UserError):
+    cfg = load_run_config(run_dir / CONFIG_FILE)
+    if cfg is None:
         return {}
     row = {"r": cfg.model.r, "d_model": cfg.model.d_model, "probe": cfg.model.probe, "seed": cfg.train.seed,
            "n_once": n_once(cfg.model), "n_rec": n_rec(cfg.model), "budget_flops": cfg.train.budget_flops}

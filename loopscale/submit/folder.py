@@ -100,8 +100,13 @@ def check_data(grid: Grid) -> None:
 
 
 def write_config(run_dir: Path, spec: RunSpec) -> None:
-    """config.yaml as the trainer reads it (RunConfig.to_dict), written atomically."""
-    text = yaml.dump(spec.config.to_dict(), Dumper=_Dumper, sort_keys=False).encode()
+    """config.yaml of a run spec, as the trainer reads it (:func:`write_run_config`)."""
+    write_run_config(run_dir, spec.config)
+
+
+def write_run_config(run_dir: Path, cfg) -> None:
+    """config.yaml as the trainer reads it (RunConfig.to_dict), written atomically (not rewritten when the same)."""
+    text = yaml.dump(cfg.to_dict(), Dumper=_Dumper, sort_keys=False).encode()
     path = run_dir / CONFIG_FILE
     if not path.exists() or path.read_bytes() != text:
         replace_file(path, text)

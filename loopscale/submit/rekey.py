@@ -33,18 +33,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from loopscale import store
-from loopscale.config import RunConfig, run_config_from_dict
+from loopscale.config import RunConfig, load_run_config
 from loopscale.data.identity import data_id
 from loopscale.errors import UserError
 from loopscale.fmt import timestamp
 from loopscale.store import CONFIG_FILE, DB_FILE, IN_FLIGHT, REKEYED_FILE, RESULT_FILE, read_json, runs_root
-from loopscale.submit.records import replace_file, write_json
+from loopscale.submit.folder import write_run_config
+from loopscale.submit.records import write_json
+from loopscale.submit.scheduler import run_states
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 WHY = {"gone": "their data dir is gone or not prepared", "stale": "their data was prepared again after they started "
        "(stale)", "taken": "their new id is another run folder's", "unreadable": "their config.yaml is unreadable"}
 
@@ -86,17 +85,9 @@ def path_based_ids(sweep_dir: str | Path, ids: list[str] | None = None) -> list[
     return [rid for rid in (store.run_ids(sweep_dir) if ids is None else ids) if path_based(root / rid)]
 
 
-def _config(run_dir: Path) -> RunConfig | None:
-    try:
-        with open(run_dir / CONFIG_FILE) as f:
-            return run_config_from_dict(yaml.load(f, Loader=_Loader))
-    except (OSError, yaml.YAMLError, UserError):
-        return None
-
-
 def _target(run_dir: Path, known: dict[str, Any]) -> tuple[RunConfig | None, str]:
     """(the run's config with its data's identity, "") when its data still matches, else (None, why)."""
-    cfg = _config(run_dir)
+    cfg = load_run_config(run_dir / CONFIG_FILE)
     if cfg is None:
         return None, "unreadable"
     where = str(Path(cfg.data.dir).expanduser())
@@ -106,8 +97,7 @@ def _target(run_dir: Path, known: dict[str, Any]) -> tuple[RunConfig | None, str
     if identity is None or written is None:
         return None, "gone"
     rec, _ = read_json(run_dir / RESULT_FILE)
-    start = store.run_start(run_dir, rec if isinstance(rec, dict) else {})
-    if start is not None and written > start + 1.0:  # the records keep whole seconds
+    if store.prepared_since(written, run_dir, rec if isinstance(rec, dict) else {}):
         return None, "stale"
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_id=identity)), ""
 
@@ -124,7 +114,7 @@ def _move(root: Path, old: str, cfg: RunConfig) -> str:
         if isinstance(rec.get("config"), dict) and isinstance(rec["config"].get("data"), dict):
             rec["config"]["data"]["data_id"] = cfg.data.data_id
         write_json(run_dir / RESULT_FILE, rec)
-    replace_file(run_dir / CONFIG_FILE, yaml.dump(cfg.to_dict(), Dumper=_Dumper, sort_keys=False).encode())
+    write_run_config(run_dir, cfg)
     if old != new:
         run_dir.rename(root / new)
     return new
@@ -145,8 +135,6 @@ def rekey(sweep_dir: str | Path, states: dict[str, store.RunState] | None = None
     if not todo:
         return None
     if states is None:
-        from loopscale.submit.scheduler import run_states
-
         states = run_states(sweep_dir)
     flying = sorted(rid for rid, st in states.items() if st.state in IN_FLIGHT)
     if flying:
