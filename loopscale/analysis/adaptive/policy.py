@@ -30,7 +30,7 @@ from loopscale.analysis.adaptive.rule import check_rule, half_needs, halves, nea
 from loopscale.analysis.defaults import HUBER_DELTA
 from loopscale.analysis.law import Law, log_prediction, params_of
 from loopscale.analysis.plan.sandwich import Z95, information, sandwich_phi
-from loopscale.analysis.regime import MAX_PHI_CI_WIDTH
+from loopscale.analysis.regime import MAX_PHI_CI_WIDTH, MIN_R2
 
 EXISTING_CELL_FACTOR = 0.5  # a run in a cell the design has narrows the cell-bootstrap CI this share of the sandwich's
 WINDOW = 2  # widths within this many places of a cell's fitted optimum (5 per cell)
@@ -80,6 +80,19 @@ def _objective(A, B, half, split: bool) -> np.ndarray:
     if not split:
         return np.sqrt(sandwich_phi(A, B))
     return np.sqrt(sandwich_phi(half[0], half[1]) + sandwich_phi(half[2], half[3]))
+
+
+def go_on(space, data, design_mask: np.ndarray, theta: np.ndarray, noise: float, width: float, k: int,
+          flops_left: float, *, r2: float, bounds_ok: bool, split_ok: bool, mode: str = "score",
+          rng=None) -> tuple[Choice, str | None]:
+    """A look that does not stop on target (the simulation's replicates and a real round alike): the runs it
+    chooses (:func:`choose`), or why it stops instead: ``budget`` (a wanted run did not fit in the cap) or
+    ``no_help`` (none is expected to narrow the CI). The fit places widths once its R² passes, no parameter is on
+    a bound and its CI is finite."""
+    trust = bool(r2 >= MIN_R2 and bounds_ok and math.isfinite(width))
+    ch = choose(space, data, design_mask, theta, noise, width, k, flops_left, trust_fit=trust,
+                split_failed=not split_ok, mode=mode, rng=rng)
+    return ch, (None if ch.picks else "budget" if ch.blocked_by_budget else "no_help")
 
 
 def choose(space, data, mask: np.ndarray, theta: np.ndarray, noise: float, width_now: float, k: int,

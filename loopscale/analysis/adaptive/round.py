@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from loopscale.analysis.adaptive.assess import assess, first_fits
-from loopscale.analysis.adaptive.policy import Pick, choose, predictions, rule_now, stop_reason, target_width
+from loopscale.analysis.adaptive.policy import Pick, go_on, predictions, rule_now, stop_reason, target_width
 from loopscale.analysis.law import I_PHI
 from loopscale.analysis.plan.settings import PLAN_STARTS
 from loopscale.analysis.regime import MIN_R2
@@ -95,10 +95,7 @@ def look(space, fit_mask: np.ndarray, design_mask: np.ndarray, loss: np.ndarray,
             out.stop, width = None, (fit_width if fit_width is not None else width)
     if out.stop:
         return out
-    trust = bool(a.r2[0] >= MIN_R2 and a.bounds_ok[0] and math.isfinite(width))
-    ch = choose(space, data, np.asarray(design_mask, dtype=bool), theta, noise, width, batch, flops_left,
-                trust_fit=trust, split_failed=not bool(a.split_ok[0]))
-    if not ch.picks:
-        out.stop = "budget" if ch.blocked_by_budget else "no_help"
+    ch, out.stop = go_on(space, data, np.asarray(design_mask, dtype=bool), theta, noise, width, batch, flops_left,
+                         r2=a.r2[0], bounds_ok=a.bounds_ok[0], split_ok=bool(a.split_ok[0]))
     out.picks = ch.picks
     return out

@@ -24,14 +24,13 @@ import time
 import numpy as np
 
 from loopscale.analysis.adaptive.assess import assess, first_fits
-from loopscale.analysis.adaptive.policy import STOP_WORDS, choose, rule_now, stop_reason, target_width
+from loopscale.analysis.adaptive.policy import STOP_WORDS, go_on, rule_now, stop_reason, target_width
 from loopscale.analysis.adaptive.rule import check_rule
 from loopscale.analysis.adaptive.space import build_space
 from loopscale.analysis.law import Law
 from loopscale.analysis.parallel import single_threaded_blas
 from loopscale.analysis.plan.settings import PLAN_RESAMPLES, PLAN_STARTS
 from loopscale.analysis.plan.simulate import bootstrap_many, percentile_rows, point_fits, simulate_losses
-from loopscale.analysis.regime import MIN_R2
 from loopscale.errors import UserError
 
 REPLICATES = 50
@@ -100,11 +99,11 @@ def run_policy(space, law: Law, losses: np.ndarray, *, noise: float, target: flo
             if stop_reason(look.width[i], target, bool(ok_but_width[i]), rule.held):
                 reason[k] = "target"
                 continue
-            trust = bool(look.r2[i] >= MIN_R2 and look.bounds_ok[i] and math.isfinite(look.width[i]))
-            ch = choose(space, data, masks[k], theta[k], noise, float(look.width[i]), batch, cap - spent[k],
-                        trust_fit=trust, split_failed=not bool(look.split_ok[i]), mode=mode, rng=rng)
-            if not ch.picks:
-                reason[k] = "budget" if ch.blocked_by_budget else "no_help"
+            ch, stop = go_on(space, data, masks[k], theta[k], noise, float(look.width[i]), batch, cap - spent[k],
+                             r2=look.r2[i], bounds_ok=look.bounds_ok[i], split_ok=bool(look.split_ok[i]), mode=mode,
+                             rng=rng)
+            if stop:
+                reason[k] = stop
                 continue
             masks[k, ch.rows] = True
             spent[k] += flops[ch.rows].sum()
